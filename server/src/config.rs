@@ -1,0 +1,241 @@
+//! The ledger's configuration: the `ledger` command line, its defaults, and the
+//! small enums (mode, policies) that the rest of the crate reads.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+/// How account operations are protected. CLI values: `unsafe`, `mutex`, `cas`, `actor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Read, race hook, check, blind write: nothing protects the gap.
+    Unsafe,
+    /// Per-account locks around read-check-write.
+    Mutex,
+    /// Optimistic compare-and-swap on the version, retried with backoff.
+    Cas,
+    /// Accounts sharded over owner tasks; operations are messages.
+    Actor,
+}
+
+impl Mode {
+    /// Every mode, in the order reports list them.
+    pub const ALL: [Mode; 4] = [Mode::Unsafe, Mode::Mutex, Mode::Cas, Mode::Actor];
+
+    /// The CLI and journal name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Unsafe => "unsafe",
+            Mode::Mutex => "mutex",
+            Mode::Cas => "cas",
+            Mode::Actor => "actor",
+        }
+    }
+
+    /// Position in [`Mode::ALL`], for per-mode counters.
+    pub fn index(self) -> usize {
+        match self {
+            Mode::Unsafe => 0,
+            Mode::Mutex => 1,
+            Mode::Cas => 2,
+            Mode::Actor => 3,
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a withdrawal beyond the balance does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum OverdraftPolicy {
+    /// Refuse it with FAILED_PRECONDITION "insufficient funds".
+    Reject,
+    /// Allow it down to `-limit_cents`, charging `fee_cents` once per debit that goes negative.
+    Fee {
+        /// Fee per overdrawing debit.
+        fee_cents: i64,
+        /// How far below zero a balance may go, fee included.
+        limit_cents: i64,
+    },
+}
+
+impl OverdraftPolicy {
+    /// The lowest balance the policy allows.
+    pub fn floor_cents(&self) -> i64 {
+        match self {
+            OverdraftPolicy::Reject => 0,
+            OverdraftPolicy::Fee { limit_cents, .. } => -limit_cents,
+        }
+    }
+}
+
+/// Largest overdraft fee or limit accepted on the command line: $1,000,000.
+const OVERDRAFT_CENTS_MAX: i64 = 100_000_000;
+
+/// The `--overdraft` value before the limit is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OverdraftArg {
+    /// `reject`
+    Reject,
+    /// `fee=CENTS`
+    Fee(i64),
+}
+
+impl FromStr for OverdraftArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "reject" {
+            return Ok(Self::Reject);
+        }
+        let Some(cents) = s.strip_prefix("fee=") else {
+            return Err(format!(
+                "expected `reject` or `fee=CENTS` (e.g. fee=1000), got `{s}`"
+            ));
+        };
+        let fee_cents: i64 = cents
+            .parse()
+            .map_err(|_| format!("fee must be a whole number of cents, got `{cents}`"))?;
+        if !(0..=OVERDRAFT_CENTS_MAX).contains(&fee_cents) {
+            return Err(format!(
+                "fee must be between 0 and {OVERDRAFT_CENTS_MAX} cents, got {fee_cents}"
+            ));
+        }
+        Ok(Self::Fee(fee_cents))
+    }
+}
+
+/// When an acknowledged operation is on disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Acknowledge at once; sled flushes in the background every 500 ms.
+    None,
+    /// Acknowledge only after a flush that covers the operation (group commit).
+    Sync,
+}
+
+/// The order in which mutex mode takes a transfer's two locks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockOrder {
+    /// One global order (by account id): crossed transfers cannot deadlock.
+    Ordered,
+    /// Request order (from, then to): crossed transfers deadlock, and the lock
+    /// wait bound detects it.
+    Naive,
+}
+
+/// Whether a request_id makes a mutation apply at most once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Idempotency {
+    /// A request_id applied once is replayed, never applied again.
+    On,
+    /// request_ids are ignored: retries double-apply (for demos).
+    Off,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Longest race window accepted: 10 s. Longer only makes demos hang.
+pub const RACE_WINDOW_MS_MAX: u64 = 10_000;
+
+/// Longest lock wait accepted: 60 s.
+pub const LOCK_WAIT_MS_MAX: u64 = 60_000;
+
+/// Most CAS retries accepted on the command line.
+pub const CAS_RETRIES_MAX_LIMIT: u32 = 1_000;
+
+/// `ledger`: the overdraft ledger service.
+#[derive(Clone, Debug, Parser, Serialize)]
+#[command(name = "ledger", version, about, long_about = None)]
+pub struct Config {
+    /// Address to listen on. Port 0 picks a free port (printed at start).
+    #[arg(long, default_value = "127.0.0.1:50051", env = "OVERDRAFT_LISTEN")]
+    pub listen: SocketAddr,
+
+    /// Consistency mode operations start in; switch later with Admin.SetMode.
+    #[arg(long, value_enum, default_value_t = Mode::Mutex)]
+    pub mode: Mode,
+
+    /// Directory of the sled database. Omit for a temporary one removed at exit.
+    #[arg(long, env = "OVERDRAFT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// `sync`: acknowledge only after the operation is flushed (group commit).
+    #[arg(long, value_enum, default_value_t = Durability::None)]
+    pub durability: Durability,
+
+    /// Largest delay, in ms, injected at the race hook (uniform from 0).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=RACE_WINDOW_MS_MAX))]
+    pub race_window_ms: u64,
+
+    /// Seed of every random choice the server makes (race delays, backoff jitter).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+
+    /// `reject` refuses debits beyond the balance; `fee=CENTS` allows them, charging a fee.
+    #[arg(long, default_value = "reject", value_parser = OverdraftArg::from_str)]
+    #[serde(skip)]
+    pub overdraft: OverdraftArg,
+
+    /// With `--overdraft fee=CENTS`: how far below zero a balance may go.
+    #[arg(long, default_value_t = 50_000, value_parser = clap::value_parser!(i64).range(0..=OVERDRAFT_CENTS_MAX))]
+    pub overdraft_limit_cents: i64,
+
+    /// `on`: a request_id is applied at most once; `off`: retries double-apply.
+    #[arg(long, value_enum, default_value_t = Idempotency::On)]
+    pub idempotency: Idempotency,
+
+    /// Order in which mutex mode takes a transfer's locks.
+    #[arg(long, value_enum, default_value_t = LockOrder::Ordered)]
+    pub lock_order: LockOrder,
+
+    /// Longest wait for a lock in mutex mode before the operation is aborted as a deadlock.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=LOCK_WAIT_MS_MAX))]
+    pub lock_wait_ms: u64,
+
+    /// Most compare-and-swap retries in cas mode before the operation is aborted.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=i64::from(CAS_RETRIES_MAX_LIMIT)))]
+    pub cas_retries_max: u32,
+
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The overdraft policy the flags describe.
+    pub fn overdraft_policy(&self) -> OverdraftPolicy {
+        match self.overdraft {
+            OverdraftArg::Reject => OverdraftPolicy::Reject,
+            OverdraftArg::Fee(fee_cents) => OverdraftPolicy::Fee {
+                fee_cents,
+                limit_cents: self.overdraft_limit_cents,
+            },
+        }
+    }
+
+    /// The defaults, as `ledger` with no flags would run, for embedding and tests (environment variables still apply).
+    pub fn defaults() -> Self {
+        // Parsing an empty command line only applies the defaults above, which
+        // are all valid, so this cannot fail.
+        Self::parse_from(["ledger"])
+    }
+}

@@ -1,0 +1,70 @@
+//! Group commit for `--durability sync`: an operation is acknowledged only
+//! after a flush that began after its commit. Operations that commit while a
+//! flush runs wait for the next one together, so one fsync covers many.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{engine::Core, error::LedgerError, stats::Stats};
+
+/// Waiters queued for the next flush. Past this, new operations wait for room,
+/// which slows callers down rather than growing memory.
+const FLUSH_WAITERS_MAX: usize = 4_096;
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// The handle operations wait on.
+#[derive(Debug)]
+pub(crate) struct GroupCommit {
+    waiters: mpsc::Sender<Waiter>,
+}
+
+impl GroupCommit {
+    /// Spawns the flusher task.
+    pub(crate) fn start(core: Arc<Core>) -> Self {
+        let (waiters, receiver) = mpsc::channel(FLUSH_WAITERS_MAX);
+        tokio::spawn(flusher(core, receiver));
+        Self { waiters }
+    }
+
+    /// Returns once everything this caller committed is on disk.
+    pub(crate) async fn wait(&self) -> Result<(), LedgerError> {
+        let (waiter, done) = oneshot::channel();
+        self.waiters
+            .send(waiter)
+            .await
+            .map_err(|_| LedgerError::ShuttingDown)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(LedgerError::Invariant(format!("flush failed: {message}"))),
+            Err(_) => Err(LedgerError::ShuttingDown),
+        }
+    }
+}
+
+async fn flusher(core: Arc<Core>, mut receiver: mpsc::Receiver<Waiter>) {
+    let mut batch = Vec::with_capacity(FLUSH_WAITERS_MAX);
+    // Every waiter in a batch was queued after its commit returned, and the
+    // flush starts after the batch is taken, so the flush covers them all.
+    while receiver.recv_many(&mut batch, FLUSH_WAITERS_MAX).await > 0 {
+        let store = Arc::clone(&core.store);
+        let flushed = match tokio::task::spawn_blocking(move || store.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(join_error) => Err(join_error.to_string()),
+        };
+        Stats::bump(&core.stats.flushes);
+        let covered = u64::try_from(batch.len()).unwrap_or(u64::MAX);
+        core.stats
+            .flushed_operations
+            .fetch_add(covered, std::sync::atomic::Ordering::Relaxed);
+        if let Err(message) = &flushed {
+            tracing::error!(%message, "durable flush failed");
+        }
+        for waiter in batch.drain(..) {
+            // A waiter whose caller has gone needs no answer.
+            let _ = waiter.send(flushed.clone());
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The engine: what every gRPC call lands on. It owns the current mode and
+//! the switch between modes, the idempotency fast path, durable acks, and the
+//! shared context ([`Core`]) the modes run with.
+//!
+//! Every operation holds a read lock on the mode for its whole life, so
+//! `SetMode` (a write lock) waits for operations in flight to finish in the
+//! mode they started in, and no two modes ever touch an account at once.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::sync::RwLock;
+
+use crate::{
+    audit::{self, AuditReport},
+    bank::{Account, AccountId, EntryKind, Leg},
+    config::{Config, Durability, Idempotency, LockOrder, Mode, OverdraftPolicy},
+    durability::GroupCommit,
+    error::LedgerError,
+    journal::JournalEntry,
+    modes::{Applied, Request, actor, cas, mutex::MutexMode, replay, unprotected},
+    race::RaceHook,
+    stats::Stats,
+    store::{Commit, Guard, Rejected, Store, StoreError, Write},
+};
+
+/// What every mode needs: the store, the race hook, the policies and counters.
+#[derive(Debug)]
+pub struct Core {
+    /// The storage.
+    pub store: Arc<dyn Store>,
+    /// The race hook every mode pauses at.
+    pub hook: Arc<RaceHook>,
+    /// The overdraft policy.
+    pub policy: OverdraftPolicy,
+    /// Whether request_ids are honoured.
+    pub idempotency: Idempotency,
+    /// Mutex mode's lock order.
+    pub lock_order: LockOrder,
+    /// Mutex mode's lock wait bound.
+    pub lock_wait_ms: u64,
+    /// CAS mode's retry bound.
+    pub cas_retries_max: u32,
+    /// Counters.
+    pub stats: Stats,
+    // A std mutex: held only to draw one number.
+    jitter: Mutex<StdRng>,
+    transfer_ids: AtomicU64,
+}
+
+impl std::fmt::Debug for dyn Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Core {
+    /// Commits on the blocking pool: sled transactions may block on the
+    /// process-wide transaction lock and must not hold up the async workers.
+    pub async fn commit(&self, commit: Commit) -> Result<Result<u64, Rejected>, StoreError> {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || store.commit(&commit)).await {
+            Ok(outcome) => outcome,
+            Err(join_error) => Err(StoreError::Corrupt {
+                what: "commit task",
+                detail: join_error.to_string(),
+            }),
+        }
+    }
+
+    /// A uniform draw in `0..=max` from the seeded jitter RNG.
+    pub fn random_up_to(&self, max: u64) -> u64 {
+        let mut rng = self.jitter.lock().unwrap_or_else(|p| p.into_inner());
+        rng.random_range(0..=max)
+    }
+
+    /// A transfer id unique within this process's journal: the first journal
+    /// seq is never reused, so prefixing the start time keeps ids unique across restarts.
+    pub fn next_transfer_id(&self) -> String {
+        let n = self.transfer_ids.fetch_add(1, Ordering::Relaxed);
+        format!("t{n}")
+    }
+}
+
+/// The ledger's engine.
+#[derive(Debug)]
+pub struct Engine {
+    core: Arc<Core>,
+    mode: Arc<RwLock<Mode>>,
+    mutex: MutexMode,
+    actor: Arc<actor::ActorMode>,
+    durable: Option<GroupCommit>,
+}
+
+impl Engine {
+    /// Builds the engine over `store`, finishes any transfer left in flight,
+    /// and starts the actor owners and the group-commit task. Must run inside
+    /// a tokio runtime.
+    pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Self>, LedgerError> {
+        let start_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let core = Arc::new(Core {
+            store: Arc::clone(&store),
+            hook: Arc::new(RaceHook::new(config.race_window_ms, config.seed)),
+            policy: config.overdraft_policy(),
+            idempotency: config.idempotency,
+            lock_order: config.lock_order,
+            lock_wait_ms: config.lock_wait_ms,
+            cas_retries_max: config.cas_retries_max,
+            stats: Stats::default(),
+            // A different stream from the race hook's, from the same seed.
+            jitter: Mutex::new(StdRng::seed_from_u64(config.seed.wrapping_add(1))),
+            // Start-time nanoseconds make transfer ids unique across restarts.
+            transfer_ids: AtomicU64::new(start_ns),
+        });
+        let recovered = actor::recover_in_flight(&core).await?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "finished transfers left in flight by the last run"
+            );
+        }
+        if config.durability == Durability::Sync {
+            store.flush()?;
+        }
+        let durable =
+            (config.durability == Durability::Sync).then(|| GroupCommit::start(Arc::clone(&core)));
+        Ok(Arc::new(Self {
+            actor: Arc::new(actor::ActorMode::start(&core)),
+            core,
+            mode: Arc::new(RwLock::new(config.mode)),
+            mutex: MutexMode::default(),
+            durable,
+        }))
+    }
+
+    /// The shared context, for the audit and the service.
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    /// Applies one mutation in the current mode; acknowledges only once it is
+    /// durable when durability is `sync`.
+    pub async fn execute(&self, request: Request) -> Result<Applied, LedgerError> {
+        let guard = Arc::clone(&self.mode).read_owned().await;
+        let mode = *guard;
+        let outcome = match self.replay_if_known(&request)? {
+            Some(applied) => Ok(applied),
+            None => self.run_in(mode, request, guard).await,
+        };
+        self.count(mode, &outcome);
+        let applied = outcome?;
+        self.wait_durable().await?;
+        Ok(applied)
+    }
+
+    async fn run_in(
+        &self,
+        mode: Mode,
+        request: Request,
+        guard: tokio::sync::OwnedRwLockReadGuard<Mode>,
+    ) -> Result<Applied, LedgerError> {
+        match mode {
+            Mode::Unsafe => unprotected::execute(&self.core, &request).await,
+            Mode::Mutex => self.mutex.execute(&self.core, &request).await,
+            Mode::Cas => cas::execute(&self.core, &request).await,
+            Mode::Actor => {
+                // A cross-owner transfer must not stop between its legs when
+                // the client goes away and tonic drops this future, so it runs
+                // in its own task, holding the mode guard until it is done.
+                let actor = Arc::clone(&self.actor);
+                let core = Arc::clone(&self.core);
+                let task = tokio::spawn(async move {
+                    let outcome = actor.execute(&core, request).await;
+                    drop(guard);
+                    outcome
+                });
+                task.await
+                    .map_err(|e| LedgerError::Invariant(format!("actor task failed: {e}")))?
+            }
+        }
+    }
+
+    fn replay_if_known(&self, request: &Request) -> Result<Option<Applied>, LedgerError> {
+        let Some(id) = request
+            .request_id
+            .as_ref()
+            .filter(|_| self.core.idempotency == Idempotency::On)
+        else {
+            return Ok(None);
+        };
+        match self.core.store.request(id)? {
+            Some(record) => replay(record, &request.op.fingerprint()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn count(&self, mode: Mode, outcome: &Result<Applied, LedgerError>) {
+        let counters = self.core.stats.mode(mode);
+        match outcome {
+            Ok(applied) if applied.replayed => Stats::bump(&self.core.stats.replays),
+            Ok(_) => Stats::bump(&counters.operations),
+            Err(LedgerError::Refused(_)) => Stats::bump(&counters.refusals),
+            Err(_) => {}
+        }
+    }
+
+    async fn wait_durable(&self) -> Result<(), LedgerError> {
+        match &self.durable {
+            Some(group) => group.wait().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Opens an account with an opening balance; journaled as an `open` entry.
+    pub async fn open_account(
+        &self,
+        account: AccountId,
+        initial_balance_cents: i64,
+    ) -> Result<Account, LedgerError> {
+        let guard = self.mode.read().await;
+        let opened = self.open_in(*guard, account, initial_balance_cents).await?;
+        drop(guard);
+        self.wait_durable().await?;
+        Ok(opened)
+    }
+
+    async fn open_in(
+        &self,
+        mode: Mode,
+        account: AccountId,
+        initial_balance_cents: i64,
+    ) -> Result<Account, LedgerError> {
+        let new = Account {
+            balance_cents: initial_balance_cents,
+            version: 0,
+        };
+        let commit = Commit {
+            writes: vec![Write {
+                account: account.clone(),
+                guard: Guard::Absent,
+                new,
+            }],
+            request: None,
+            replace_request: false,
+            entry: JournalEntry {
+                seq: 0,
+                kind: EntryKind::Open,
+                request_id: None,
+                transfer_id: None,
+                counterparty: None,
+                mode,
+                amount_cents: initial_balance_cents,
+                fee_cents: 0,
+                legs: vec![Leg {
+                    account: account.clone(),
+                    read: Account {
+                        balance_cents: 0,
+                        version: 0,
+                    },
+                    written: new,
+                    delta_cents: initial_balance_cents,
+                }],
+                time_unix_ns: 0,
+            },
+        };
+        match self.core.commit(commit).await? {
+            Ok(_) => Ok(new),
+            Err(_) => Err(LedgerError::AlreadyExists(account)),
+        }
+    }
+
+    /// An account's balance and version.
+    pub async fn balance(&self, account: &AccountId) -> Result<Account, LedgerError> {
+        crate::modes::read_account(&self.core, account)
+    }
+
+    /// The mode new operations start in.
+    pub async fn mode(&self) -> Mode {
+        *self.mode.read().await
+    }
+
+    /// Switches mode once every operation in flight has finished in its own.
+    pub async fn set_mode(&self, mode: Mode) {
+        let mut current = self.mode.write().await;
+        if *current != mode {
+            tracing::info!(from = %*current, to = %mode, "mode switched");
+        }
+        *current = mode;
+    }
+
+    /// Wipes everything (accounts, journal, idempotency table, counters) and
+    /// opens `accounts`. Waits for operations in flight first.
+    pub async fn reset(&self, accounts: Vec<(AccountId, i64)>) -> Result<usize, LedgerError> {
+        let guard = self.mode.write().await;
+        self.core.store.clear()?;
+        self.mutex.clear();
+        self.core.stats.reset();
+        for (account, balance_cents) in &accounts {
+            self.open_in(*guard, account.clone(), *balance_cents)
+                .await?;
+        }
+        drop(guard);
+        self.wait_durable().await?;
+        Ok(accounts.len())
+    }
+
+    /// Audits the journal against the balances. Waits for operations in
+    /// flight and holds new ones back while it reads, so the two agree.
+    pub async fn audit(&self) -> Result<AuditReport, LedgerError> {
+        let _quiet = self.mode.write().await;
+        let store = Arc::clone(&self.core.store);
+        let policy = self.core.policy;
+        let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            Ok((store.journal()?, store.accounts()?))
+        })
+        .await
+        .map_err(|e| LedgerError::Invariant(format!("audit task failed: {e}")))??;
+        Ok(audit::audit(&read.0, &read.1, &policy))
+    }
+
+    /// Makes everything acknowledged so far durable; used at shutdown.
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        self.core.store.flush()?;
+        Ok(())
+    }
+}

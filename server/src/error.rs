@@ -1,0 +1,79 @@
+//! The ledger's expected failures as values. `service.rs` is the one place
+//! they become a gRPC `Status`.
+
+use crate::{
+    bank::{AccountId, InvalidArgument, Refusal},
+    store::StoreError,
+};
+
+/// Why an operation did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A request field broke a rule. INVALID_ARGUMENT.
+    #[error(transparent)]
+    Invalid(#[from] InvalidArgument),
+    /// No such account. NOT_FOUND.
+    #[error("account {0} does not exist; open it with OpenAccount first")]
+    NotFound(AccountId),
+    /// OpenAccount on an id that exists. ALREADY_EXISTS.
+    #[error("account {0} already exists")]
+    AlreadyExists(AccountId),
+    /// The bank's rules refused it. FAILED_PRECONDITION.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// A request_id reused for different arguments. INVALID_ARGUMENT.
+    #[error("request_id was already used for {original}; use a new request_id")]
+    RequestIdReused {
+        /// What it was first used for.
+        original: String,
+    },
+    /// The request_id's first try failed after part of it applied; replayed as is. FAILED_PRECONDITION.
+    #[error("{0}")]
+    Replayed(String),
+    /// Mutex mode waited past the bound for a lock. ABORTED.
+    #[error(
+        "deadlock detected: waited {waited_ms} ms for account {waiting_for} while holding {holding}; retry"
+    )]
+    Deadlock {
+        /// The account held.
+        holding: AccountId,
+        /// The account waited for.
+        waiting_for: AccountId,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// A lock wait past the bound with nothing held: contention, not a cycle. ABORTED.
+    #[error("lock wait on account {account} exceeded {waited_ms} ms; retry")]
+    LockTimeout {
+        /// The account waited for.
+        account: AccountId,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// CAS retries exhausted. ABORTED.
+    #[error("compare-and-swap on account {account} lost {attempts} times in a row; retry later")]
+    Contention {
+        /// The contended account.
+        account: AccountId,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// An actor transfer with this request_id is between its debit and credit. UNAVAILABLE.
+    #[error("transfer {0} is in flight; retry shortly")]
+    InFlight(String),
+    /// An actor mailbox stayed full past the bound. UNAVAILABLE.
+    #[error("account owner is overloaded (mailbox full for {waited_ms} ms); retry with backoff")]
+    Overloaded {
+        /// How long it waited for room.
+        waited_ms: u64,
+    },
+    /// The server is stopping. UNAVAILABLE.
+    #[error("the ledger is shutting down")]
+    ShuttingDown,
+    /// Storage failed. INTERNAL.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// A guarantee the code relies on did not hold: a bug. INTERNAL.
+    #[error("invariant violated: {0}")]
+    Invariant(String),
+}

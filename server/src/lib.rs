@@ -1,0 +1,160 @@
+//! overdraft's ledger: a bank ledger that races on purpose. Account operations
+//! run in one of four consistency modes (`unsafe`, `mutex`, `cas`, `actor`),
+//! switchable while serving, over sled, behind gRPC; an audit names every
+//! overdraft, lost update and cent created or destroyed.
+//!
+//! # Layout
+//! - [`config`]: the `ledger` command line and the mode and policy enums.
+//! - [`bank`]: money rules with no I/O: ids, amounts, [`bank::apply`].
+//! - [`store`]: the storage trait; sled on disk, or memory.
+//! - [`journal`]: journal entries and the replies kept for idempotency.
+//! - [`race`]: the race hook, the one seam where timing faults enter.
+//! - [`modes`]: the four modes and the read-check-write step they share.
+//! - [`engine`]: mode switching, idempotency, durable acks.
+//! - [`durability`]: group commit for `--durability sync`.
+//! - [`audit`]: anomalies found in the journal and balances.
+//! - [`service`]: the gRPC services; the one place errors become `Status`.
+//! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes.
+
+pub mod audit;
+pub mod bank;
+pub mod config;
+pub(crate) mod durability;
+pub mod engine;
+pub mod error;
+pub mod journal;
+pub mod modes;
+pub mod race;
+pub mod service;
+pub mod stats;
+pub mod store;
+pub mod telemetry;
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use overdraft_proto::v1::{admin_server::AdminServer, ledger_server::LedgerServer};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::store::{SledStore, Store};
+pub use crate::{config::Config, engine::Engine, service::LedgerService};
+
+/// Largest gRPC message accepted: 1 MiB. The biggest legitimate request is a
+/// Reset opening [`service::RESET_ACCOUNTS_MAX`] accounts (well under this);
+/// anything larger is refused with RESOURCE_EXHAUSTED before it is decoded.
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+
+/// Requests served at once on one connection; more wait in HTTP/2 flow control.
+pub const REQUESTS_PER_CONNECTION_MAX: usize = 1_024;
+
+/// How long HTTP/2 keepalive pings may go unanswered before a connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Opens the store the configuration names: sled in `--data-dir`, or a
+/// temporary sled database.
+pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = match &config.data_dir {
+        Some(dir) => SledStore::open(dir)
+            .map_err(|e| anyhow::anyhow!("cannot open --data-dir {}: {e}", dir.display()))?,
+        None => SledStore::temporary()?,
+    };
+    Ok(Arc::new(store))
+}
+
+/// Serves the ledger on `listener` until `shutdown` completes, then drains
+/// requests in flight and flushes the store.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        config = %serde_json::to_string(&config).unwrap_or_default(),
+        overdraft = ?config.overdraft_policy(),
+        "ledger starting"
+    );
+    let store = open_store(&config)?;
+    let engine = Engine::start(&config, store)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;
+    let service = LedgerService::new(Arc::clone(&engine));
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<LedgerServer<LedgerService>>()
+        .await;
+    health_reporter
+        .set_serving::<AdminServer<LedgerService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(overdraft_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let ledger = LedgerServer::new(service.clone())
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let admin = AdminServer::new(service)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+
+    tracing::info!(%addr, mode = %config.mode, "ledger serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(ledger)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    engine
+        .flush()
+        .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+    tracing::info!("ledger stopped; store flushed");
+    Ok(())
+}
+
+/// A ledger serving in the background, for embedding (the ATM demo, tests).
+#[derive(Debug)]
+pub struct RunningLedger {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningLedger {
+    /// `http://ADDR`, for a tonic client.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops it gracefully and waits until the store is flushed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+/// Binds `config.listen` (port 0 picks one) and serves in a background task.
+pub async fn spawn(config: Config) -> anyhow::Result<RunningLedger> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    Ok(RunningLedger {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}

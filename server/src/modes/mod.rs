@@ -1,0 +1,205 @@
+//! The four consistency modes and the one step they share.
+//!
+//! Every mode runs the same sequence, [`read_check_write`]: read the accounts,
+//! pause at the race hook, apply the bank's rules, commit. What differs is only
+//! what surrounds it (nothing, locks, retries, an owner task) and whether the
+//! write is blind (`unsafe`) or guarded by the version it read.
+
+pub mod actor;
+pub mod cas;
+pub mod mutex;
+pub mod unprotected;
+
+use std::sync::Arc;
+
+use crate::{
+    bank::{self, Account, AccountId, Operation, RequestId},
+    config::{Idempotency, Mode},
+    engine::Core,
+    error::LedgerError,
+    journal::{JournalEntry, RequestRecord, StoredReply},
+    race::RacePoint,
+    store::{Commit, Guard, Rejected, Write},
+};
+
+/// A mutation as the engine hands it to a mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// What to do.
+    pub op: Operation,
+    /// The idempotency key, if the client sent one.
+    pub request_id: Option<RequestId>,
+}
+
+impl Request {
+    /// The key under which the reply is kept, if idempotency applies.
+    fn idempotency_key(&self, core: &Core) -> Option<&RequestId> {
+        match core.idempotency {
+            Idempotency::On => self.request_id.as_ref(),
+            Idempotency::Off => None,
+        }
+    }
+}
+
+/// What an applied (or replayed) mutation returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// Each touched account after the operation, in request order.
+    pub accounts: Vec<(AccountId, Account)>,
+    /// Overdraft fee charged.
+    pub fee_cents: i64,
+    /// True when answered from the idempotency table.
+    pub replayed: bool,
+}
+
+impl Applied {
+    fn from_stored(reply: StoredReply) -> Self {
+        Self {
+            accounts: reply.accounts,
+            fee_cents: reply.fee_cents,
+            replayed: true,
+        }
+    }
+}
+
+/// One try at an operation.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Written (or replayed).
+    Applied(Applied),
+    /// A version guard failed: someone wrote the account after we read it.
+    Conflict(AccountId),
+}
+
+/// Whether the write checks the versions it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum WriteKind {
+    /// Write regardless: the unsafe mode's lost update.
+    Blind,
+    /// Write only if every account is still at the version read.
+    Guarded,
+}
+
+/// Read, race hook, check, write: the sequence every mode runs.
+pub(crate) async fn read_check_write(
+    core: &Arc<Core>,
+    mode: Mode,
+    request: &Request,
+    write_kind: WriteKind,
+) -> Result<Attempt, LedgerError> {
+    let ids = request.op.accounts();
+    let mut reads = Vec::with_capacity(ids.len());
+    for id in &ids {
+        reads.push(read_account(core, id)?);
+    }
+    core.hook.pause(RacePoint::ReadToWrite).await;
+    let effect = bank::apply(&request.op, &reads, &core.policy)?;
+    if effect.legs.len() != ids.len() {
+        return Err(LedgerError::Invariant(format!(
+            "{} accounts read but {} legs computed",
+            ids.len(),
+            effect.legs.len()
+        )));
+    }
+    let writes = effect
+        .legs
+        .iter()
+        .map(|leg| Write {
+            account: leg.account.clone(),
+            guard: match write_kind {
+                WriteKind::Blind => Guard::Blind,
+                WriteKind::Guarded => Guard::Version(leg.read.version),
+            },
+            new: leg.written,
+        })
+        .collect();
+    let accounts = effect
+        .legs
+        .iter()
+        .map(|leg| (leg.account.clone(), leg.written))
+        .collect();
+    let fingerprint = request.op.fingerprint();
+    let key = request.idempotency_key(core).cloned();
+    let commit = Commit {
+        writes,
+        request: key.clone().map(|id| {
+            let reply = StoredReply {
+                fingerprint: fingerprint.clone(),
+                accounts,
+                fee_cents: effect.fee_cents,
+            };
+            (id, RequestRecord::Done(reply))
+        }),
+        replace_request: false,
+        entry: JournalEntry {
+            seq: 0,
+            kind: request.op.kind(),
+            request_id: request.request_id.clone(),
+            transfer_id: None,
+            counterparty: None,
+            mode,
+            amount_cents: request.op.amount_cents(),
+            fee_cents: effect.fee_cents,
+            legs: effect.legs,
+            time_unix_ns: 0,
+        },
+    };
+    commit_attempt(core, commit, &fingerprint).await
+}
+
+/// Reads one account, or NOT_FOUND.
+pub(crate) fn read_account(core: &Core, id: &AccountId) -> Result<Account, LedgerError> {
+    core.store
+        .account(id)?
+        .ok_or_else(|| LedgerError::NotFound(id.clone()))
+}
+
+/// Commits off the async threads and sorts the outcome into an attempt.
+pub(crate) async fn commit_attempt(
+    core: &Arc<Core>,
+    commit: Commit,
+    fingerprint: &str,
+) -> Result<Attempt, LedgerError> {
+    let replied = commit
+        .request
+        .as_ref()
+        .and_then(|(_, record)| match record {
+            RequestRecord::Done(reply) => Some(reply.clone()),
+            RequestRecord::InFlight { .. } | RequestRecord::Failed { .. } => None,
+        });
+    let accounts_written = commit
+        .writes
+        .iter()
+        .map(|write| (write.account.clone(), write.new))
+        .collect();
+    let fee_cents = commit.entry.fee_cents;
+    match core.commit(commit).await? {
+        Ok(_seq) => Ok(Attempt::Applied(Applied {
+            accounts: replied.map_or(accounts_written, |reply| reply.accounts),
+            fee_cents,
+            replayed: false,
+        })),
+        Err(Rejected::Conflict { account, .. }) => Ok(Attempt::Conflict(account)),
+        Err(Rejected::Duplicate(record)) => replay(record, fingerprint).map(Attempt::Applied),
+    }
+}
+
+/// The reply to a request whose key already has a record.
+pub(crate) fn replay(record: RequestRecord, fingerprint: &str) -> Result<Applied, LedgerError> {
+    let original = match &record {
+        RequestRecord::Done(reply) => &reply.fingerprint,
+        RequestRecord::InFlight { fingerprint } | RequestRecord::Failed { fingerprint, .. } => {
+            fingerprint
+        }
+    };
+    if original != fingerprint {
+        return Err(LedgerError::RequestIdReused {
+            original: original.clone(),
+        });
+    }
+    match record {
+        RequestRecord::Done(reply) => Ok(Applied::from_stored(reply)),
+        RequestRecord::InFlight { .. } => Err(LedgerError::InFlight(fingerprint.to_owned())),
+        RequestRecord::Failed { reason, .. } => Err(LedgerError::Replayed(reason)),
+    }
+}

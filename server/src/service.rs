@@ -1,0 +1,345 @@
+//! The gRPC services, `overdraft.v1.Ledger` and `overdraft.v1.Admin`: turn
+//! requests into validated domain values, call the engine, turn its answers
+//! into replies. This is the one place a [`LedgerError`] becomes a `Status`.
+
+use std::sync::Arc;
+
+use overdraft_proto::v1::{self as pb, admin_server::Admin, finding, ledger_server::Ledger};
+use tonic::{Code, Request, Response, Status};
+
+use crate::{
+    audit::{AuditReport, Finding, FindingKind},
+    bank::{self, Account, AccountId, InvalidArgument, Operation, RequestId},
+    config::Mode,
+    engine::Engine,
+    error::LedgerError,
+    modes::{self, Applied},
+    stats::Stats,
+};
+
+/// Most accounts one Reset may open: keeps a Reset request under the message size bound.
+pub const RESET_ACCOUNTS_MAX: usize = 10_000;
+
+/// Both services, sharing one engine.
+#[derive(Clone, Debug)]
+pub struct LedgerService {
+    engine: Arc<Engine>,
+}
+
+impl LedgerService {
+    /// Services over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+/// The one mapping from ledger errors to gRPC statuses.
+pub fn status(error: LedgerError) -> Status {
+    let code = match &error {
+        LedgerError::Invalid(_) | LedgerError::RequestIdReused { .. } => Code::InvalidArgument,
+        LedgerError::NotFound(_) => Code::NotFound,
+        LedgerError::AlreadyExists(_) => Code::AlreadyExists,
+        LedgerError::Refused(_) | LedgerError::Replayed(_) => Code::FailedPrecondition,
+        LedgerError::Deadlock { .. }
+        | LedgerError::LockTimeout { .. }
+        | LedgerError::Contention { .. } => Code::Aborted,
+        LedgerError::InFlight(_) | LedgerError::Overloaded { .. } | LedgerError::ShuttingDown => {
+            Code::Unavailable
+        }
+        LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
+    };
+    if code == Code::Internal {
+        tracing::error!(%error, "internal error");
+    }
+    Status::new(code, error.to_string())
+}
+
+fn invalid(error: InvalidArgument) -> Status {
+    status(LedgerError::Invalid(error))
+}
+
+fn mode_from_proto(raw: i32) -> Result<Mode, Status> {
+    match pb::Mode::try_from(raw) {
+        Ok(pb::Mode::Unsafe) => Ok(Mode::Unsafe),
+        Ok(pb::Mode::Mutex) => Ok(Mode::Mutex),
+        Ok(pb::Mode::Cas) => Ok(Mode::Cas),
+        Ok(pb::Mode::Actor) => Ok(Mode::Actor),
+        _ => Err(invalid(InvalidArgument::new(
+            "mode",
+            format!("must be MODE_UNSAFE, MODE_MUTEX, MODE_CAS or MODE_ACTOR (got {raw})"),
+        ))),
+    }
+}
+
+fn mode_to_proto(mode: Mode) -> pb::Mode {
+    match mode {
+        Mode::Unsafe => pb::Mode::Unsafe,
+        Mode::Mutex => pb::Mode::Mutex,
+        Mode::Cas => pb::Mode::Cas,
+        Mode::Actor => pb::Mode::Actor,
+    }
+}
+
+fn state(account: &AccountId, state: Account) -> pb::AccountState {
+    pb::AccountState {
+        account_id: account.to_string(),
+        balance_cents: state.balance_cents,
+        version: state.version,
+    }
+}
+
+fn mutation_reply(applied: Applied) -> Result<pb::MutationReply, Status> {
+    let (account, after) = applied.accounts.first().ok_or_else(|| {
+        status(LedgerError::Invariant(
+            "a mutation returned no account".into(),
+        ))
+    })?;
+    Ok(pb::MutationReply {
+        account_id: account.to_string(),
+        balance_cents: after.balance_cents,
+        version: after.version,
+        fee_cents: applied.fee_cents,
+        replayed: applied.replayed,
+    })
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerService {
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn open_account(
+        &self,
+        request: Request<pb::OpenAccountRequest>,
+    ) -> Result<Response<pb::OpenAccountReply>, Status> {
+        let request = request.into_inner();
+        let account = AccountId::parse("account_id", &request.account_id).map_err(invalid)?;
+        let initial =
+            bank::parse_opening_balance("initial_balance_cents", request.initial_balance_cents)
+                .map_err(invalid)?;
+        let opened = self
+            .engine
+            .open_account(account.clone(), initial)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::OpenAccountReply {
+            account: Some(state(&account, opened)),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
+    async fn deposit(
+        &self,
+        request: Request<pb::DepositRequest>,
+    ) -> Result<Response<pb::MutationReply>, Status> {
+        let request = request.into_inner();
+        let op = Operation::Deposit {
+            account: AccountId::parse("account_id", &request.account_id).map_err(invalid)?,
+            amount_cents: bank::parse_amount("amount_cents", request.amount_cents)
+                .map_err(invalid)?,
+        };
+        let applied = self.run(op, &request.request_id).await?;
+        Ok(Response::new(mutation_reply(applied)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
+    async fn withdraw(
+        &self,
+        request: Request<pb::WithdrawRequest>,
+    ) -> Result<Response<pb::MutationReply>, Status> {
+        let request = request.into_inner();
+        let op = Operation::Withdraw {
+            account: AccountId::parse("account_id", &request.account_id).map_err(invalid)?,
+            amount_cents: bank::parse_amount("amount_cents", request.amount_cents)
+                .map_err(invalid)?,
+        };
+        let applied = self.run(op, &request.request_id).await?;
+        Ok(Response::new(mutation_reply(applied)?))
+    }
+
+    #[tracing::instrument(skip_all, fields(from = %request.get_ref().from_account_id, to = %request.get_ref().to_account_id, request_id = %request.get_ref().request_id))]
+    async fn transfer(
+        &self,
+        request: Request<pb::TransferRequest>,
+    ) -> Result<Response<pb::TransferReply>, Status> {
+        let request = request.into_inner();
+        let from =
+            AccountId::parse("from_account_id", &request.from_account_id).map_err(invalid)?;
+        let to = AccountId::parse("to_account_id", &request.to_account_id).map_err(invalid)?;
+        if from == to {
+            return Err(invalid(InvalidArgument::new(
+                "to_account_id",
+                "must differ from from_account_id",
+            )));
+        }
+        let amount_cents =
+            bank::parse_amount("amount_cents", request.amount_cents).map_err(invalid)?;
+        let op = Operation::Transfer {
+            from,
+            to,
+            amount_cents,
+        };
+        let applied = self.run(op, &request.request_id).await?;
+        let [(from_id, from_state), (to_id, to_state)] = applied.accounts.as_slice() else {
+            return Err(status(LedgerError::Invariant(
+                "a transfer returned other than two accounts".into(),
+            )));
+        };
+        Ok(Response::new(pb::TransferReply {
+            from: Some(state(from_id, *from_state)),
+            to: Some(state(to_id, *to_state)),
+            replayed: applied.replayed,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::AccountState>, Status> {
+        let account =
+            AccountId::parse("account_id", &request.get_ref().account_id).map_err(invalid)?;
+        let found = self.engine.balance(&account).await.map_err(status)?;
+        Ok(Response::new(state(&account, found)))
+    }
+}
+
+impl LedgerService {
+    async fn run(&self, op: Operation, request_id: &str) -> Result<Applied, Status> {
+        let request_id = RequestId::parse_optional(request_id).map_err(invalid)?;
+        self.engine
+            .execute(modes::Request { op, request_id })
+            .await
+            .map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for LedgerService {
+    async fn get_mode(
+        &self,
+        _request: Request<pb::GetModeRequest>,
+    ) -> Result<Response<pb::ModeReply>, Status> {
+        let mode = self.engine.mode().await;
+        Ok(Response::new(pb::ModeReply {
+            mode: mode_to_proto(mode).into(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(mode = request.get_ref().mode))]
+    async fn set_mode(
+        &self,
+        request: Request<pb::SetModeRequest>,
+    ) -> Result<Response<pb::ModeReply>, Status> {
+        let mode = mode_from_proto(request.get_ref().mode)?;
+        self.engine.set_mode(mode).await;
+        Ok(Response::new(pb::ModeReply {
+            mode: mode_to_proto(mode).into(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(accounts = request.get_ref().accounts.len()))]
+    async fn reset(
+        &self,
+        request: Request<pb::ResetRequest>,
+    ) -> Result<Response<pb::ResetReply>, Status> {
+        let request = request.into_inner();
+        if request.accounts.len() > RESET_ACCOUNTS_MAX {
+            return Err(invalid(InvalidArgument::new(
+                "accounts",
+                format!(
+                    "must list at most {RESET_ACCOUNTS_MAX} accounts (got {})",
+                    request.accounts.len()
+                ),
+            )));
+        }
+        let mut accounts = Vec::with_capacity(request.accounts.len());
+        let mut seen = std::collections::HashSet::new();
+        for open in &request.accounts {
+            let id = AccountId::parse("accounts.account_id", &open.account_id).map_err(invalid)?;
+            let balance = bank::parse_opening_balance(
+                "accounts.initial_balance_cents",
+                open.initial_balance_cents,
+            )
+            .map_err(invalid)?;
+            if !seen.insert(id.clone()) {
+                return Err(invalid(InvalidArgument::new(
+                    "accounts.account_id",
+                    format!("lists {id} twice"),
+                )));
+            }
+            accounts.push((id, balance));
+        }
+        let opened = self.engine.reset(accounts).await.map_err(status)?;
+        Ok(Response::new(pb::ResetReply {
+            accounts_opened: u32::try_from(opened).unwrap_or(u32::MAX),
+        }))
+    }
+
+    async fn audit(
+        &self,
+        _request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditReply>, Status> {
+        let report = self.engine.audit().await.map_err(status)?;
+        Ok(Response::new(audit_reply(report)))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsReply>, Status> {
+        let stats = &self.engine.core().stats;
+        let modes = Mode::ALL
+            .iter()
+            .map(|mode| {
+                let counters = stats.mode(*mode);
+                pb::ModeStats {
+                    mode: mode_to_proto(*mode).into(),
+                    operations: Stats::read(&counters.operations),
+                    refusals: Stats::read(&counters.refusals),
+                    retries: Stats::read(&counters.retries),
+                    aborts: Stats::read(&counters.aborts),
+                    deadlocks_detected: Stats::read(&counters.deadlocks_detected),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::StatsReply {
+            mode: mode_to_proto(self.engine.mode().await).into(),
+            modes,
+            replays: Stats::read(&stats.replays),
+            flushes: Stats::read(&stats.flushes),
+            flushed_operations: Stats::read(&stats.flushed_operations),
+        }))
+    }
+}
+
+fn audit_reply(report: AuditReport) -> pb::AuditReply {
+    pb::AuditReply {
+        clean: report.clean,
+        findings: report.findings.into_iter().map(finding_to_proto).collect(),
+        opening_cents: report.opening_cents,
+        deposits_cents: report.deposits_cents,
+        withdrawals_cents: report.withdrawals_cents,
+        fees_cents: report.fees_cents,
+        balances_cents: report.balances_cents,
+        in_flight_cents: report.in_flight_cents,
+        money_delta_cents: report.money_delta_cents,
+        journal_entries: report.journal_entries,
+        overdrafts: report.overdrafts,
+        lost_updates: report.lost_updates,
+    }
+}
+
+fn finding_to_proto(finding: Finding) -> pb::Finding {
+    let kind = match finding.kind {
+        FindingKind::Overdraft => finding::Kind::Overdraft,
+        FindingKind::LostUpdate => finding::Kind::LostUpdate,
+        FindingKind::Conservation => finding::Kind::Conservation,
+        FindingKind::JournalMismatch => finding::Kind::JournalMismatch,
+    };
+    pb::Finding {
+        kind: kind.into(),
+        account_id: finding.account.map(|a| a.to_string()).unwrap_or_default(),
+        request_ids: finding.request_ids,
+        cents: finding.cents,
+        detail: finding.detail,
+    }
+}

@@ -1,0 +1,120 @@
+//! An in-memory store with the same contract as sled: one std mutex makes
+//! every commit atomic. A std mutex, not a tokio one, because nothing awaits
+//! while it is held.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, MutexGuard},
+};
+
+use super::{Commit, Guard, Rejected, Store, StoreError, now_unix_ns};
+use crate::{
+    bank::{Account, AccountId, RequestId},
+    journal::{JournalEntry, RequestRecord},
+};
+
+/// A ledger held in memory; gone when dropped.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    accounts: BTreeMap<AccountId, Account>,
+    journal: Vec<JournalEntry>,
+    requests: HashMap<String, RequestRecord>,
+    next_seq: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock can only come from a bug in this
+        // file; the data is still consistent because every commit checks
+        // before it mutates, so keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Store for MemoryStore {
+    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        Ok(self.state().accounts.get(id).copied())
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+        let mut state = self.state();
+        if let Some((id, _)) = &commit.request
+            && !commit.replace_request
+            && let Some(existing) = state.requests.get(id.as_str())
+        {
+            return Ok(Err(Rejected::Duplicate(existing.clone())));
+        }
+        for write in &commit.writes {
+            let found = state.accounts.get(&write.account).copied();
+            let holds = match write.guard {
+                Guard::Blind => true,
+                Guard::Version(version) => found.map(|a| a.version) == Some(version),
+                Guard::Absent => found.is_none(),
+            };
+            if !holds {
+                return Ok(Err(Rejected::Conflict {
+                    account: write.account.clone(),
+                    found,
+                }));
+            }
+        }
+        for write in &commit.writes {
+            state.accounts.insert(write.account.clone(), write.new);
+        }
+        if let Some((id, record)) = &commit.request {
+            state
+                .requests
+                .insert(id.as_str().to_owned(), record.clone());
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let mut entry = commit.entry.clone();
+        entry.seq = seq;
+        entry.time_unix_ns = now_unix_ns();
+        state.journal.push(entry);
+        Ok(Ok(seq))
+    }
+
+    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self.state().requests.get(id.as_str()).cloned())
+    }
+
+    fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        Ok(self
+            .state()
+            .accounts
+            .iter()
+            .map(|(id, account)| (id.clone(), *account))
+            .collect())
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        Ok(self.state().journal.clone())
+    }
+
+    fn clear(&self) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let next_seq = state.next_seq;
+        *state = State {
+            next_seq,
+            ..State::default()
+        };
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Storage behind one small trait: balances with versions, the journal, and
+//! the idempotency table, changed together by atomic commits.
+//!
+//! sled ([`SledStore`]) is the real default; [`MemoryStore`] keeps the same
+//! contract in memory for unit tests and simulation. Every method is
+//! synchronous: sled's transaction closures may re-run and must not await, so
+//! callers run commits off the async threads.
+
+mod memory;
+mod sled_store;
+
+pub use memory::MemoryStore;
+pub use sled_store::SledStore;
+
+use crate::{
+    bank::{Account, AccountId, RequestId},
+    journal::{JournalEntry, RequestRecord},
+};
+
+/// What a write expects to find before it writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Guard {
+    /// Write whatever is there (unsafe mode: the lost update is the lesson).
+    Blind,
+    /// The account must still be at this version (cas; an assertion in mutex and actor).
+    Version(u64),
+    /// The account must not exist (opening).
+    Absent,
+}
+
+/// One account write in a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// The account.
+    pub account: AccountId,
+    /// What must hold before writing.
+    pub guard: Guard,
+    /// The new state.
+    pub new: Account,
+}
+
+/// Everything one operation changes, applied all or nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// Account writes.
+    pub writes: Vec<Write>,
+    /// The journal entry; its `seq` is assigned by the store.
+    pub entry: JournalEntry,
+    /// The idempotency record to store; the commit fails with
+    /// [`Rejected::Duplicate`] if the key already holds one, unless `replace`.
+    pub request: Option<(RequestId, RequestRecord)>,
+    /// Overwrite an existing record under the key (an actor transfer's credit
+    /// replacing its in-flight marker).
+    pub replace_request: bool,
+}
+
+/// Why a commit wrote nothing; expected outcomes, not faults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// A guard did not hold.
+    Conflict {
+        /// The account whose guard failed.
+        account: AccountId,
+        /// What the store held (None: no such account).
+        found: Option<Account>,
+    },
+    /// The request_id already has a record.
+    Duplicate(RequestRecord),
+}
+
+/// A storage fault: the operation's outcome is unknown to the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled reported an error.
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode: corruption or a format change.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// Which record.
+        what: &'static str,
+        /// The decoder's complaint.
+        detail: String,
+    },
+}
+
+/// The ledger's storage.
+pub trait Store: Send + Sync + 'static {
+    /// An account's state, or None.
+    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
+
+    /// Applies `commit` atomically and returns the journal seq it got, or why it wrote nothing.
+    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError>;
+
+    /// The idempotency record under `id`, if any.
+    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Every account, in id order.
+    fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError>;
+
+    /// The journal in commit order.
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError>;
+
+    /// Removes every account, journal entry and idempotency record.
+    fn clear(&self) -> Result<(), StoreError>;
+
+    /// Makes every commit so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// Encodes an account as 16 bytes: balance then version, big-endian.
+fn encode_account(account: Account) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&account.balance_cents.to_be_bytes());
+    bytes[8..].copy_from_slice(&account.version.to_be_bytes());
+    bytes
+}
+
+fn decode_account(bytes: &[u8]) -> Result<Account, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "account",
+        detail: format!("expected 16 bytes, found {}", bytes.len()),
+    };
+    let balance: [u8; 8] = bytes
+        .get(..8)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    let version: [u8; 8] = bytes
+        .get(8..16)
+        .ok_or_else(corrupt)?
+        .try_into()
+        .map_err(|_| corrupt())?;
+    if bytes.len() != 16 {
+        return Err(corrupt());
+    }
+    Ok(Account {
+        balance_cents: i64::from_be_bytes(balance),
+        version: u64::from_be_bytes(version),
+    })
+}
+
+fn encode_json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    // The serialized types hold only strings, integers and enums, for which
+    // serde_json cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+        what,
+        detail: error.to_string(),
+    })
+}
+
+fn now_unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
