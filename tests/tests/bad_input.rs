@@ -8,7 +8,12 @@ use overdraft_tests::{TestLedger, pb};
 use tonic::Code;
 
 /// A case: its name, what the server answered, the code and the words expected.
-type Case = (&'static str, Result<(), tonic::Status>, Code, &'static [&'static str]);
+type Case = (
+    &'static str,
+    Result<(), tonic::Status>,
+    Code,
+    &'static [&'static str],
+);
 
 fn deposit(account_id: &str, amount_cents: i64, request_id: &str) -> pb::DepositRequest {
     pb::DepositRequest {
