@@ -77,7 +77,7 @@ impl OverdraftPolicy {
 }
 
 /// Largest overdraft fee or limit accepted on the command line: $1,000,000.
-const OVERDRAFT_CENTS_MAX: i64 = 100_000_000;
+pub const OVERDRAFT_CENTS_MAX: i64 = 100_000_000;
 
 /// The `--overdraft` value before the limit is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,7 +182,11 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = Durability::None)]
     pub durability: Durability,
 
-    /// Largest delay, in ms, injected at the race hook (uniform from 0).
+    /// Smallest delay, in ms, injected at the race hook (at most --race-window-ms).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=RACE_WINDOW_MS_MAX))]
+    pub race_window_ms_min: u64,
+
+    /// Largest delay, in ms, injected at the race hook (uniform from --race-window-ms-min).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=RACE_WINDOW_MS_MAX))]
     pub race_window_ms: u64,
 
@@ -220,7 +224,61 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// The settings that Admin.Configure may change while serving. Each
+/// operation reads them once, at its start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Settings {
+    /// What a debit beyond the balance does.
+    pub policy: OverdraftPolicy,
+    /// Whether request_ids are honoured.
+    pub idempotency: Idempotency,
+    /// Mutex mode's lock order.
+    pub lock_order: LockOrder,
+}
+
+/// Checks a race window: both ends within [`RACE_WINDOW_MS_MAX`], min <= max.
+pub fn check_race_window(min_ms: u64, max_ms: u64) -> Result<(), String> {
+    if max_ms > RACE_WINDOW_MS_MAX {
+        return Err(format!(
+            "race_window_ms_max must be at most {RACE_WINDOW_MS_MAX} (got {max_ms})"
+        ));
+    }
+    if min_ms > max_ms {
+        return Err(format!(
+            "race_window_ms_min ({min_ms}) must not exceed race_window_ms_max ({max_ms})"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an overdraft fee and limit: each within 0 and [`OVERDRAFT_CENTS_MAX`].
+pub fn check_overdraft(fee_cents: i64, limit_cents: i64) -> Result<(), String> {
+    for (field, value) in [("fee_cents", fee_cents), ("limit_cents", limit_cents)] {
+        if !(0..=OVERDRAFT_CENTS_MAX).contains(&value) {
+            return Err(format!(
+                "overdraft.{field} must be between 0 and {OVERDRAFT_CENTS_MAX} (got {value})"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Checks what clap cannot: rules between flags.
+    pub fn validate(&self) -> Result<(), String> {
+        check_race_window(self.race_window_ms_min, self.race_window_ms)
+            .map_err(|e| format!("--race-window-ms-min must not exceed --race-window-ms: {e}"))
+    }
+
+    /// The run-time settings the flags describe.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            policy: self.overdraft_policy(),
+            idempotency: self.idempotency,
+            lock_order: self.lock_order,
+        }
+    }
+
     /// The overdraft policy the flags describe.
     pub fn overdraft_policy(&self) -> OverdraftPolicy {
         match self.overdraft {

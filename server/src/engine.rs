@@ -17,7 +17,7 @@ use tokio::sync::RwLock;
 use crate::{
     audit::{self, AuditReport},
     bank::{Account, AccountId, EntryKind, Leg},
-    config::{Config, Durability, Idempotency, LockOrder, Mode, OverdraftPolicy},
+    config::{Config, Durability, Idempotency, Mode, Settings},
     durability::GroupCommit,
     error::LedgerError,
     journal::JournalEntry,
@@ -34,12 +34,9 @@ pub struct Core {
     pub store: Arc<dyn Store>,
     /// The race hook every mode pauses at.
     pub hook: Arc<RaceHook>,
-    /// The overdraft policy.
-    pub policy: OverdraftPolicy,
-    /// Whether request_ids are honoured.
-    pub idempotency: Idempotency,
-    /// Mutex mode's lock order.
-    pub lock_order: LockOrder,
+    // A std RwLock: read once per operation, written only by Configure while
+    // operations are held back; never held across an await.
+    settings: std::sync::RwLock<Settings>,
     /// Mutex mode's lock wait bound.
     pub lock_wait_ms: u64,
     /// CAS mode's retry bound.
@@ -64,6 +61,15 @@ impl Core {
     /// quarter of the throughput when measured.
     pub async fn commit(&self, commit: Commit) -> Result<Result<u64, Rejected>, StoreError> {
         self.store.commit(&commit)
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        *self.settings.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = settings;
     }
 
     /// A uniform draw in `0..=max` from the seeded jitter RNG.
@@ -101,10 +107,12 @@ impl Engine {
             .unwrap_or(0);
         let core = Arc::new(Core {
             store: Arc::clone(&store),
-            hook: Arc::new(RaceHook::new(config.race_window_ms, config.seed)),
-            policy: config.overdraft_policy(),
-            idempotency: config.idempotency,
-            lock_order: config.lock_order,
+            hook: Arc::new(RaceHook::new(
+                config.race_window_ms_min,
+                config.race_window_ms,
+                config.seed,
+            )),
+            settings: std::sync::RwLock::new(config.settings()),
             lock_wait_ms: config.lock_wait_ms,
             cas_retries_max: config.cas_retries_max,
             stats: Stats::default(),
@@ -185,7 +193,7 @@ impl Engine {
         let Some(id) = request
             .request_id
             .as_ref()
-            .filter(|_| self.core.idempotency == Idempotency::On)
+            .filter(|_| self.core.settings().idempotency == Idempotency::On)
         else {
             return Ok(None);
         };
@@ -289,6 +297,24 @@ impl Engine {
         *current = mode;
     }
 
+    /// Changes the run-time settings and the race window once operations in
+    /// flight have finished. `change` sees the values in force and returns
+    /// the new ones (a window of `None` keeps it); it runs under the mode's
+    /// write lock, so two Configure calls cannot interleave.
+    pub async fn configure<E>(
+        &self,
+        change: impl FnOnce(Settings, (u64, u64)) -> Result<(Settings, Option<(u64, u64)>), E>,
+    ) -> Result<(Settings, (u64, u64)), E> {
+        let _quiet = self.mode.write().await;
+        let (settings, window) = change(self.core.settings(), self.core.hook.window_ms())?;
+        self.core.set_settings(settings);
+        if let Some((min, max)) = window {
+            self.core.hook.set_window_ms(min, max);
+        }
+        tracing::info!(?settings, window_ms = ?self.core.hook.window_ms(), "settings changed");
+        Ok((self.core.settings(), self.core.hook.window_ms()))
+    }
+
     /// Wipes everything (accounts, journal, idempotency table, counters) and
     /// opens `accounts`. Waits for operations in flight first.
     pub async fn reset(&self, accounts: Vec<(AccountId, i64)>) -> Result<usize, LedgerError> {
@@ -310,7 +336,7 @@ impl Engine {
     pub async fn audit(&self) -> Result<AuditReport, LedgerError> {
         let _quiet = self.mode.write().await;
         let store = Arc::clone(&self.core.store);
-        let policy = self.core.policy;
+        let policy = self.core.settings().policy;
         let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             Ok((store.journal()?, store.accounts()?))
         })

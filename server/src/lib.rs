@@ -68,6 +68,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::{
     audit::{AuditReport, Finding, FindingKind},
     bank::{self, Account, AccountId, InvalidArgument, Operation, RequestId},
-    config::Mode,
+    config::{self, Idempotency, LockOrder, Mode, OverdraftPolicy, Settings},
     engine::Engine,
     error::LedgerError,
     modes::{self, Applied},
@@ -282,6 +282,20 @@ impl Admin for LedgerService {
         Ok(Response::new(audit_reply(report)))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn configure(
+        &self,
+        request: Request<pb::ConfigureRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let request = request.into_inner();
+        let (settings, window) = self
+            .engine
+            .configure(|settings, window| configure(&request, settings, window))
+            .await
+            .map_err(invalid)?;
+        Ok(Response::new(settings_to_proto(settings, window)))
+    }
+
     async fn stats(
         &self,
         _request: Request<pb::StatsRequest>,
@@ -309,6 +323,84 @@ impl Admin for LedgerService {
             flushed_operations: Stats::read(&stats.flushed_operations),
         }))
     }
+}
+
+fn settings_to_proto(settings: Settings, window_ms: (u64, u64)) -> pb::Settings {
+    let overdraft = match settings.policy {
+        OverdraftPolicy::Reject => pb::Overdraft {
+            allow: false,
+            fee_cents: 0,
+            limit_cents: 0,
+        },
+        OverdraftPolicy::Fee {
+            fee_cents,
+            limit_cents,
+        } => pb::Overdraft {
+            allow: true,
+            fee_cents,
+            limit_cents,
+        },
+    };
+    let lock_order = match settings.lock_order {
+        LockOrder::Ordered => pb::LockOrder::Ordered,
+        LockOrder::Naive => pb::LockOrder::Naive,
+    };
+    pb::Settings {
+        race_window_ms_min: window_ms.0,
+        race_window_ms_max: window_ms.1,
+        overdraft: Some(overdraft),
+        lock_order: lock_order.into(),
+        idempotency: settings.idempotency == Idempotency::On,
+    }
+}
+
+/// Applies a Configure request to the settings in force, or names the field it breaks.
+fn configure(
+    request: &pb::ConfigureRequest,
+    mut settings: Settings,
+    window_ms: (u64, u64),
+) -> Result<(Settings, Option<(u64, u64)>), InvalidArgument> {
+    let window = match (request.race_window_ms_min, request.race_window_ms_max) {
+        (None, None) => None,
+        (min, max) => {
+            let window = (min.unwrap_or(window_ms.0), max.unwrap_or(window_ms.1));
+            config::check_race_window(window.0, window.1)
+                .map_err(|rule| InvalidArgument::new("race_window_ms", rule))?;
+            Some(window)
+        }
+    };
+    if let Some(overdraft) = &request.overdraft {
+        settings.policy = if overdraft.allow {
+            config::check_overdraft(overdraft.fee_cents, overdraft.limit_cents)
+                .map_err(|rule| InvalidArgument::new("overdraft", rule))?;
+            OverdraftPolicy::Fee {
+                fee_cents: overdraft.fee_cents,
+                limit_cents: overdraft.limit_cents,
+            }
+        } else {
+            OverdraftPolicy::Reject
+        };
+    }
+    if let Some(raw) = request.lock_order {
+        settings.lock_order = match pb::LockOrder::try_from(raw) {
+            Ok(pb::LockOrder::Ordered) => LockOrder::Ordered,
+            Ok(pb::LockOrder::Naive) => LockOrder::Naive,
+            _ => {
+                return Err(InvalidArgument::new(
+                    "lock_order",
+                    format!("must be LOCK_ORDER_ORDERED or LOCK_ORDER_NAIVE (got {raw})"),
+                ));
+            }
+        };
+    }
+    if let Some(on) = request.idempotency {
+        settings.idempotency = if on {
+            Idempotency::On
+        } else {
+            Idempotency::Off
+        };
+    }
+    Ok((settings, window))
 }
 
 fn audit_reply(report: AuditReport) -> pb::AuditReply {

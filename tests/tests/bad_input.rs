@@ -235,6 +235,17 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
     }
     let after = ledger.audit().await;
     assert_eq!(after, before, "bad input changed the ledger");
+    let settings = a
+        .configure(pb::ConfigureRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (settings.race_window_ms_min, settings.race_window_ms_max),
+        (0, 0)
+    );
+    assert_eq!(settings.lock_order, i32::from(pb::LockOrder::Ordered));
+    assert!(settings.idempotency && !settings.overdraft.unwrap_or_default().allow);
     assert_eq!(ledger.balance("alice").await.balance_cents, 1_000);
     let carol = ledger
         .ledger

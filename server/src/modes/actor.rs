@@ -218,9 +218,12 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
     let read = read_account(core, &work.account)?;
     core.hook.pause(RacePoint::ReadToWrite).await;
     let (leg, fee_cents) = match work.kind {
-        EntryKind::TransferDebit => {
-            bank::debit(&work.account, read, work.amount_cents, &core.policy)?
-        }
+        EntryKind::TransferDebit => bank::debit(
+            &work.account,
+            read,
+            work.amount_cents,
+            &core.settings().policy,
+        )?,
         _ => (bank::credit(&work.account, read, work.amount_cents)?, 0),
     };
     let written = (leg.account.clone(), leg.written);

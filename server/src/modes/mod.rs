@@ -34,7 +34,7 @@ pub struct Request {
 impl Request {
     /// The key under which the reply is kept, if idempotency applies.
     fn idempotency_key(&self, core: &Core) -> Option<&RequestId> {
-        match core.idempotency {
+        match core.settings().idempotency {
             Idempotency::On => self.request_id.as_ref(),
             Idempotency::Off => None,
         }
@@ -93,7 +93,7 @@ pub(crate) async fn read_check_write(
         reads.push(read_account(core, id)?);
     }
     core.hook.pause(RacePoint::ReadToWrite).await;
-    let effect = bank::apply(&request.op, &reads, &core.policy)?;
+    let effect = bank::apply(&request.op, &reads, &core.settings().policy)?;
     if effect.legs.len() != ids.len() {
         return Err(LedgerError::Invariant(format!(
             "{} accounts read but {} legs computed",

@@ -39,7 +39,7 @@ impl MutexMode {
         request: &Request,
     ) -> Result<Applied, LedgerError> {
         let mut order: Vec<AccountId> = request.op.accounts().into_iter().cloned().collect();
-        if core.lock_order == LockOrder::Ordered {
+        if core.settings().lock_order == LockOrder::Ordered {
             order.sort();
         }
         let _guards = self.lock_all(core, &order).await?;
