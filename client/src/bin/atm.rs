@@ -1,0 +1,23 @@
+//! `atm`: the overdraft ATM. Parses the command line and hands over to
+//! [`overdraft_client::cli::run`]; exit 0 when expectations hold, 1 when
+//! they do not, 2 on usage or connection errors.
+
+use clap::Parser;
+use overdraft_client::cli::{Cli, run};
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    overdraft_server::telemetry::init_with_default(
+        overdraft_server::config::LogFormat::Text,
+        "warn",
+    );
+    match run(cli).await {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("atm: {error}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The `atm` command line: `demo`, `scenario`, `load` and `compare`, and what
+//! each prints (a human table, or JSON with `--json`).
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use overdraft_server::config::Mode;
+use serde::Serialize;
+
+use crate::{
+    compare,
+    connect::ClientError,
+    demo, embedded,
+    load::{self, LoadArgs},
+    report,
+    scenario::{
+        BUILTIN, Scenario,
+        run::{ModeOutcome, run_mode},
+    },
+};
+
+/// The overdraft ATM: race demos, incident scenarios and load tests against a ledger.
+#[derive(Debug, Parser)]
+#[command(name = "atm", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the flagship scenarios in every mode and print one table.
+    ///
+    /// Without --target it starts a ledger in this process (temporary
+    /// storage, a loopback port). Exit 0 when every mode behaved as expected:
+    /// unsafe shows anomalies, the safe modes none.
+    Demo {
+        /// Run against this ledger instead (e.g. http://127.0.0.1:50051).
+        #[arg(long)]
+        target: Option<String>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Seed of the embedded ledger's race hook.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Run a named incident scenario (or a TOML file) and give the verdict per mode.
+    Scenario {
+        /// A built-in name (see --list) or a path to a TOML scenario file.
+        #[arg(required_unless_present = "list")]
+        scenario: Option<String>,
+        /// List the built-in scenarios.
+        #[arg(long)]
+        list: bool,
+        /// The ledger (default: one embedded in this process).
+        #[arg(long)]
+        target: Option<String>,
+        /// Modes to run (repeat or comma-separate); default: the scenario's.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        mode: Vec<Mode>,
+        /// Seed of the embedded ledger's race hook.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a seeded load and report latency, throughput, anomalies and reconciliation.
+    Load {
+        /// The ledger (e.g. http://127.0.0.1:50051).
+        #[arg(long)]
+        target: String,
+        /// Switch the ledger to this mode first.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+        /// The workload.
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The same seeded load in each mode, side by side, with the transport ceiling.
+    Compare {
+        /// The ledger (e.g. http://127.0.0.1:50051).
+        #[arg(long)]
+        target: String,
+        /// Modes to compare.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "unsafe,mutex,cas,actor"
+        )]
+        modes: Vec<Mode>,
+        /// The workload.
+        #[command(flatten)]
+        load: LoadArgs,
+        /// Print JSON (schema 1).
+        #[arg(long)]
+        json: bool,
+        /// Also write a self-contained HTML page with charts here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+}
+
+/// Runs a parsed command. `Ok(true)`: expectations held; `Ok(false)`: not.
+pub async fn run(cli: Cli) -> Result<bool, ClientError> {
+    match cli.command {
+        Command::Demo { target, json, seed } => run_demo(target, json, seed).await,
+        Command::Scenario { list: true, .. } => {
+            list();
+            Ok(true)
+        }
+        Command::Scenario {
+            scenario,
+            target,
+            mode,
+            seed,
+            json,
+            ..
+        } => {
+            let name = scenario.unwrap_or_default();
+            let scenario =
+                Scenario::load(&name).map_err(|e| ClientError::Internal(e.to_string()))?;
+            run_scenario(&name, scenario, target, mode, seed, json).await
+        }
+        Command::Load {
+            target,
+            mode,
+            load,
+            json,
+        } => {
+            let report = load::run(&target, &load, mode, !json).await?;
+            print_load(&report, json);
+            let reconciled = report.reconciliation.mismatched.is_empty();
+            Ok(report.mode == "unsafe" || (reconciled && report.audit.clean))
+        }
+        Command::Compare {
+            target,
+            modes,
+            load,
+            json,
+            html,
+        } => {
+            let report = compare::run(&target, &modes, &load, !json).await?;
+            if let Some(path) = html {
+                std::fs::write(&path, compare::html(&report)).map_err(|e| {
+                    ClientError::Internal(format!("cannot write --html {}: {e}", path.display()))
+                })?;
+            }
+            if json {
+                println!("{}", to_json(&report));
+            } else {
+                print!("{}", compare::table(&report));
+            }
+            Ok(report
+                .runs
+                .iter()
+                .all(|r| r.mode == "unsafe" || r.reconcile_mismatches == 0))
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> String {
+    // Reports hold strings, numbers and maps with string keys: serializable.
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}
+
+async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool, ClientError> {
+    let embedded = match &target {
+        Some(_) => None,
+        None => Some(embedded::start(seed).await?),
+    };
+    let url = target
+        .clone()
+        .unwrap_or_else(|| embedded.as_ref().map(|e| e.url()).unwrap_or_default());
+    let label = target.unwrap_or_else(|| "embedded".to_owned());
+    if !json {
+        eprintln!(
+            "atm demo: ledger {label} ({url}), seed {seed}; running {} scenarios in every mode",
+            demo::DEMO_SCENARIOS.len()
+        );
+    }
+    let report = demo::run(&url, &label, seed, |row| {
+        if !json {
+            eprintln!(
+                "  {:<20} {:<7} {}",
+                row.scenario,
+                row.mode.as_str(),
+                if row.passed { "ok" } else { "UNEXPECTED" }
+            );
+        }
+    })
+    .await?;
+    if let Some(ledger) = embedded {
+        ledger
+            .stop()
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+    }
+    if json {
+        println!("{}", to_json(&report));
+    } else {
+        println!();
+        print!("{}", report::table(&report.runs));
+        println!();
+        println!("{}", demo::summary(&report));
+        for row in report.runs.iter().filter(|r| !r.passed) {
+            print!("{}", report::verdict(row));
+        }
+    }
+    Ok(report.passed)
+}
+
+fn list() {
+    println!("{:<24} story", "scenario");
+    for (name, text) in BUILTIN {
+        let story = Scenario::parse(name, text)
+            .map(|s| s.story)
+            .unwrap_or_default();
+        let first = story.split(". ").next().unwrap_or_default();
+        println!("{name:<24} {first}.");
+    }
+}
+
+/// `atm scenario --json`.
+#[derive(Debug, Serialize)]
+struct ScenarioReport<'a> {
+    schema: u32,
+    scenario: &'a str,
+    story: &'a str,
+    seed: u64,
+    target: &'a str,
+    passed: bool,
+    runs: &'a [ModeOutcome],
+}
+
+async fn run_scenario(
+    name: &str,
+    scenario: Scenario,
+    target: Option<String>,
+    modes: Vec<Mode>,
+    seed: u64,
+    json: bool,
+) -> Result<bool, ClientError> {
+    let embedded = match &target {
+        Some(_) => None,
+        None => Some(embedded::start(seed).await?),
+    };
+    let url = target
+        .clone()
+        .unwrap_or_else(|| embedded.as_ref().map(|e| e.url()).unwrap_or_default());
+    let modes = if modes.is_empty() {
+        scenario.modes()
+    } else {
+        modes
+    };
+    let mut runs = Vec::new();
+    for mode in &modes {
+        runs.push(run_mode(&url, &scenario, *mode).await?);
+    }
+    if let Some(ledger) = embedded {
+        ledger
+            .stop()
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+    }
+    let passed = runs.iter().all(|r| r.passed);
+    let label = target.clone().unwrap_or_else(|| "embedded".to_owned());
+    if json {
+        let report = ScenarioReport {
+            schema: 1,
+            scenario: &scenario.name,
+            story: &scenario.story,
+            seed,
+            target: &label,
+            passed,
+            runs: &runs,
+        };
+        println!("{}", to_json(&report));
+        return Ok(passed);
+    }
+    println!("{}: {}\n", scenario.name, scenario.story);
+    for run in &runs {
+        print!("{}", report::verdict(run));
+    }
+    let target_flag = target.map(|t| format!(" --target {t}")).unwrap_or_default();
+    let mode_flag: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    println!(
+        "\nseed {seed}; replay: atm scenario {name}{target_flag} --mode {} --seed {seed}",
+        mode_flag.join(",")
+    );
+    Ok(passed)
+}
+
+fn print_load(report: &load::LoadReport, json: bool) {
+    if json {
+        println!("{}", to_json(report));
+        return;
+    }
+    println!(
+        "mode {}, {} model, {} ATMs, {} accounts, seed {}: {} ops in {:.1} s = {:.0} ops/s (client CPU {:.0}% of a core)",
+        report.mode,
+        report.model,
+        report.atms,
+        report.accounts,
+        report.seed,
+        report.operations,
+        report.duration_secs,
+        report.ops_per_sec,
+        report.client_cpu_percent
+    );
+    println!(
+        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "method", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for (method, l) in &report.latency_us {
+        println!(
+            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+            method,
+            l.count,
+            report::ms(l.p50),
+            report::ms(l.p90),
+            report::ms(l.p99),
+            report::ms(l.p999),
+            report::ms(l.max)
+        );
+    }
+    let statuses: Vec<String> = report
+        .status_counts
+        .iter()
+        .map(|(c, n)| format!("{c}={n}"))
+        .collect();
+    println!("statuses: {}", statuses.join(" "));
+    println!(
+        "server: {} CAS retries, {} aborts, {} deadlocks detected",
+        report.retries, report.aborts, report.deadlocks
+    );
+    println!(
+        "audit: {} ({} overdrafts, {} lost updates, money {} cents, {} findings)",
+        if report.audit.clean {
+            "clean"
+        } else {
+            "ANOMALIES"
+        },
+        report.audit.overdrafts,
+        report.audit.lost_updates,
+        report::signed(report.audit.money_delta_cents),
+        report.audit.findings
+    );
+    let r = &report.reconciliation;
+    println!(
+        "reconciliation: {}/{} accounts match the client's model; {} operations with unknown outcome",
+        r.matched, r.accounts, r.unknown_outcomes
+    );
+    for m in r.mismatched.iter().take(10) {
+        println!(
+            "  {}: expected {} cents, holds {} ({})",
+            m.account,
+            m.expected_cents,
+            m.actual_cents,
+            report::signed(m.actual_cents - m.expected_cents)
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! `atm compare`: the same seeded load in each mode, side by side, with the
+//! transport ceiling (health checks at the same concurrency) measured in the
+//! same run so that every mode reads as a ratio of what gRPC alone can do.
+
+use std::{
+    fmt::Write as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use overdraft_server::config::Mode;
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::{
+    connect::ClientError,
+    latency::Latency,
+    load::{self, LoadArgs, LoadReport},
+    report,
+};
+
+/// One mode's row, in the versioned JSON schema.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareRun {
+    /// The mode.
+    pub mode: String,
+    /// Throughput.
+    pub ops_per_sec: f64,
+    /// Throughput over the ceiling.
+    pub ceiling_ratio: f64,
+    /// Latency over all methods.
+    pub latency_us: Percentiles,
+    /// What the audit found.
+    pub anomalies: Anomalies,
+    /// CAS retries.
+    pub retries: u64,
+    /// Aborted operations.
+    pub aborts: u64,
+    /// Accounts whose final balance differs from the client's model.
+    pub reconcile_mismatches: usize,
+    /// CPU the ATM process used, percent of one core.
+    pub client_cpu_percent: f64,
+}
+
+/// Latency percentiles in µs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: u64,
+    /// 99th.
+    pub p99: u64,
+    /// 99.9th.
+    pub p999: u64,
+}
+
+/// Anomalies of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Anomalies {
+    /// Overdrafts.
+    pub overdrafts: u64,
+    /// Lost updates.
+    pub lost_updates: u64,
+    /// Money created (+) or destroyed (-).
+    pub money_delta_cents: i64,
+}
+
+/// `atm compare --json`: `{"schema":1,"ceiling_ops_per_sec":F,"runs":[...]}`.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompareReport {
+    /// Format version.
+    pub schema: u32,
+    /// Empty RPCs per second at the same concurrency.
+    pub ceiling_ops_per_sec: f64,
+    /// The workload.
+    pub workload: LoadArgs,
+    /// One row per mode.
+    pub runs: Vec<CompareRun>,
+}
+
+/// Runs the ceiling, then the load in each mode.
+pub async fn run(
+    url: &str,
+    modes: &[Mode],
+    args: &LoadArgs,
+    show_progress: bool,
+) -> Result<CompareReport, ClientError> {
+    let ceiling = ceiling(url, args).await?;
+    if show_progress {
+        eprintln!("atm compare: transport ceiling {ceiling:.0} ops/s");
+    }
+    let mut runs = Vec::new();
+    for mode in modes {
+        if show_progress {
+            eprintln!("atm compare: running {mode}");
+        }
+        let load = load::run(url, args, Some(*mode), show_progress).await?;
+        runs.push(row(&load, ceiling));
+    }
+    Ok(CompareReport {
+        schema: 1,
+        ceiling_ops_per_sec: ceiling,
+        workload: args.clone(),
+        runs,
+    })
+}
+
+fn row(load: &LoadReport, ceiling: f64) -> CompareRun {
+    let all = load.latency_us.get("all").cloned().unwrap_or_default();
+    CompareRun {
+        mode: load.mode.clone(),
+        ops_per_sec: load.ops_per_sec,
+        ceiling_ratio: load.ops_per_sec / ceiling.max(1e-9),
+        latency_us: Percentiles {
+            p50: all.p50,
+            p99: all.p99,
+            p999: all.p999,
+        },
+        anomalies: Anomalies {
+            overdrafts: load.audit.overdrafts,
+            lost_updates: load.audit.lost_updates,
+            money_delta_cents: load.audit.money_delta_cents,
+        },
+        retries: load.retries,
+        aborts: load.aborts,
+        reconcile_mismatches: load.reconciliation.mismatched.len(),
+        client_cpu_percent: load.client_cpu_percent,
+    }
+}
+
+/// Health checks per second with the load's ATMs, connections and length.
+pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<f64, ClientError> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(crate::connect::channel(url).await?);
+    }
+    let started = Instant::now();
+    let deadline = args.run_duration().map(|d| started + d);
+    let quota = args.ops.map(|ops| ops / u64::from(args.atms).max(1));
+    let latency = Arc::new(std::sync::Mutex::new(Latency::default()));
+    let mut atms = JoinSet::new();
+    for atm in 0..args.atms {
+        let mut health = HealthClient::new(channels[atm as usize % channels.len()].clone());
+        let latency = Arc::clone(&latency);
+        atms.spawn(async move {
+            let mut local = Latency::default();
+            let mut sent = 0u64;
+            while quota.is_none_or(|q| sent < q) && deadline.is_none_or(|d| Instant::now() < d) {
+                let began = Instant::now();
+                let _ = health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                local.record(began.elapsed());
+                sent += 1;
+            }
+            latency
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .merge(&local);
+        });
+    }
+    while atms.join_next().await.is_some() {}
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    let count = latency.lock().unwrap_or_else(|p| p.into_inner()).count();
+    Ok(count as f64 / elapsed.as_secs_f64())
+}
+
+/// The side-by-side table.
+pub fn table(report: &CompareReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "transport ceiling (health checks, same concurrency): {:.0} ops/s",
+        report.ceiling_ops_per_sec
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10}",
+        "mode",
+        "ops/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "overdrafts",
+        "lost updates",
+        "money cents",
+        "retries",
+        "aborts",
+        "reconciled"
+    );
+    for run in &report.runs {
+        let _ = writeln!(
+            out,
+            "{:<7} {:>9.0} {:>7.2} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10}",
+            run.mode,
+            run.ops_per_sec,
+            run.ceiling_ratio,
+            report::ms(run.latency_us.p50),
+            report::ms(run.latency_us.p99),
+            report::ms(run.latency_us.p999),
+            run.anomalies.overdrafts,
+            run.anomalies.lost_updates,
+            report::signed(run.anomalies.money_delta_cents),
+            run.retries,
+            run.aborts,
+            if run.reconcile_mismatches == 0 {
+                "yes".to_owned()
+            } else {
+                format!("{} off", run.reconcile_mismatches)
+            },
+        );
+    }
+    out
+}
+
+/// A self-contained HTML page (inline SVG, no scripts, no network) with
+/// throughput, tail latency and anomalies per mode.
+pub fn html(report: &CompareReport) -> String {
+    let modes: Vec<&str> = report.runs.iter().map(|r| r.mode.as_str()).collect();
+    let throughput = bar_chart(
+        "throughput",
+        "Throughput (ops/s); the dashed line is the transport ceiling",
+        &modes,
+        &[("ops/s", report.runs.iter().map(|r| r.ops_per_sec).collect())],
+        Some(report.ceiling_ops_per_sec),
+    );
+    let latency = bar_chart(
+        "latency",
+        "Latency (ms): p50, p99, p99.9",
+        &modes,
+        &[
+            (
+                "p50",
+                report
+                    .runs
+                    .iter()
+                    .map(|r| r.latency_us.p50 as f64 / 1e3)
+                    .collect(),
+            ),
+            (
+                "p99",
+                report
+                    .runs
+                    .iter()
+                    .map(|r| r.latency_us.p99 as f64 / 1e3)
+                    .collect(),
+            ),
+            (
+                "p99.9",
+                report
+                    .runs
+                    .iter()
+                    .map(|r| r.latency_us.p999 as f64 / 1e3)
+                    .collect(),
+            ),
+        ],
+        None,
+    );
+    let anomalies = bar_chart(
+        "anomalies",
+        "Anomalies found by the audit: overdrafts, lost updates",
+        &modes,
+        &[
+            (
+                "overdrafts",
+                report
+                    .runs
+                    .iter()
+                    .map(|r| r.anomalies.overdrafts as f64)
+                    .collect(),
+            ),
+            (
+                "lost updates",
+                report
+                    .runs
+                    .iter()
+                    .map(|r| r.anomalies.lost_updates as f64)
+                    .collect(),
+            ),
+        ],
+        None,
+    );
+    let table = escape(&table(report));
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>overdraft: mode comparison</title>\n\
+         <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}\
+         pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}svg{{display:block;margin:1em 0}}</style></head><body>\n\
+         <h1>overdraft: the same load in each mode</h1>\n\
+         <p>{} ATMs, {} accounts, mix {:?}, seed {}. Ratios are to the transport ceiling measured in the same run.</p>\n\
+         {throughput}\n{latency}\n{anomalies}\n<h2>Figures</h2>\n<pre>{table}</pre>\n</body></html>\n",
+        report.workload.atms, report.workload.accounts, report.workload.mix, report.workload.seed,
+    )
+}
+
+const COLORS: [&str; 3] = ["#3b6ea8", "#d9822b", "#7a4fa3"];
+
+fn bar_chart(
+    id: &str,
+    title: &str,
+    modes: &[&str],
+    series: &[(&str, Vec<f64>)],
+    line: Option<f64>,
+) -> String {
+    let (width, height, left, bottom) = (720.0, 260.0, 70.0, 40.0);
+    let plot_height = height - bottom - 30.0;
+    let max = series
+        .iter()
+        .flat_map(|(_, values)| values.iter().copied())
+        .chain(line)
+        .fold(0.0f64, f64::max)
+        .max(1.0);
+    let group_width = (width - left - 10.0) / modes.len().max(1) as f64;
+    let bar_width = group_width * 0.8 / series.len().max(1) as f64;
+    let mut svg = format!(
+        "<h2>{}</h2>\n<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"{}\">\n",
+        escape(title),
+        escape(title)
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"5\" y=\"20\" font-size=\"12\">{}</text>",
+        format_number(max)
+    );
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{left}\" y1=\"30\" x2=\"{left}\" y2=\"{}\" stroke=\"#888\"/>",
+        height - bottom
+    );
+    for (m, mode) in modes.iter().enumerate() {
+        let group_x = left + 5.0 + group_width * m as f64;
+        for (s, (name, values)) in series.iter().enumerate() {
+            let value = values.get(m).copied().unwrap_or(0.0);
+            let bar_height = plot_height * value / max;
+            let x = group_x + bar_width * s as f64;
+            let y = height - bottom - bar_height;
+            let _ = writeln!(
+                svg,
+                "<rect class=\"bar\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bar_height:.1}\" fill=\"{}\"><title>{mode} {name}: {}</title></rect>",
+                bar_width * 0.95,
+                COLORS[s % COLORS.len()],
+                format_number(value)
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
+            group_x + group_width * 0.4,
+            height - bottom + 18.0,
+            escape(mode)
+        );
+    }
+    if let Some(line) = line {
+        let y = height - bottom - plot_height * line / max;
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#c00\" stroke-dasharray=\"6 4\"/>",
+            width - 5.0
+        );
+    }
+    for (s, (name, _)) in series.iter().enumerate() {
+        let x = left + 10.0 + 110.0 * s as f64;
+        let _ = writeln!(
+            svg,
+            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>",
+            height - 12.0,
+            COLORS[s % COLORS.len()],
+            x + 14.0,
+            height - 3.0,
+            escape(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn format_number(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,202 @@
+//! Connecting to a ledger, with errors that say what to do, and a thin typed
+//! wrapper over the Admin calls the ATM makes.
+
+use std::time::Duration;
+
+use overdraft_proto::v1::{self as pb, admin_client::AdminClient, ledger_client::LedgerClient};
+use overdraft_server::config::Mode;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long a connection attempt may take before the target counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest an Admin call may take: an audit of a long history is the slowest.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Why the ATM could not do its work. Each message says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The target is not a usable URL.
+    #[error("--target {target:?} is not a valid URL ({reason}); use e.g. http://127.0.0.1:50051")]
+    BadTarget {
+        /// What was given.
+        target: String,
+        /// Why it is not usable.
+        reason: String,
+    },
+    /// Nothing answered at the target.
+    #[error(
+        "cannot reach the ledger at {target}: {reason}; is `ledger` running there? (start one with `cargo run --release --bin ledger`)"
+    )]
+    Unreachable {
+        /// The target.
+        target: String,
+        /// The transport's complaint.
+        reason: String,
+    },
+    /// The ledger answered an Admin call with an error.
+    #[error("the ledger refused {call}: {status}")]
+    Refused {
+        /// Which call.
+        call: &'static str,
+        /// Its status.
+        status: String,
+    },
+    /// A bug or a broken invariant in the ATM itself.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// `host:port` becomes `http://host:port`; a URL is kept.
+pub fn normalize(target: &str) -> String {
+    if target.contains("://") {
+        target.to_owned()
+    } else {
+        format!("http://{target}")
+    }
+}
+
+/// A connected channel to `target`.
+pub async fn channel(target: &str) -> Result<Channel, ClientError> {
+    let url = normalize(target);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| ClientError::BadTarget {
+            target: target.to_owned(),
+            reason: e.to_string(),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::Unreachable {
+            target: url,
+            reason: source_chain(&e),
+        })
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The proto enum of a mode.
+pub fn proto_mode(mode: Mode) -> pb::Mode {
+    match mode {
+        Mode::Unsafe => pb::Mode::Unsafe,
+        Mode::Mutex => pb::Mode::Mutex,
+        Mode::Cas => pb::Mode::Cas,
+        Mode::Actor => pb::Mode::Actor,
+    }
+}
+
+/// Ledger and Admin clients on one connection.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    /// The Ledger service.
+    pub ledger: LedgerClient<Channel>,
+    /// The Admin service.
+    pub admin: AdminClient<Channel>,
+    /// The channel, for other services (health).
+    pub channel: Channel,
+}
+
+fn refused(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
+    move |status| ClientError::Refused {
+        call,
+        status: format!("{:?}: {}", status.code(), status.message()),
+    }
+}
+
+impl Clients {
+    /// Connects to `target`.
+    pub async fn connect(target: &str) -> Result<Self, ClientError> {
+        let channel = channel(target).await?;
+        Ok(Self {
+            ledger: LedgerClient::new(channel.clone()),
+            admin: AdminClient::new(channel.clone()),
+            channel,
+        })
+    }
+
+    fn admin_request<T>(message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(ADMIN_TIMEOUT);
+        request
+    }
+
+    /// Admin.Reset.
+    pub async fn reset(
+        &mut self,
+        accounts: Vec<pb::OpenAccountRequest>,
+    ) -> Result<(), ClientError> {
+        self.admin
+            .reset(Self::admin_request(pb::ResetRequest { accounts }))
+            .await
+            .map_err(refused("Reset"))?;
+        Ok(())
+    }
+
+    /// Admin.Configure.
+    pub async fn configure(
+        &mut self,
+        request: pb::ConfigureRequest,
+    ) -> Result<pb::Settings, ClientError> {
+        Ok(self
+            .admin
+            .configure(Self::admin_request(request))
+            .await
+            .map_err(refused("Configure"))?
+            .into_inner())
+    }
+
+    /// Admin.SetMode.
+    pub async fn set_mode(&mut self, mode: Mode) -> Result<(), ClientError> {
+        let request = pb::SetModeRequest {
+            mode: proto_mode(mode).into(),
+        };
+        self.admin
+            .set_mode(Self::admin_request(request))
+            .await
+            .map_err(refused("SetMode"))?;
+        Ok(())
+    }
+
+    /// Admin.Audit.
+    pub async fn audit(&mut self) -> Result<pb::AuditReply, ClientError> {
+        Ok(self
+            .admin
+            .audit(Self::admin_request(pb::AuditRequest {}))
+            .await
+            .map_err(refused("Audit"))?
+            .into_inner())
+    }
+
+    /// Admin.Stats.
+    pub async fn stats(&mut self) -> Result<pb::StatsReply, ClientError> {
+        Ok(self
+            .admin
+            .stats(Self::admin_request(pb::StatsRequest {}))
+            .await
+            .map_err(refused("Stats"))?
+            .into_inner())
+    }
+
+    /// Ledger.GetBalance.
+    pub async fn balance(&mut self, account_id: &str) -> Result<pb::AccountState, ClientError> {
+        Ok(self
+            .ledger
+            .get_balance(pb::GetBalanceRequest {
+                account_id: account_id.to_owned(),
+            })
+            .await
+            .map_err(refused("GetBalance"))?
+            .into_inner())
+    }
+}

@@ -1,0 +1,25 @@
+//! overdraft's ATM: how people meet the ledger. A one-command demo that shows
+//! the race, named scenarios that reproduce incidents, and a load tester that
+//! compares the four modes side by side.
+//!
+//! # Layout
+//! - [`cli`]: the `atm` command line and what each subcommand prints.
+//! - [`connect`]: connecting to a ledger, with errors that say what to do.
+//! - [`scenario`]: scenario files (TOML), the built-ins, and the runner.
+//! - [`demo`]: the flagship scenarios in every mode, one table.
+//! - [`load`]: the seeded load generator (closed or open model).
+//! - [`compare`]: the same load in each mode, with the transport ceiling; HTML.
+//! - [`history`]: the JSON-lines history of a run.
+//! - [`latency`], [`report`]: histograms and human-readable output.
+//! - [`embedded`]: a ledger in the same process, for the demo.
+
+pub mod cli;
+pub mod compare;
+pub mod connect;
+pub mod demo;
+pub mod embedded;
+pub mod history;
+pub mod latency;
+pub mod load;
+pub mod report;
+pub mod scenario;

@@ -1,0 +1,749 @@
+//! `atm load`: a seeded workload against a ledger, in a closed model (each
+//! ATM sends when its last reply returns) or an open one (`--rate`: arrivals
+//! on a fixed schedule, latency measured from the intended send time, so a
+//! slow server cannot hide its queueing: no coordinated omission).
+//!
+//! At the end: HDR latency per method, status counts, the server's retries
+//! and aborts, the audit, and a reconciliation of the client's own model of
+//! every balance (from acknowledged operations) against the final balances.
+
+pub mod workload;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::IsTerminal,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use overdraft_proto::v1 as pb;
+use overdraft_server::config::Mode;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+use self::workload::{AccountPicker, AmountRange, Method, Mix, Skew, account_id};
+use crate::{
+    connect::{ClientError, Clients, proto_mode},
+    history::{self, HistoryRecord, HistorySink},
+    latency::Latency,
+};
+
+/// Longest one operation may take before its outcome counts as unknown.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most ATMs: each is a task with one request in flight.
+pub const ATMS_MAX: u32 = 4_096;
+
+/// Most connections the ATMs share.
+pub const CONNECTIONS_MAX: u32 = 256;
+
+/// Most accounts: one Reset opens them all.
+pub const ACCOUNTS_MAX: u32 = 10_000;
+
+/// Most operations one run may send.
+pub const OPS_MAX: u64 = 100_000_000;
+
+/// Longest run: a day.
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3_600);
+
+/// The workload flags `atm load` and `atm compare` share.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct LoadArgs {
+    /// Concurrent ATMs (each has one request in flight).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(ATMS_MAX)))]
+    pub atms: u32,
+    /// Accounts acct-0 .. acct-(K-1), opened by a Reset before the run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(ACCOUNTS_MAX)))]
+    pub accounts: u32,
+    /// How long to run (e.g. 10s, 500ms, 2m). Default 10s unless --ops is given.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
+    #[serde(skip)]
+    pub duration: Option<Duration>,
+    /// How many operations to send in all.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=OPS_MAX))]
+    pub ops: Option<u64>,
+    /// Relative weights of the operations.
+    #[arg(long, default_value = "deposit=40,withdraw=40,transfer=15,balance=5")]
+    pub mix: Mix,
+    /// Amount range in cents, MIN..MAX inclusive.
+    #[arg(long, default_value = "100..10000")]
+    pub amount_cents: AmountRange,
+    /// Account choice: uniform, zipf:S (e.g. zipf:1.1) or hot:P (account 0 with probability P).
+    #[arg(long, default_value = "uniform")]
+    pub skew: Skew,
+    /// Open model: total arrivals per second (default: closed model).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// HTTP/2 connections the ATMs share.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(CONNECTIONS_MAX)))]
+    pub connections: u32,
+    /// Seed of every random choice; the same seed sends the same operations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Opening balance of every account.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+    pub opening_cents: i64,
+    /// Write one JSON line per operation here (format: docs/HISTORY.md).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    /// The run length, when bounded by time.
+    pub fn run_duration(&self) -> Option<Duration> {
+        match (self.duration, self.ops) {
+            (Some(duration), _) => Some(duration),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(index) => text.split_at(index),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 10s, 500ms or 2m, got `{text}`"))?;
+    let seconds = match unit {
+        "ms" => value / 1_000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3_600.0,
+        _ => {
+            return Err(format!(
+                "unknown unit `{unit}` in `{text}`; use ms, s, m or h"
+            ));
+        }
+    };
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|e| e.to_string())?;
+    if duration.is_zero() || duration > DURATION_MAX {
+        return Err(format!("must be above zero and at most 24h, got `{text}`"));
+    }
+    Ok(duration)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of operations per second"))?;
+    if !(rate > 0.0 && rate <= 1_000_000.0) {
+        return Err(format!("must be above 0 and at most 1000000, got {rate}"));
+    }
+    Ok(rate)
+}
+
+/// Latency percentiles of one method, in µs.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl From<&Latency> for LatencySummary {
+    fn from(latency: &Latency) -> Self {
+        Self {
+            count: latency.count(),
+            p50: latency.quantile_us(0.50),
+            p90: latency.quantile_us(0.90),
+            p99: latency.quantile_us(0.99),
+            p999: latency.quantile_us(0.999),
+            max: latency.max_us(),
+        }
+    }
+}
+
+/// The audit, as a load report shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditSummary {
+    /// No findings.
+    pub clean: bool,
+    /// Overdrafts found.
+    pub overdrafts: u64,
+    /// Lost updates found.
+    pub lost_updates: u64,
+    /// Money created (+) or destroyed (-).
+    pub money_delta_cents: i64,
+    /// Findings in all.
+    pub findings: usize,
+}
+
+/// One account whose final balance differs from the client's model.
+#[derive(Clone, Debug, Serialize)]
+pub struct Mismatch {
+    /// The account.
+    pub account: String,
+    /// What acknowledged operations say it holds.
+    pub expected_cents: i64,
+    /// What it holds.
+    pub actual_cents: i64,
+}
+
+/// The client's model against the final balances.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reconciliation {
+    /// Accounts compared.
+    pub accounts: u32,
+    /// Accounts that matched.
+    pub matched: u32,
+    /// The ones that did not.
+    pub mismatched: Vec<Mismatch>,
+    /// Operations whose outcome never came back (they may or may not have applied).
+    pub unknown_outcomes: u64,
+}
+
+/// Everything a load run measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    /// Format version.
+    pub schema: u32,
+    /// Mode the run used.
+    pub mode: String,
+    /// The seed.
+    pub seed: u64,
+    /// `closed` or `open`.
+    pub model: &'static str,
+    /// Open model's arrival rate.
+    pub rate: Option<f64>,
+    /// ATMs.
+    pub atms: u32,
+    /// Accounts.
+    pub accounts: u32,
+    /// Wall time of the run.
+    pub duration_secs: f64,
+    /// Operations sent.
+    pub operations: u64,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Latency per method, and `all`.
+    pub latency_us: BTreeMap<String, LatencySummary>,
+    /// Replies by gRPC code name.
+    pub status_counts: BTreeMap<String, u64>,
+    /// CAS retries on the server.
+    pub retries: u64,
+    /// Operations the server aborted.
+    pub aborts: u64,
+    /// Deadlocks the server detected.
+    pub deadlocks: u64,
+    /// The audit.
+    pub audit: AuditSummary,
+    /// The client's model against the final balances.
+    pub reconciliation: Reconciliation,
+    /// CPU this process used, as a percentage of one core over the run.
+    pub client_cpu_percent: f64,
+}
+
+/// One ATM's share of the results.
+#[derive(Debug, Default)]
+struct AtmResult {
+    latency: BTreeMap<Method, Latency>,
+    statuses: BTreeMap<String, u64>,
+    deltas: HashMap<u32, i64>,
+    unknown: u64,
+}
+
+/// Shared live counters for the progress display.
+#[derive(Debug, Default)]
+struct Progress {
+    operations: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Runs the load against `url`; switches to `mode` first when given.
+pub async fn run(
+    url: &str,
+    args: &LoadArgs,
+    mode: Option<Mode>,
+    show_progress: bool,
+) -> Result<LoadReport, ClientError> {
+    let mut clients = Clients::connect(url).await?;
+    let opening = (0..args.accounts)
+        .map(|n| pb::OpenAccountRequest {
+            account_id: account_id(n),
+            initial_balance_cents: args.opening_cents,
+        })
+        .collect();
+    clients.reset(opening).await?;
+    if let Some(mode) = mode {
+        clients.set_mode(mode).await?;
+    }
+    let mode = mode_name(
+        clients
+            .admin
+            .get_mode(pb::GetModeRequest {})
+            .await
+            .map(|r| r.into_inner().mode),
+    );
+
+    let mut channels = Vec::new();
+    for _ in 0..args.connections {
+        channels.push(crate::connect::channel(url).await?);
+    }
+    let (sink, writer) = match &args.history {
+        Some(path) => {
+            let (sink, writer) = history::open(path).map_err(|e| {
+                ClientError::Internal(format!("cannot write --history {}: {e}", path.display()))
+            })?;
+            (Some(sink), Some(writer))
+        }
+        None => (None, None),
+    };
+
+    let cpu_before = cpu_time();
+    let started = Instant::now();
+    let progress = Arc::new(Progress::default());
+    let ticker = show_progress
+        .then(|| tokio::spawn(show(Arc::clone(&progress), args.run_duration(), args.ops)));
+    let mut atms = JoinSet::new();
+    for atm in 0..args.atms {
+        let plan = AtmPlan::new(args, atm, started);
+        let channel = channels[atm as usize % channels.len()].clone();
+        atms.spawn(run_atm(channel, plan, sink.clone(), Arc::clone(&progress)));
+    }
+    drop(sink);
+    let mut total = AtmResult::default();
+    while let Some(joined) = atms.join_next().await {
+        merge(
+            &mut total,
+            joined.map_err(|e| ClientError::Internal(e.to_string()))?,
+        );
+    }
+    let elapsed = started.elapsed();
+    let cpu_used = cpu_time().saturating_sub(cpu_before);
+    if let Some(ticker) = ticker {
+        ticker.abort();
+    }
+    if let Some(writer) = writer {
+        writer
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?
+            .map_err(|e| ClientError::Internal(format!("writing the history failed: {e}")))?;
+    }
+    finish(&mut clients, args, mode, total, elapsed, cpu_used).await
+}
+
+async fn finish(
+    clients: &mut Clients,
+    args: &LoadArgs,
+    mode: String,
+    total: AtmResult,
+    elapsed: Duration,
+    cpu_used: Duration,
+) -> Result<LoadReport, ClientError> {
+    let audit = clients.audit().await?;
+    let stats = clients.stats().await?;
+    let counters = stats
+        .modes
+        .iter()
+        .find(|m| m.mode == stats.mode)
+        .cloned()
+        .unwrap_or_default();
+    let mut reconciliation = Reconciliation {
+        unknown_outcomes: total.unknown,
+        ..Reconciliation::default()
+    };
+    for n in 0..args.accounts {
+        let id = account_id(n);
+        let actual = clients.balance(&id).await?.balance_cents;
+        let expected = args.opening_cents + total.deltas.get(&n).copied().unwrap_or_default();
+        reconciliation.accounts += 1;
+        if actual == expected {
+            reconciliation.matched += 1;
+        } else {
+            reconciliation.mismatched.push(Mismatch {
+                account: id,
+                expected_cents: expected,
+                actual_cents: actual,
+            });
+        }
+    }
+    let mut all = Latency::default();
+    let mut latency_us = BTreeMap::new();
+    for (method, latency) in &total.latency {
+        all.merge(latency);
+        latency_us.insert(method.as_str().to_owned(), LatencySummary::from(latency));
+    }
+    latency_us.insert("all".to_owned(), LatencySummary::from(&all));
+    let operations = all.count();
+    Ok(LoadReport {
+        schema: 1,
+        mode,
+        seed: args.seed,
+        model: if args.rate.is_some() {
+            "open"
+        } else {
+            "closed"
+        },
+        rate: args.rate,
+        atms: args.atms,
+        accounts: args.accounts,
+        duration_secs: elapsed.as_secs_f64(),
+        operations,
+        ops_per_sec: operations as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_us,
+        status_counts: total.statuses,
+        retries: counters.retries,
+        aborts: counters.aborts,
+        deadlocks: counters.deadlocks_detected,
+        audit: AuditSummary {
+            clean: audit.clean,
+            overdrafts: audit.overdrafts,
+            lost_updates: audit.lost_updates,
+            money_delta_cents: audit.money_delta_cents,
+            findings: audit.findings.len(),
+        },
+        reconciliation,
+        client_cpu_percent: 100.0 * cpu_used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+    })
+}
+
+fn mode_name(raw: Result<i32, tonic::Status>) -> String {
+    let mode = raw.ok().and_then(|m| pb::Mode::try_from(m).ok());
+    Mode::ALL
+        .into_iter()
+        .find(|m| Some(proto_mode(*m)) == mode)
+        .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned())
+}
+
+fn merge(total: &mut AtmResult, part: AtmResult) {
+    for (method, latency) in part.latency {
+        total.latency.entry(method).or_default().merge(&latency);
+    }
+    for (code, count) in part.statuses {
+        *total.statuses.entry(code).or_default() += count;
+    }
+    for (account, delta) in part.deltas {
+        *total.deltas.entry(account).or_default() += delta;
+    }
+    total.unknown += part.unknown;
+}
+
+/// What one ATM sends, and when.
+#[derive(Debug)]
+struct AtmPlan {
+    atm: u32,
+    seed: u64,
+    mix: Mix,
+    amounts: AmountRange,
+    picker: AccountPicker,
+    started: Instant,
+    deadline: Option<Instant>,
+    quota: Option<u64>,
+    /// Open model: this ATM's gap between intended sends.
+    interval: Option<Duration>,
+}
+
+impl AtmPlan {
+    fn new(args: &LoadArgs, atm: u32, started: Instant) -> Self {
+        let quota = args.ops.map(|ops| {
+            let atms = u64::from(args.atms);
+            ops / atms + u64::from(u64::from(atm) < ops % atms)
+        });
+        Self {
+            atm,
+            seed: args.seed,
+            mix: args.mix.clone(),
+            amounts: args.amount_cents,
+            picker: AccountPicker::new(args.accounts, args.skew),
+            started,
+            deadline: args.run_duration().map(|d| started + d),
+            quota,
+            interval: args
+                .rate
+                .map(|rate| Duration::from_secs_f64(f64::from(args.atms) / rate)),
+        }
+    }
+
+    fn more(&self, sent: u64, now: Instant) -> bool {
+        self.quota.is_none_or(|quota| sent < quota)
+            && self.deadline.is_none_or(|deadline| now < deadline)
+    }
+
+    /// When operation `k` is meant to start: on the schedule (open model,
+    /// staggered per ATM) or now (closed model).
+    fn intended(&self, k: u64) -> Instant {
+        match self.interval {
+            Some(interval) => {
+                let offset = interval.mul_f64(f64::from(self.atm) / 4_096.0);
+                self.started + offset + interval.mul_f64(k as f64)
+            }
+            None => Instant::now(),
+        }
+    }
+}
+
+/// One operation, drawn.
+#[derive(Debug)]
+struct Drawn {
+    method: Method,
+    first: u32,
+    second: u32,
+    amount_cents: i64,
+}
+
+async fn run_atm(
+    channel: Channel,
+    plan: AtmPlan,
+    sink: Option<HistorySink>,
+    progress: Arc<Progress>,
+) -> AtmResult {
+    let mut ledger = pb::ledger_client::LedgerClient::new(channel);
+    let mut rng = StdRng::seed_from_u64(
+        plan.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(u64::from(plan.atm)),
+    );
+    let mut result = AtmResult::default();
+    let mut k = 0u64;
+    while plan.more(k, Instant::now()) {
+        let intended = plan.intended(k);
+        tokio::time::sleep_until(intended.into()).await;
+        let mut method = plan.mix.pick(&mut rng);
+        let first = plan.picker.pick(&mut rng);
+        let second = plan.picker.pick_other(&mut rng, first);
+        if method == Method::Transfer && second == first {
+            method = Method::Deposit;
+        }
+        let drawn = Drawn {
+            method,
+            first,
+            second,
+            amount_cents: plan.amounts.pick(&mut rng),
+        };
+        let request_id = format!("load-{}-{}-{k}", plan.seed, plan.atm);
+        let record = call(&mut ledger, &drawn, request_id).await;
+        let complete = Instant::now();
+        result
+            .latency
+            .entry(method)
+            .or_default()
+            .record(complete.saturating_duration_since(intended));
+        account_outcome(&mut result, &drawn, &record);
+        progress.operations.fetch_add(1, Ordering::Relaxed);
+        if record.outcome != "ok" {
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sink) = &sink {
+            let since = |t: Instant| {
+                u64::try_from(t.saturating_duration_since(plan.started).as_nanos())
+                    .unwrap_or(u64::MAX)
+            };
+            sink.record(HistoryRecord {
+                atm: plan.atm,
+                invoke_ns: since(intended),
+                complete_ns: since(complete),
+                ..record
+            })
+            .await;
+        }
+        k += 1;
+    }
+    result
+}
+
+/// Folds one operation's outcome into the ATM's status counts and model.
+fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &HistoryRecord) {
+    let code = record.code.clone().unwrap_or_else(|| "Ok".to_owned());
+    *result.statuses.entry(code).or_default() += 1;
+    match record.outcome {
+        "ok" => {
+            let amount = drawn.amount_cents;
+            match drawn.method {
+                Method::Deposit => *result.deltas.entry(drawn.first).or_default() += amount,
+                Method::Withdraw => {
+                    let fee = record.fee_cents.unwrap_or_default();
+                    *result.deltas.entry(drawn.first).or_default() -= amount + fee;
+                }
+                Method::Transfer => {
+                    *result.deltas.entry(drawn.first).or_default() -= amount;
+                    *result.deltas.entry(drawn.second).or_default() += amount;
+                }
+                Method::Balance => {}
+            }
+        }
+        "unknown" => result.unknown += 1,
+        _ => {}
+    }
+}
+
+/// Sends one operation and describes what came back.
+async fn call(
+    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    drawn: &Drawn,
+    request_id: String,
+) -> HistoryRecord {
+    let account = account_id(drawn.first);
+    let amount_cents = drawn.amount_cents;
+    let mut record = HistoryRecord {
+        op: drawn.method.as_str(),
+        request_id: request_id.clone(),
+        ..HistoryRecord::default()
+    };
+    let outcome = match drawn.method {
+        Method::Deposit | Method::Withdraw => {
+            record.account_id = Some(account.clone());
+            record.amount_cents = Some(amount_cents);
+            let reply = if drawn.method == Method::Deposit {
+                timed(ledger.deposit(pb::DepositRequest {
+                    account_id: account,
+                    amount_cents,
+                    request_id,
+                }))
+                .await
+            } else {
+                timed(ledger.withdraw(pb::WithdrawRequest {
+                    account_id: account,
+                    amount_cents,
+                    request_id,
+                }))
+                .await
+            };
+            reply.map(|r| {
+                record.balance_cents = Some(r.balance_cents);
+                record.version = Some(r.version);
+                if drawn.method == Method::Withdraw {
+                    record.fee_cents = Some(r.fee_cents);
+                }
+            })
+        }
+        Method::Transfer => {
+            let to = account_id(drawn.second);
+            record.from_account_id = Some(account.clone());
+            record.to_account_id = Some(to.clone());
+            record.amount_cents = Some(amount_cents);
+            let request = pb::TransferRequest {
+                from_account_id: account,
+                to_account_id: to,
+                amount_cents,
+                request_id,
+            };
+            timed(ledger.transfer(request)).await.map(|r| {
+                let from = r.from.unwrap_or_default();
+                let to = r.to.unwrap_or_default();
+                record.balance_cents = Some(from.balance_cents);
+                record.version = Some(from.version);
+                record.to_balance_cents = Some(to.balance_cents);
+                record.to_version = Some(to.version);
+            })
+        }
+        Method::Balance => {
+            record.account_id = Some(account.clone());
+            timed(ledger.get_balance(pb::GetBalanceRequest {
+                account_id: account,
+            }))
+            .await
+            .map(|r| {
+                record.balance_cents = Some(r.balance_cents);
+                record.version = Some(r.version);
+            })
+        }
+    };
+    match outcome {
+        Ok(()) => record.outcome = "ok",
+        Err(status) => {
+            // These codes mean the ledger decided and applied nothing; any
+            // other failure may have happened after the ledger applied it.
+            let decided = matches!(
+                status.code(),
+                Code::FailedPrecondition
+                    | Code::Aborted
+                    | Code::InvalidArgument
+                    | Code::NotFound
+                    | Code::AlreadyExists
+            );
+            record.outcome = if decided { "fail" } else { "unknown" };
+            record.code = Some(format!("{:?}", status.code()));
+            record.balance_cents = None;
+            record.version = None;
+            record.to_balance_cents = None;
+            record.fee_cents = None;
+        }
+    }
+    record
+}
+
+async fn timed<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 10 s")),
+    }
+}
+
+/// Prints progress: a bar on a terminal, a plain line a second otherwise.
+async fn show(progress: Arc<Progress>, duration: Option<Duration>, ops: Option<u64>) {
+    let started = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let length = ops.unwrap_or_else(|| duration.map_or(0, |d| d.as_secs().max(1)));
+        let bar = indicatif::ProgressBar::new(length);
+        let template = if ops.is_some() {
+            "{bar:40} {pos}/{len} ops {msg}"
+        } else {
+            "{bar:40} {pos}/{len} s {msg}"
+        };
+        if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let operations = progress.operations.load(Ordering::Relaxed);
+        let errors = progress.errors.load(Ordering::Relaxed);
+        let elapsed = started.elapsed().as_secs_f64();
+        let rate = operations as f64 / elapsed.max(1e-9);
+        match &bar {
+            Some(bar) => {
+                bar.set_position(if ops.is_some() {
+                    operations
+                } else {
+                    started.elapsed().as_secs()
+                });
+                bar.set_message(format!("{rate:.0} ops/s, {errors} not ok"));
+            }
+            None => eprintln!(
+                "atm load: {elapsed:.0}s {operations} ops, {rate:.0} ops/s, {errors} not ok"
+            ),
+        }
+    }
+}
+
+/// CPU time (user + system) this process has used.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes a full rusage into the pointer on success and
+    // we read it only then.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let micros = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    micros(usage.ru_utime) + micros(usage.ru_stime)
+}

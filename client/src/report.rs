@@ -1,0 +1,103 @@
+//! Human-readable output: the scenario x mode table, verdicts with the
+//! operations behind each anomaly, and a few number formats.
+
+use std::fmt::Write as _;
+
+use crate::scenario::run::ModeOutcome;
+
+/// `+60000` / `-4300` / `0`.
+pub fn signed(cents: i64) -> String {
+    if cents > 0 {
+        format!("+{cents}")
+    } else {
+        cents.to_string()
+    }
+}
+
+/// Microseconds as milliseconds with one decimal.
+pub fn ms(micros: u64) -> String {
+    format!("{:.1}", micros as f64 / 1_000.0)
+}
+
+/// The scenario x mode table.
+pub fn table(rows: &[ModeOutcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<7} {:<12} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}",
+        "scenario",
+        "mode",
+        "verdict",
+        "overdrafts",
+        "lost updates",
+        "money cents",
+        "refusals",
+        "ops/s",
+        "p99 ms"
+    );
+    for row in rows {
+        let verdict = if row.passed {
+            "as expected"
+        } else {
+            "UNEXPECTED"
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {:<7} {:<12} {:>10} {:>12} {:>12} {:>9} {:>9.0} {:>9}",
+            row.scenario,
+            row.mode.as_str(),
+            verdict,
+            row.overdrafts,
+            row.lost_updates,
+            signed(row.money_delta_cents),
+            row.refused + row.aborted,
+            row.ops_per_sec,
+            ms(row.latency_p99_us),
+        );
+    }
+    out
+}
+
+/// One mode's verdict with every anomaly and the operations behind it.
+pub fn verdict(row: &ModeOutcome) -> String {
+    let mut out = String::new();
+    let word = if row.passed { "PASS" } else { "FAIL" };
+    let _ = writeln!(
+        out,
+        "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
+        row.scenario,
+        row.mode.as_str(),
+        row.operations,
+        row.succeeded,
+        row.refused,
+        row.aborted,
+        row.errors,
+        row.overdrafts,
+        row.lost_updates,
+        signed(row.money_delta_cents),
+        ms(row.latency_p99_us),
+        row.retries,
+    );
+    for failure in &row.failures {
+        let _ = writeln!(out, "  expectation broken: {failure}");
+    }
+    for finding in &row.findings {
+        let _ = writeln!(
+            out,
+            "  {} ({} cents): {}",
+            finding.kind,
+            signed(finding.cents),
+            finding.detail
+        );
+        if !finding.request_ids.is_empty() {
+            let _ = writeln!(out, "    operations: {}", finding.request_ids.join(", "));
+        }
+    }
+    let balances: Vec<String> = row
+        .balances
+        .iter()
+        .map(|(a, c)| format!("{a}={c}"))
+        .collect();
+    let _ = writeln!(out, "  final balances (cents): {}", balances.join(" "));
+    out
+}

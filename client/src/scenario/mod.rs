@@ -1,0 +1,477 @@
+//! Scenarios: small named incidents in TOML. Opening balances, ATMs each with
+//! a script, an optional start barrier, the race window, the policies, and
+//! what must hold in each mode. Built-ins ship in `client/scenarios/`;
+//! trainers write their own in the same format (see `docs/SCENARIOS.md`).
+
+mod builtin;
+pub mod run;
+
+use std::{collections::BTreeMap, path::Path};
+
+use overdraft_server::{
+    bank::{AccountId, parse_amount, parse_opening_balance},
+    config::{Mode, OVERDRAFT_CENTS_MAX, RACE_WINDOW_MS_MAX},
+};
+use serde::{Deserialize, Serialize};
+
+pub use builtin::{BUILTIN, builtin};
+
+/// Most ATMs one scenario may start: each gets its own connection.
+pub const ATMS_MAX: u32 = 1_000;
+
+/// Most operations one scenario may send in one mode.
+pub const OPERATIONS_MAX: u64 = 1_000_000;
+
+/// Most accounts one scenario may open (a Reset's bound).
+pub const ACCOUNTS_MAX: usize = 10_000;
+
+/// A scenario as written in TOML.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, e.g. `double-withdrawal`.
+    pub name: String,
+    /// The story, in dollars, for the trainee.
+    #[serde(default)]
+    pub story: String,
+    /// Modes to run; all four when empty.
+    #[serde(default)]
+    pub modes: Vec<Mode>,
+    /// Race window at the race hook: `[min, max]` ms.
+    #[serde(default)]
+    pub race_window_ms: [u64; 2],
+    /// Hold every ATM until all are connected, then release them together.
+    #[serde(default)]
+    pub barrier: bool,
+    /// `"reject"` or `{ fee_cents = .., limit_cents = .. }`.
+    #[serde(default)]
+    pub overdraft: Overdraft,
+    /// Mutex mode's lock order.
+    #[serde(default)]
+    pub lock_order: LockOrder,
+    /// Whether the server honours request_ids.
+    #[serde(default = "yes")]
+    pub idempotency: bool,
+    /// Accounts to open.
+    pub accounts: Vec<AccountSpec>,
+    /// The ATMs.
+    pub atms: Vec<AtmSpec>,
+    /// What must hold, by mode (`unsafe`, `mutex`, `cas`, `actor`, or `safe` for the last three).
+    #[serde(default)]
+    pub expect: BTreeMap<String, Expect>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Overdraft policy of a scenario.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Overdraft {
+    /// `"reject"`.
+    #[default]
+    #[serde(with = "reject")]
+    Reject,
+    /// `{ fee_cents = 1000, limit_cents = 50000 }`.
+    Fee {
+        /// Fee per overdrawing debit.
+        fee_cents: i64,
+        /// How far below zero.
+        limit_cents: i64,
+    },
+}
+
+mod reject {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("reject")
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text == "reject" {
+            Ok(())
+        } else {
+            Err(D::Error::custom(format!(
+                "expected \"reject\" or {{ fee_cents = N, limit_cents = N }}, got {text:?}"
+            )))
+        }
+    }
+}
+
+/// Mutex mode's lock order.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LockOrder {
+    /// One global order.
+    #[default]
+    Ordered,
+    /// Request order.
+    Naive,
+}
+
+/// An account to open.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountSpec {
+    /// Account id.
+    pub id: String,
+    /// Opening balance.
+    pub opening_cents: i64,
+}
+
+/// One ATM, or `count` identical ones.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AtmSpec {
+    /// Name in reports.
+    pub name: String,
+    /// How many identical ATMs.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// How many times each runs its script.
+    #[serde(default = "one")]
+    pub repeat: u32,
+    /// The steps.
+    pub script: Vec<Step>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One operation in a script.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// `deposit`, `withdraw`, `transfer` or `balance`.
+    pub op: StepOp,
+    /// The account (deposit, withdraw, balance).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// Transfer source.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Transfer destination.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Amount (all but balance).
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    /// `"auto"` (default: unique per operation), `"none"` (no idempotency
+    /// key), or a fixed key shared by every ATM that sends this step.
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+/// Operation kinds a script may use.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOp {
+    /// Deposit.
+    Deposit,
+    /// Withdraw.
+    Withdraw,
+    /// Transfer.
+    Transfer,
+    /// Read a balance.
+    Balance,
+}
+
+/// What must hold after a mode's run. Unset fields are not checked.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    /// `"none"`: the audit must be clean; `"some"`: it must find something.
+    #[serde(default)]
+    pub anomalies: Option<Presence>,
+    /// Allowed final balances per account (any one of the listed values).
+    #[serde(default)]
+    pub balances: BTreeMap<String, Vec<i64>>,
+    /// Exactly this many operations refused by the bank's rules.
+    #[serde(default)]
+    pub refusals: Option<u64>,
+    /// `"none"` or `"some"` deadlocks detected (ABORTED with a deadlock).
+    #[serde(default)]
+    pub deadlocks: Option<Presence>,
+    /// The sum of all final balances.
+    #[serde(default)]
+    pub total_cents: Option<i64>,
+}
+
+/// Whether something must be absent or present.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    /// Must not happen.
+    None,
+    /// Must happen at least once.
+    Some,
+}
+
+/// A scenario that does not parse or breaks a rule.
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}:{line}:{column}: {message}")]
+pub struct ScenarioError {
+    /// File path or `builtin:NAME`.
+    pub origin: String,
+    /// 1-based line, 0 when unknown.
+    pub line: usize,
+    /// 1-based column, 0 when unknown.
+    pub column: usize,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl Scenario {
+    /// Parses and validates TOML text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, ScenarioError> {
+        let scenario: Scenario = toml::from_str(text).map_err(|error| {
+            let (line, column) = error
+                .span()
+                .map_or((0, 0), |span| line_column(text, span.start));
+            ScenarioError {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: error.message().trim().to_owned(),
+            }
+        })?;
+        scenario.validate().map_err(|(field, message)| {
+            let (line, column) = locate(text, field);
+            ScenarioError {
+                origin: origin.to_owned(),
+                line,
+                column,
+                message: format!("{field}: {message}"),
+            }
+        })?;
+        Ok(scenario)
+    }
+
+    /// Loads a built-in by name, or a file by path.
+    pub fn load(name_or_path: &str) -> Result<Self, ScenarioError> {
+        if let Some(text) = builtin(name_or_path) {
+            return Self::parse(&format!("builtin:{name_or_path}"), text);
+        }
+        let path = Path::new(name_or_path);
+        let text = std::fs::read_to_string(path).map_err(|error| ScenarioError {
+            origin: name_or_path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!(
+                "not a built-in scenario and not a readable file ({error}); `atm scenario --list` shows the built-ins"
+            ),
+        })?;
+        Self::parse(name_or_path, &text)
+    }
+
+    /// The modes to run: the scenario's, or all four.
+    pub fn modes(&self) -> Vec<Mode> {
+        if self.modes.is_empty() {
+            Mode::ALL.to_vec()
+        } else {
+            self.modes.clone()
+        }
+    }
+
+    /// The expectation for `mode`: its own section, else `safe` for the safe modes, else `all`.
+    pub fn expectation(&self, mode: Mode) -> Option<&Expect> {
+        let group = if mode == Mode::Unsafe {
+            "unsafe"
+        } else {
+            "safe"
+        };
+        self.expect
+            .get(mode.as_str())
+            .or_else(|| self.expect.get(group))
+            .or_else(|| self.expect.get("all"))
+    }
+
+    /// Operations one mode's run sends.
+    pub fn operations(&self) -> u64 {
+        self.atms
+            .iter()
+            .map(|atm| {
+                u64::from(atm.count)
+                    * u64::from(atm.repeat)
+                    * u64::try_from(atm.script.len()).unwrap_or(u64::MAX)
+            })
+            .sum()
+    }
+
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let [min, max] = self.race_window_ms;
+        if max > RACE_WINDOW_MS_MAX || min > max {
+            return Err((
+                "race_window_ms",
+                format!(
+                    "must be [min, max] with min <= max <= {RACE_WINDOW_MS_MAX} (got [{min}, {max}])"
+                ),
+            ));
+        }
+        if let Overdraft::Fee {
+            fee_cents,
+            limit_cents,
+        } = self.overdraft
+            && (!(0..=OVERDRAFT_CENTS_MAX).contains(&fee_cents)
+                || !(0..=OVERDRAFT_CENTS_MAX).contains(&limit_cents))
+        {
+            return Err((
+                "overdraft",
+                format!("fee_cents and limit_cents must be between 0 and {OVERDRAFT_CENTS_MAX}"),
+            ));
+        }
+        if self.accounts.is_empty() || self.accounts.len() > ACCOUNTS_MAX {
+            return Err((
+                "accounts",
+                format!("must list 1 to {ACCOUNTS_MAX} accounts"),
+            ));
+        }
+        let mut known = std::collections::BTreeSet::new();
+        for account in &self.accounts {
+            AccountId::parse("id", &account.id).map_err(|e| ("accounts", e.to_string()))?;
+            parse_opening_balance("opening_cents", account.opening_cents)
+                .map_err(|e| ("accounts", e.to_string()))?;
+            if !known.insert(account.id.as_str()) {
+                return Err(("accounts", format!("lists {} twice", account.id)));
+            }
+        }
+        let atms: u64 = self.atms.iter().map(|atm| u64::from(atm.count)).sum();
+        if atms == 0 || atms > u64::from(ATMS_MAX) {
+            return Err((
+                "atms",
+                format!("must start 1 to {ATMS_MAX} ATMs in all (got {atms})"),
+            ));
+        }
+        if self.operations() > OPERATIONS_MAX {
+            return Err((
+                "script",
+                format!(
+                    "sends {} operations per mode; at most {OPERATIONS_MAX}",
+                    self.operations()
+                ),
+            ));
+        }
+        for atm in &self.atms {
+            for step in &atm.script {
+                step.validate(&known)
+                    .map_err(|message| ("script", format!("ATM {}: {message}", atm.name)))?;
+            }
+        }
+        for (key, expect) in &self.expect {
+            if !matches!(
+                key.as_str(),
+                "unsafe" | "mutex" | "cas" | "actor" | "safe" | "all"
+            ) {
+                return Err((
+                    "expect",
+                    format!(
+                        "unknown section [expect.{key}]; use unsafe, mutex, cas, actor, safe or all"
+                    ),
+                ));
+            }
+            for account in expect.balances.keys() {
+                if !known.contains(account.as_str()) {
+                    return Err((
+                        "balances",
+                        format!("[expect.{key}] names unknown account {account}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Step {
+    fn validate(&self, known: &std::collections::BTreeSet<&str>) -> Result<(), String> {
+        let account = |field: &str, value: &Option<String>| -> Result<(), String> {
+            match value {
+                Some(id) if known.contains(id.as_str()) => Ok(()),
+                Some(id) => Err(format!("{field} {id} is not in [[accounts]]")),
+                None => Err(format!("a {:?} step needs {field}", self.op).to_lowercase()),
+            }
+        };
+        match self.op {
+            StepOp::Deposit | StepOp::Withdraw | StepOp::Balance => {
+                account("account", &self.account)?
+            }
+            StepOp::Transfer => {
+                account("from", &self.from)?;
+                account("to", &self.to)?;
+                if self.from == self.to {
+                    return Err("a transfer's from and to must differ".into());
+                }
+            }
+        }
+        if self.op != StepOp::Balance {
+            let amount = self
+                .amount_cents
+                .ok_or_else(|| format!("a {:?} step needs amount_cents", self.op).to_lowercase())?;
+            parse_amount("amount_cents", amount).map_err(|e| e.to_string())?;
+        }
+        if let Some(id) = &self.request_id
+            && id != "auto"
+            && id != "none"
+            && overdraft_server::bank::RequestId::parse_optional(id).is_err()
+        {
+            return Err(format!(
+                "request_id {id:?} must be \"auto\", \"none\" or printable ASCII of at most 128 bytes"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |newline| before.len() - newline - 1)
+        + 1;
+    (line, column)
+}
+
+/// Where `field` first appears as a key in `text`, for errors found after parsing.
+fn locate(text: &str, field: &str) -> (usize, usize) {
+    text.match_indices(field)
+        .find(|(offset, _)| {
+            let rest = &text[offset + field.len()..];
+            let trimmed = rest.trim_start_matches([' ', '\t', ']']);
+            trimmed.starts_with('=') || rest.starts_with(']')
+        })
+        .map_or((0, 0), |(offset, _)| line_column(text, offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every built-in parses and validates.
+    #[test]
+    fn every_builtin_parses() {
+        for (name, text) in BUILTIN {
+            let scenario = Scenario::parse(name, text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(&scenario.name, name);
+        }
+    }
+
+    /// A malformed file names the line and the field.
+    #[test]
+    fn malformed_file_names_line_and_field() {
+        let text = "name = \"x\"\naccounts = [{ id = \"a\", opening_cents = 1 }]\n\n[[atms]]\nname = \"atm\"\nscript = [{ op = \"withdraw\", account = \"a\", amount_cent = 5 }]\n";
+        let error = Scenario::parse("bad.toml", text).unwrap_err();
+        assert_eq!(error.line, 6, "{error}");
+        assert!(error.message.contains("amount_cent"), "{error}");
+
+        let text = "name = \"x\"\nrace_window_ms = [9, 3]\naccounts = [{ id = \"a\", opening_cents = 1 }]\n[[atms]]\nname = \"atm\"\nscript = [{ op = \"deposit\", account = \"a\", amount_cents = 5 }]\n";
+        let error = Scenario::parse("bad.toml", text).unwrap_err();
+        assert_eq!(error.line, 2, "{error}");
+        assert!(error.message.starts_with("race_window_ms"), "{error}");
+    }
+}

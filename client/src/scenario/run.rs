@@ -1,0 +1,418 @@
+//! Runs one scenario in one mode against a ledger: reset, configure, start
+//! the ATMs (each on its own connection, released together at the barrier),
+//! then audit and hold the outcome against the scenario's expectations.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use overdraft_proto::v1 as pb;
+use overdraft_server::config::Mode;
+use serde::Serialize;
+use tokio::{sync::Barrier, task::JoinSet};
+use tonic::{Code, transport::Channel};
+
+use super::{Expect, LockOrder, Overdraft, Presence, Scenario, Step, StepOp};
+use crate::{
+    connect::{ClientError, Clients, proto_mode},
+    latency::Latency,
+};
+
+/// Longest a scenario's single operation may take before it counts as an
+/// error: far beyond any race window, short enough not to hang a demo.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one mode's run of a scenario did, and whether it met expectations.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeOutcome {
+    /// Scenario name.
+    pub scenario: String,
+    /// The mode.
+    pub mode: Mode,
+    /// True when every expectation held (or none was set).
+    pub passed: bool,
+    /// Each expectation that did not hold, as a sentence.
+    pub failures: Vec<String>,
+    /// Operations sent.
+    pub operations: u64,
+    /// Operations acknowledged.
+    pub succeeded: u64,
+    /// Refused by the bank's rules (FAILED_PRECONDITION).
+    pub refused: u64,
+    /// Aborted (ABORTED: CAS contention or a deadlock).
+    pub aborted: u64,
+    /// Aborts that reported a detected deadlock.
+    pub deadlocks: u64,
+    /// Other errors.
+    pub errors: u64,
+    /// CAS retries the server made.
+    pub retries: u64,
+    /// Overdrafts the audit found.
+    pub overdrafts: u64,
+    /// Lost updates the audit found.
+    pub lost_updates: u64,
+    /// Money created (+) or destroyed (-).
+    pub money_delta_cents: i64,
+    /// Operations per second over the run.
+    pub ops_per_sec: f64,
+    /// Median latency.
+    pub latency_p50_us: u64,
+    /// 99th percentile latency.
+    pub latency_p99_us: u64,
+    /// Final balances.
+    pub balances: BTreeMap<String, i64>,
+    /// The audit's findings.
+    pub findings: Vec<FindingView>,
+}
+
+impl ModeOutcome {
+    /// True when the audit found anything.
+    pub fn anomalous(&self) -> bool {
+        !self.findings.is_empty()
+    }
+}
+
+/// An audit finding, as reports show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FindingView {
+    /// `overdraft`, `lost_update`, `conservation` or `journal_mismatch`.
+    pub kind: String,
+    /// The account, if any.
+    pub account: String,
+    /// The operations behind it.
+    pub request_ids: Vec<String>,
+    /// Money at stake.
+    pub cents: i64,
+    /// The audit's sentence.
+    pub detail: String,
+}
+
+impl From<&pb::Finding> for FindingView {
+    fn from(finding: &pb::Finding) -> Self {
+        let kind = match pb::finding::Kind::try_from(finding.kind) {
+            Ok(pb::finding::Kind::Overdraft) => "overdraft",
+            Ok(pb::finding::Kind::LostUpdate) => "lost_update",
+            Ok(pb::finding::Kind::Conservation) => "conservation",
+            Ok(pb::finding::Kind::JournalMismatch) => "journal_mismatch",
+            _ => "unknown",
+        };
+        Self {
+            kind: kind.to_owned(),
+            account: finding.account_id.clone(),
+            request_ids: finding.request_ids.clone(),
+            cents: finding.cents,
+            detail: finding.detail.clone(),
+        }
+    }
+}
+
+/// Tallies of one ATM's operations.
+#[derive(Debug, Default)]
+struct Tally {
+    latency: Latency,
+    operations: u64,
+    succeeded: u64,
+    refused: u64,
+    aborted: u64,
+    deadlocks: u64,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, other: Tally) {
+        self.latency.merge(&other.latency);
+        self.operations += other.operations;
+        self.succeeded += other.succeeded;
+        self.refused += other.refused;
+        self.aborted += other.aborted;
+        self.deadlocks += other.deadlocks;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+
+    fn record(&mut self, outcome: Result<(), tonic::Status>, started: Instant) {
+        self.latency.record(started.elapsed());
+        self.operations += 1;
+        match outcome {
+            Ok(()) => self.succeeded += 1,
+            Err(status) => match status.code() {
+                Code::FailedPrecondition => self.refused += 1,
+                Code::Aborted => {
+                    self.aborted += 1;
+                    if status.message().contains("deadlock") {
+                        self.deadlocks += 1;
+                    }
+                }
+                _ => {
+                    self.errors += 1;
+                    self.first_error.get_or_insert_with(|| {
+                        format!("{:?}: {}", status.code(), status.message())
+                    });
+                }
+            },
+        }
+    }
+}
+
+/// Runs `scenario` in `mode` against the ledger at `url`.
+pub async fn run_mode(
+    url: &str,
+    scenario: &Scenario,
+    mode: Mode,
+) -> Result<ModeOutcome, ClientError> {
+    let mut clients = Clients::connect(url).await?;
+    let previous = clients.configure(pb::ConfigureRequest::default()).await?;
+    let outcome = run_configured(url, &mut clients, scenario, mode).await;
+    // Leave a shared ledger as we found it, whatever happened.
+    clients.configure(restore_request(&previous)).await?;
+    outcome
+}
+
+async fn run_configured(
+    url: &str,
+    clients: &mut Clients,
+    scenario: &Scenario,
+    mode: Mode,
+) -> Result<ModeOutcome, ClientError> {
+    let accounts = scenario
+        .accounts
+        .iter()
+        .map(|a| pb::OpenAccountRequest {
+            account_id: a.id.clone(),
+            initial_balance_cents: a.opening_cents,
+        })
+        .collect();
+    clients.reset(accounts).await?;
+    clients.configure(configure_request(scenario)).await?;
+    clients.set_mode(mode).await?;
+
+    let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
+    let barrier = Arc::new(Barrier::new(atm_total));
+    let mut atms = JoinSet::new();
+    for spec in &scenario.atms {
+        for copy in 0..spec.count {
+            let channel = crate::connect::channel(url).await?;
+            let name = if spec.count == 1 {
+                spec.name.clone()
+            } else {
+                format!("{}#{copy}", spec.name)
+            };
+            let script = spec.script.clone();
+            let repeat = spec.repeat;
+            let barrier = scenario.barrier.then(|| Arc::clone(&barrier));
+            atms.spawn(run_atm(channel, name, script, repeat, barrier));
+        }
+    }
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    while let Some(joined) = atms.join_next().await {
+        tally.merge(joined.map_err(|e| ClientError::Internal(e.to_string()))?);
+    }
+    let elapsed = started.elapsed();
+
+    let audit = clients.audit().await?;
+    let stats = clients.stats().await?;
+    let retries = stats
+        .modes
+        .iter()
+        .find(|m| m.mode == i32::from(proto_mode(mode)))
+        .map_or(0, |m| m.retries);
+    let mut balances = BTreeMap::new();
+    for account in &scenario.accounts {
+        balances.insert(
+            account.id.clone(),
+            clients.balance(&account.id).await?.balance_cents,
+        );
+    }
+    let mut outcome = ModeOutcome {
+        scenario: scenario.name.clone(),
+        mode,
+        passed: true,
+        failures: Vec::new(),
+        operations: tally.operations,
+        succeeded: tally.succeeded,
+        refused: tally.refused,
+        aborted: tally.aborted,
+        deadlocks: tally.deadlocks,
+        errors: tally.errors,
+        retries,
+        overdrafts: audit.overdrafts,
+        lost_updates: audit.lost_updates,
+        money_delta_cents: audit.money_delta_cents,
+        ops_per_sec: tally.operations as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_p50_us: tally.latency.quantile_us(0.50),
+        latency_p99_us: tally.latency.quantile_us(0.99),
+        balances,
+        findings: audit.findings.iter().map(FindingView::from).collect(),
+    };
+    if let Some(error) = &tally.first_error {
+        outcome.failures.push(format!(
+            "{} operation(s) failed unexpectedly, first: {error}",
+            tally.errors
+        ));
+    }
+    if let Some(expect) = scenario.expectation(mode) {
+        outcome.failures.extend(check(expect, &outcome));
+    }
+    outcome.passed = outcome.failures.is_empty();
+    Ok(outcome)
+}
+
+async fn run_atm(
+    channel: Channel,
+    name: String,
+    script: Vec<Step>,
+    repeat: u32,
+    barrier: Option<Arc<Barrier>>,
+) -> Tally {
+    let mut ledger = pb::ledger_client::LedgerClient::new(channel);
+    let mut tally = Tally::default();
+    if let Some(barrier) = barrier {
+        barrier.wait().await;
+    }
+    for round in 0..repeat {
+        for (index, step) in script.iter().enumerate() {
+            let request_id = match step.request_id.as_deref() {
+                None | Some("auto") => format!("{name}-{round}-{index}"),
+                Some("none") => String::new(),
+                Some(fixed) => fixed.to_owned(),
+            };
+            let started = Instant::now();
+            let call = send(&mut ledger, step, request_id);
+            let outcome = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 30 s")),
+            };
+            tally.record(outcome, started);
+        }
+    }
+    tally
+}
+
+async fn send(
+    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    step: &Step,
+    request_id: String,
+) -> Result<(), tonic::Status> {
+    let account_id = step.account.clone().unwrap_or_default();
+    let amount_cents = step.amount_cents.unwrap_or_default();
+    match step.op {
+        StepOp::Deposit => ledger
+            .deposit(pb::DepositRequest {
+                account_id,
+                amount_cents,
+                request_id,
+            })
+            .await
+            .map(drop),
+        StepOp::Withdraw => ledger
+            .withdraw(pb::WithdrawRequest {
+                account_id,
+                amount_cents,
+                request_id,
+            })
+            .await
+            .map(drop),
+        StepOp::Transfer => ledger
+            .transfer(pb::TransferRequest {
+                from_account_id: step.from.clone().unwrap_or_default(),
+                to_account_id: step.to.clone().unwrap_or_default(),
+                amount_cents,
+                request_id,
+            })
+            .await
+            .map(drop),
+        StepOp::Balance => ledger
+            .get_balance(pb::GetBalanceRequest { account_id })
+            .await
+            .map(drop),
+    }
+}
+
+fn configure_request(scenario: &Scenario) -> pb::ConfigureRequest {
+    let overdraft = match scenario.overdraft {
+        Overdraft::Reject => pb::Overdraft::default(),
+        Overdraft::Fee {
+            fee_cents,
+            limit_cents,
+        } => pb::Overdraft {
+            allow: true,
+            fee_cents,
+            limit_cents,
+        },
+    };
+    let lock_order = match scenario.lock_order {
+        LockOrder::Ordered => pb::LockOrder::Ordered,
+        LockOrder::Naive => pb::LockOrder::Naive,
+    };
+    pb::ConfigureRequest {
+        race_window_ms_min: Some(scenario.race_window_ms[0]),
+        race_window_ms_max: Some(scenario.race_window_ms[1]),
+        overdraft: Some(overdraft),
+        lock_order: Some(lock_order.into()),
+        idempotency: Some(scenario.idempotency),
+    }
+}
+
+fn restore_request(previous: &pb::Settings) -> pb::ConfigureRequest {
+    pb::ConfigureRequest {
+        race_window_ms_min: Some(previous.race_window_ms_min),
+        race_window_ms_max: Some(previous.race_window_ms_max),
+        overdraft: previous.overdraft,
+        lock_order: Some(previous.lock_order),
+        idempotency: Some(previous.idempotency),
+    }
+}
+
+/// Every expectation in `expect` that `outcome` breaks, as sentences.
+fn check(expect: &Expect, outcome: &ModeOutcome) -> Vec<String> {
+    let mut failures = Vec::new();
+    match (expect.anomalies, outcome.anomalous()) {
+        (Some(Presence::None), true) => failures.push(format!(
+            "expected no anomalies; the audit found {} ({} overdrafts, {} lost updates, {} cents)",
+            outcome.findings.len(),
+            outcome.overdrafts,
+            outcome.lost_updates,
+            outcome.money_delta_cents
+        )),
+        (Some(Presence::Some), false) => {
+            failures.push("expected anomalies; the audit found none".to_owned());
+        }
+        _ => {}
+    }
+    match (expect.deadlocks, outcome.deadlocks) {
+        (Some(Presence::None), n) if n > 0 => {
+            failures.push(format!("expected no deadlocks; {n} detected"))
+        }
+        (Some(Presence::Some), 0) => {
+            failures.push("expected a deadlock to be detected; none was".to_owned())
+        }
+        _ => {}
+    }
+    if let Some(refusals) = expect.refusals.filter(|r| *r != outcome.refused) {
+        failures.push(format!(
+            "expected {refusals} refusal(s); got {}",
+            outcome.refused
+        ));
+    }
+    for (account, allowed) in &expect.balances {
+        let found = outcome.balances.get(account).copied().unwrap_or_default();
+        if !allowed.contains(&found) {
+            failures.push(format!(
+                "expected {account} to hold one of {allowed:?} cents; it holds {found}"
+            ));
+        }
+    }
+    if let Some(total) = expect.total_cents {
+        let found: i64 = outcome.balances.values().sum();
+        if found != total {
+            failures.push(format!(
+                "expected balances to total {total} cents; they total {found}"
+            ));
+        }
+    }
+    failures
+}
