@@ -54,6 +54,10 @@ struct Outcome {
     ops: u64,
 }
 
+/// The same allocator as the `ledger` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

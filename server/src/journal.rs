@@ -1,5 +1,6 @@
 //! The append-only journal's records and the replies kept for idempotency.
-//! Both are stored as JSON so an operator can read them with any sled tool.
+//! Both are stored compactly with postcard; the audit and `--history` give
+//! the readable views.
 
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +57,7 @@ pub struct StoredReply {
 
 /// What the idempotency table holds under a request_id.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum RequestRecord {
     /// Applied: replay this reply.
     Done(StoredReply),

@@ -105,7 +105,7 @@ fn mutation_reply(applied: Applied) -> Result<pb::MutationReply, Status> {
 
 #[tonic::async_trait]
 impl Ledger for LedgerService {
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id))]
     async fn open_account(
         &self,
         request: Request<pb::OpenAccountRequest>,
@@ -125,7 +125,7 @@ impl Ledger for LedgerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
     async fn deposit(
         &self,
         request: Request<pb::DepositRequest>,
@@ -140,7 +140,7 @@ impl Ledger for LedgerService {
         Ok(Response::new(mutation_reply(applied)?))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id, request_id = %request.get_ref().request_id))]
     async fn withdraw(
         &self,
         request: Request<pb::WithdrawRequest>,
@@ -155,7 +155,7 @@ impl Ledger for LedgerService {
         Ok(Response::new(mutation_reply(applied)?))
     }
 
-    #[tracing::instrument(skip_all, fields(from = %request.get_ref().from_account_id, to = %request.get_ref().to_account_id, request_id = %request.get_ref().request_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(from = %request.get_ref().from_account_id, to = %request.get_ref().to_account_id, request_id = %request.get_ref().request_id))]
     async fn transfer(
         &self,
         request: Request<pb::TransferRequest>,
@@ -190,7 +190,7 @@ impl Ledger for LedgerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(account_id = %request.get_ref().account_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(account_id = %request.get_ref().account_id))]
     async fn get_balance(
         &self,
         request: Request<pb::GetBalanceRequest>,
@@ -224,7 +224,7 @@ impl Admin for LedgerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(mode = request.get_ref().mode))]
+    #[tracing::instrument(level = "debug", skip_all, fields(mode = request.get_ref().mode))]
     async fn set_mode(
         &self,
         request: Request<pb::SetModeRequest>,
@@ -236,7 +236,7 @@ impl Admin for LedgerService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(accounts = request.get_ref().accounts.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(accounts = request.get_ref().accounts.len()))]
     async fn reset(
         &self,
         request: Request<pb::ResetRequest>,
@@ -282,7 +282,7 @@ impl Admin for LedgerService {
         Ok(Response::new(audit_reply(report)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn configure(
         &self,
         request: Request<pb::ConfigureRequest>,

@@ -5,6 +5,11 @@
 use clap::Parser;
 use overdraft_client::cli::{Cli, run};
 
+/// mimalloc: sled allocates on every write, and glibc's malloc showed up at
+/// the top of the profile under load (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();

@@ -1,27 +1,36 @@
-//! The sled store: three trees, `journal`, `accounts` and `requests`.
+//! The sled store: three trees (`accounts`, `journal`, `requests`), written
+//! in commit order by one writer thread.
 //!
-//! A commit is made atomic by one single-key write: the journal record,
-//! which carries everything the commit changes. The account and request
-//! writes that follow it are a materialised view of the journal. sled
-//! recovers a prefix of its log after a crash, so at most the last journal
-//! record can lack its view writes, and [`SledStore::open`] rolls it forward.
+//! A commit is decided in memory: a std mutex guards a mirror of every
+//! account (balance and version), so guards are checked and seqs assigned in
+//! one short critical section. The commit's record then goes to one writer
+//! thread, which writes records in seq order: the journal key first (the
+//! commit point), then the account and request keys it implies.
 //!
-//! Why not sled transactions: in sled 0.34 a multi-tree transaction (or a
-//! batch) costs about 50 µs and takes a process-wide lock, while a plain
-//! insert costs about 1 µs; measured with `examples/micro_store.rs`. Commits
-//! are serialised by our own std mutex instead, which also makes commit order
-//! the journal's `seq` order.
+//! Why not sled transactions or batches: in sled 0.34 a transaction costs
+//! about 50 µs and takes a process-wide lock, and every `apply_batch` seals a
+//! log buffer, which kept sled's IO threads switching 60,000 times a second
+//! under load; plain inserts cost a few µs (measured with
+//! `examples/micro_store.rs` and the bench, see BENCHMARKS.md).
+//!
+//! Durability: sled recovers a prefix of its log, so after a crash the store
+//! holds a prefix of the commits, of which only the last can lack its account
+//! and request keys; [`SledStore::open`] rolls that one forward.
+//! [`Store::flush`] waits for the writer to drain, then fsyncs: the group
+//! committer acknowledges `--durability sync` operations only after that.
 
 use std::{
+    collections::HashMap,
     path::Path,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard, mpsc},
+    thread,
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, Guard, Rejected, Store, StoreError, decode_account, decode_json, encode_account,
-    encode_json, now_unix_ns,
+    Commit, Guard, Rejected, Store, StoreError, decode_account, decode_record, encode_account,
+    encode_record, now_unix_ns,
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
@@ -31,6 +40,40 @@ use crate::{
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
 const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
+/// Commits queued for the writer. When it falls this far behind, committers
+/// wait for room: memory stays bounded and the load slows down instead.
+const WRITE_QUEUE_MAX: usize = 16_384;
+
+/// Most commits the writer takes from the queue before it reports progress:
+/// bounds how long a drain waits for news.
+const BATCH_COMMITS_MAX: usize = 256;
+
+/// The three trees. Separate trees keep each one's nodes small: journal
+/// appends do not copy account records, and the reverse.
+#[derive(Clone, Debug)]
+struct Trees {
+    accounts: sled::Tree,
+    journal: sled::Tree,
+    requests: sled::Tree,
+}
+
+impl Trees {
+    fn open(db: &sled::Db) -> Result<Self, StoreError> {
+        Ok(Self {
+            accounts: db.open_tree("accounts")?,
+            journal: db.open_tree("journal")?,
+            requests: db.open_tree("requests")?,
+        })
+    }
+
+    fn last_record(&self) -> Result<Option<JournalRecord>, StoreError> {
+        self.journal
+            .last()?
+            .map(|(_, value)| decode_record("journal record", &value))
+            .transpose()
+    }
+}
+
 /// What one journal key holds: the entry and the idempotency record written with it.
 #[derive(Debug, Serialize, Deserialize)]
 struct JournalRecord {
@@ -38,20 +81,59 @@ struct JournalRecord {
     request: Option<(RequestId, RequestRecord)>,
 }
 
+/// The in-memory side of the store, guarded by one mutex.
+#[derive(Debug, Default)]
+struct Mirror {
+    accounts: HashMap<AccountId, Account>,
+    next_seq: u64,
+}
+
+/// Progress of the writer, for those waiting on it.
+#[derive(Debug, Default)]
+struct Written {
+    /// Commits handed to the writer.
+    queued: u64,
+    /// Commits it has applied to sled.
+    applied: u64,
+    /// Set when a batch failed: the store refuses further commits.
+    failure: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    written: Mutex<Written>,
+    progress: Condvar,
+    /// Idempotency records queued but not yet in sled, so that a duplicate
+    /// arriving in between is still caught.
+    pending_requests: Mutex<HashMap<String, RequestRecord>>,
+}
+
 /// A ledger kept in a sled database on disk.
 #[derive(Debug)]
 pub struct SledStore {
     db: sled::Db,
-    accounts: sled::Tree,
-    journal: sled::Tree,
-    requests: sled::Tree,
-    /// Serialises commits; holds the next journal seq. A std mutex: nothing
-    /// awaits while it is held, and every step inside is an in-memory sled call.
-    commit_lock: Mutex<u64>,
+    trees: Trees,
+    // A std mutex: held for in-memory checks and a channel send, never across an await.
+    mirror: Mutex<Mirror>,
+    /// None only while dropping.
+    queue: Option<mpsc::SyncSender<JournalRecord>>,
+    shared: Arc<Shared>,
+    /// Joined on drop, so that the database is closed when the store is.
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has applied what is queued.
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl SledStore {
-    /// Opens (or creates) the database in `dir`, rolling the last commit forward.
+    /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
@@ -67,46 +149,67 @@ impl SledStore {
     }
 
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
-        let store = Self {
-            accounts: db.open_tree("accounts")?,
-            journal: db.open_tree("journal")?,
-            requests: db.open_tree("requests")?,
-            commit_lock: Mutex::new(0),
+        let trees = Trees::open(&db)?;
+        let mut mirror = Mirror::default();
+        if let Some(record) = trees.last_record()? {
+            write_record(&trees, &record)?;
+            mirror.next_seq = record.entry.seq + 1;
+        }
+        for item in trees.accounts.iter() {
+            let (key, value) = item?;
+            mirror
+                .accounts
+                .insert(account_id_of(&key)?, decode_account(&value)?);
+        }
+        let shared = Arc::new(Shared::default());
+        let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
+        let writer_trees = trees.clone();
+        let writer_shared = Arc::clone(&shared);
+        let writer = thread::Builder::new()
+            .name("sled-writer".into())
+            .spawn(move || write_batches(&writer_trees, &writer_shared, &receiver))
+            .map_err(|e| StoreError::Corrupt {
+                what: "writer thread",
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
             db,
-        };
-        let next_seq = match store.journal.last()? {
-            Some((_, value)) => {
-                let record: JournalRecord = decode_json("journal record", &value)?;
-                store.write_view(&record)?;
-                record.entry.seq + 1
-            }
-            None => 0,
-        };
-        *store.lock() = next_seq;
-        Ok(store)
+            trees,
+            mirror: Mutex::new(mirror),
+            queue: Some(queue),
+            shared,
+            writer: Some(writer),
+        })
     }
 
-    fn lock(&self) -> MutexGuard<'_, u64> {
-        // Poisoning means a panic mid-commit; the journal-first order keeps
-        // the data consistent, so carry on.
-        self.commit_lock
+    fn mirror(&self) -> MutexGuard<'_, Mirror> {
+        // Every commit checks before it mutates, so the mirror is consistent
+        // even if a holder panicked: carry on.
+        self.mirror.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until the writer has applied every commit queued so far.
+    fn drain(&self) -> Result<(), StoreError> {
+        let mut written = self
+            .shared
+            .written
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|p| p.into_inner());
+        let target = written.queued;
+        while written.applied < target && written.failure.is_none() {
+            written = self
+                .shared
+                .progress
+                .wait(written)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        match &written.failure {
+            Some(failure) => Err(failed(failure)),
+            None => Ok(()),
+        }
     }
 
-    /// Writes the accounts and the request record a journal record implies.
-    fn write_view(&self, record: &JournalRecord) -> Result<(), StoreError> {
-        for leg in &record.entry.legs {
-            self.accounts
-                .insert(leg.account.as_str(), &encode_account(leg.written))?;
-        }
-        if let Some((id, request)) = &record.request {
-            self.requests.insert(id.as_str(), encode_json(request))?;
-        }
-        Ok(())
-    }
-
-    fn check(&self, commit: &Commit) -> Result<Result<(), Rejected>, StoreError> {
+    fn check(&self, mirror: &Mirror, commit: &Commit) -> Result<Result<(), Rejected>, StoreError> {
         if let Some((id, _)) = &commit.request
             && !commit.replace_request
             && let Some(existing) = self.request(id)?
@@ -114,7 +217,7 @@ impl SledStore {
             return Ok(Err(Rejected::Duplicate(existing)));
         }
         for write in &commit.writes {
-            let found = self.account(&write.account)?;
+            let found = mirror.accounts.get(&write.account).copied();
             let holds = match write.guard {
                 Guard::Blind => true,
                 Guard::Version(version) => found.map(|a| a.version) == Some(version),
@@ -131,19 +234,83 @@ impl SledStore {
     }
 }
 
+fn failed(failure: &str) -> StoreError {
+    StoreError::Corrupt {
+        what: "sled writer",
+        detail: format!("a batch failed earlier, so the store refuses writes: {failure}"),
+    }
+}
+
+fn account_id_of(key: &[u8]) -> Result<AccountId, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt {
+        what: "account key",
+        detail,
+    };
+    let text = std::str::from_utf8(key).map_err(|e| corrupt(e.to_string()))?;
+    AccountId::parse("account_id", text).map_err(|e| corrupt(e.to_string()))
+}
+
+/// Writes one commit: the journal record first (the commit point), then the
+/// account and request keys it implies. sled recovers a prefix of its log, so
+/// a crash can cut only the last record's view writes, which
+/// [`SledStore::open`] rolls forward.
+fn write_record(trees: &Trees, record: &JournalRecord) -> sled::Result<()> {
+    trees
+        .journal
+        .insert(record.entry.seq.to_be_bytes(), encode_record(record))?;
+    for leg in &record.entry.legs {
+        trees
+            .accounts
+            .insert(leg.account.as_str(), &encode_account(leg.written))?;
+    }
+    if let Some((id, request)) = &record.request {
+        trees.requests.insert(id.as_str(), encode_record(request))?;
+    }
+    Ok(())
+}
+
+/// The writer: takes everything queued, writes it in order, reports
+/// progress. Runs until the store is dropped.
+fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<JournalRecord>) {
+    while let Ok(first) = receiver.recv() {
+        let mut records = vec![first];
+        while records.len() < BATCH_COMMITS_MAX {
+            match receiver.try_recv() {
+                Ok(record) => records.push(record),
+                Err(_) => break,
+            }
+        }
+        let outcome = records
+            .iter()
+            .try_for_each(|record| write_record(trees, record));
+        let mut pending = shared
+            .pending_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for record in &records {
+            if let Some((id, _)) = &record.request {
+                pending.remove(id.as_str());
+            }
+        }
+        drop(pending);
+        let mut written = shared.written.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX),
+            Err(error) => {
+                tracing::error!(%error, "sled batch failed; the store refuses further writes");
+                written.failure = Some(error.to_string());
+            }
+        }
+        shared.progress.notify_all();
+    }
+}
+
 impl Store for SledStore {
     fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
-        self.accounts
-            .get(id.as_str())?
-            .map(|bytes| decode_account(&bytes))
-            .transpose()
+        Ok(self.mirror().accounts.get(id).copied())
     }
 
     fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
-        let mut next_seq = self.lock();
-        if let Err(rejected) = self.check(commit)? {
-            return Ok(Err(rejected));
-        }
         let views_match = commit.writes.len() == commit.entry.legs.len()
             && commit
                 .writes
@@ -156,69 +323,109 @@ impl Store for SledStore {
                 detail: "account writes differ from the journal legs".into(),
             });
         }
-        let seq = *next_seq;
+        let mut mirror = self.mirror();
+        if let Some(failure) = &self
+            .shared
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failure
+        {
+            return Err(failed(failure));
+        }
+        if let Err(rejected) = self.check(&mirror, commit)? {
+            return Ok(Err(rejected));
+        }
+        let seq = mirror.next_seq;
+        mirror.next_seq += 1;
+        for write in &commit.writes {
+            mirror.accounts.insert(write.account.clone(), write.new);
+        }
+        if let Some((id, record)) = &commit.request {
+            self.shared
+                .pending_requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.as_str().to_owned(), record.clone());
+        }
         let mut entry = commit.entry.clone();
         entry.seq = seq;
         entry.time_unix_ns = now_unix_ns();
-        let record = JournalRecord {
-            entry,
-            request: commit.request.clone(),
-        };
-        // Journal first: it is the commit point; the view follows.
-        self.journal
-            .insert(seq.to_be_bytes(), encode_json(&record))?;
-        *next_seq = seq + 1;
-        self.write_view(&record)?;
+        self.shared
+            .written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .queued += 1;
+        // Sent under the mirror lock so that the writer sees commits in seq
+        // order. A full queue blocks here: that is the back-pressure.
+        self.queue
+            .as_ref()
+            .ok_or_else(|| failed("the store is closing"))?
+            .send(JournalRecord {
+                entry,
+                request: commit.request.clone(),
+            })
+            .map_err(|_| failed("the writer thread has stopped"))?;
         Ok(Ok(seq))
     }
 
     fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
-        self.requests
+        let pending = self
+            .shared
+            .pending_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id.as_str())
+            .cloned();
+        if pending.is_some() {
+            return Ok(pending);
+        }
+        // The writer applies a batch before it clears the batch's pending
+        // records, so a record is always in one place or the other.
+        self.trees
+            .requests
             .get(id.as_str())?
-            .map(|bytes| decode_json("request record", &bytes))
+            .map(|bytes| decode_record("request record", &bytes))
             .transpose()
     }
 
     fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
-        self.accounts
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
-                let id = String::from_utf8(key.to_vec()).map_err(|e| StoreError::Corrupt {
-                    what: "account id",
-                    detail: e.to_string(),
-                })?;
-                let id = AccountId::parse("account_id", &id).map_err(|e| StoreError::Corrupt {
-                    what: "account id",
-                    detail: e.to_string(),
-                })?;
-                Ok((id, decode_account(&value)?))
-            })
-            .collect()
+        self.drain()?;
+        let mut accounts = Vec::new();
+        for item in self.trees.accounts.iter() {
+            let (key, value) = item?;
+            accounts.push((account_id_of(&key)?, decode_account(&value)?));
+        }
+        Ok(accounts)
     }
 
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        // Keys are big-endian seqs, so sled's key order is commit order.
-        self.journal
+        self.drain()?;
+        // Keys are big-endian seqs, so key order is commit order.
+        self.trees
+            .journal
             .iter()
             .values()
             .map(|value| {
-                let record: JournalRecord = decode_json("journal record", &value?)?;
+                let record: JournalRecord = decode_record("journal record", &value?)?;
                 Ok(record.entry)
             })
             .collect()
     }
 
     fn clear(&self) -> Result<(), StoreError> {
-        let _commits_held = self.lock();
-        self.accounts.clear()?;
-        self.journal.clear()?;
-        self.requests.clear()?;
+        let mut mirror = self.mirror();
+        self.drain()?;
+        self.trees.accounts.clear()?;
+        self.trees.journal.clear()?;
+        self.trees.requests.clear()?;
+        mirror.accounts.clear();
         self.db.flush()?;
         Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
+        self.drain()?;
         self.db.flush()?;
         Ok(())
     }
@@ -234,68 +441,80 @@ mod tests {
         store::Write,
     };
 
-    /// Goal: a crash between the journal write (the commit point) and its
-    /// view writes loses nothing: reopening rolls the last record forward.
-    /// Method: commit, undo the view writes by hand, reopen.
+    fn commit(account: &AccountId, key: &RequestId, after: Account) -> Commit {
+        let before = Account {
+            balance_cents: 1,
+            version: after.version - 1,
+        };
+        Commit {
+            writes: vec![Write {
+                account: account.clone(),
+                guard: Guard::Blind,
+                new: after,
+            }],
+            entry: JournalEntry {
+                seq: 0,
+                kind: EntryKind::Deposit,
+                request_id: Some(key.clone()),
+                transfer_id: None,
+                counterparty: None,
+                mode: Mode::Mutex,
+                amount_cents: 41,
+                fee_cents: 0,
+                legs: vec![Leg {
+                    account: account.clone(),
+                    read: before,
+                    written: after,
+                    delta_cents: 41,
+                }],
+                time_unix_ns: 0,
+            },
+            request: Some((
+                key.clone(),
+                RequestRecord::Done(StoredReply {
+                    fingerprint: "f".into(),
+                    accounts: vec![],
+                    fee_cents: 0,
+                }),
+            )),
+            replace_request: false,
+        }
+    }
+
+    /// Goal: a duplicate request_id is caught whether its first commit is
+    /// still queued for the writer or already in sled, and a reopened store
+    /// continues the journal's seqs with its accounts in memory.
+    /// Method: commit, duplicate at once, flush, duplicate again, reopen.
     #[test]
-    fn last_commit_is_rolled_forward_on_open() {
+    fn duplicates_are_caught_before_and_after_the_writer_and_reopen_continues() {
         let dir = tempfile::tempdir().unwrap();
         let account = AccountId::parse("account_id", "acct").unwrap();
         let key = RequestId::internal("k".into());
-        let before = Account {
-            balance_cents: 1,
-            version: 0,
-        };
         let after = Account {
             balance_cents: 42,
             version: 1,
         };
         {
             let store = SledStore::open(dir.path()).unwrap();
-            let commit = Commit {
-                writes: vec![Write {
-                    account: account.clone(),
-                    guard: Guard::Blind,
-                    new: after,
-                }],
-                entry: JournalEntry {
-                    seq: 0,
-                    kind: EntryKind::Deposit,
-                    request_id: Some(key.clone()),
-                    transfer_id: None,
-                    counterparty: None,
-                    mode: Mode::Mutex,
-                    amount_cents: 41,
-                    fee_cents: 0,
-                    legs: vec![Leg {
-                        account: account.clone(),
-                        read: before,
-                        written: after,
-                        delta_cents: 41,
-                    }],
-                    time_unix_ns: 0,
-                },
-                request: Some((
-                    key.clone(),
-                    RequestRecord::Done(StoredReply {
-                        fingerprint: "f".into(),
-                        accounts: vec![],
-                        fee_cents: 0,
-                    }),
-                )),
-                replace_request: false,
-            };
-            store.commit(&commit).unwrap().unwrap();
-            store
-                .accounts
-                .insert(account.as_str(), &encode_account(before))
-                .unwrap();
-            store.requests.remove(key.as_str()).unwrap();
+            assert_eq!(store.commit(&commit(&account, &key, after)).unwrap(), Ok(0));
+            let again = store.commit(&commit(&account, &key, after)).unwrap();
+            assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
             store.flush().unwrap();
+            let again = store.commit(&commit(&account, &key, after)).unwrap();
+            assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
         }
         let store = SledStore::open(dir.path()).unwrap();
         assert_eq!(store.account(&account).unwrap(), Some(after));
         assert!(store.request(&key).unwrap().is_some());
-        assert_eq!(*store.lock(), 1, "the next seq follows the last record");
+        let other = RequestId::internal("other".into());
+        let next = Account {
+            balance_cents: 83,
+            version: 2,
+        };
+        assert_eq!(
+            store.commit(&commit(&account, &other, next)).unwrap(),
+            Ok(1)
+        );
+        assert_eq!(store.journal().unwrap().len(), 2);
     }
 }
