@@ -180,6 +180,8 @@ async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool,
         .clone()
         .unwrap_or_else(|| embedded.as_ref().map(|e| e.url()).unwrap_or_default());
     let label = target.unwrap_or_else(|| "embedded".to_owned());
+    // Fail on an unreachable target before printing anything else.
+    crate::connect::channel(&url).await?;
     if !json {
         eprintln!(
             "atm demo: ledger {label} ({url}), seed {seed}; running {} scenarios in every mode",

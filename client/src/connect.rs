@@ -42,6 +42,9 @@ pub enum ClientError {
         /// Its status.
         status: String,
     },
+    /// The command line or a scenario file is wrong; the message says where.
+    #[error("{0}")]
+    Usage(String),
     /// A bug or a broken invariant in the ATM itself.
     #[error("internal: {0}")]
     Internal(String),
@@ -79,8 +82,12 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        // hyper and tonic repeat their cause's words; say each thing once.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
         source = cause.source();
     }
     text

@@ -1,0 +1,32 @@
+//! Every built-in scenario's expectations hold in every mode it lists.
+
+mod common;
+
+use overdraft_client::scenario::{BUILTIN, Scenario, run::run_mode};
+
+/// Goal: the built-in catalogue is honest: each scenario meets its own
+/// expectations (unsafe shows its anomaly, safe modes none, business races
+/// land on a legal outcome, naive lock order is detected). Method: run every
+/// built-in in each of its modes against one embedded ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_builtin_scenario_meets_its_expectations_in_every_mode() {
+    let ledger = common::ledger().await;
+    let mut failures = Vec::new();
+    for (name, text) in BUILTIN {
+        let scenario = Scenario::parse(name, text).unwrap();
+        assert!(
+            scenario
+                .expectation(overdraft_server::config::Mode::Mutex)
+                .is_some(),
+            "{name} has no expectation for the safe modes"
+        );
+        for mode in scenario.modes() {
+            let outcome = run_mode(&ledger.url(), &scenario, mode).await.unwrap();
+            if !outcome.passed {
+                failures.push(format!("{name} in {mode}: {:?}", outcome.failures));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    ledger.stop().await.unwrap();
+}
