@@ -125,8 +125,7 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             ..
         } => {
             let name = scenario.unwrap_or_default();
-            let scenario =
-                Scenario::load(&name).map_err(|e| ClientError::Internal(e.to_string()))?;
+            let scenario = Scenario::load(&name).map_err(|e| ClientError::Usage(e.to_string()))?;
             run_scenario(&name, scenario, target, mode, seed, json).await
         }
         Command::Load {
@@ -150,7 +149,7 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             let report = compare::run(&target, &modes, &load, !json).await?;
             if let Some(path) = html {
                 std::fs::write(&path, compare::html(&report)).map_err(|e| {
-                    ClientError::Internal(format!("cannot write --html {}: {e}", path.display()))
+                    ClientError::Usage(format!("cannot write --html {}: {e}", path.display()))
                 })?;
             }
             if json {

@@ -99,6 +99,10 @@ async fn malformed_scenario_file_names_line_and_field() {
     assert_one_clean_line(&stderr);
     assert!(stderr.contains("broken.toml:6:"), "{stderr}");
     assert!(stderr.contains("acount"), "{stderr}");
+    assert!(
+        !stderr.contains("internal"),
+        "a user's mistake is not an internal error: {stderr}"
+    );
 
     let output = common::atm(&["scenario", "no-such-incident"]).await;
     assert_eq!(output.status.code(), Some(2));

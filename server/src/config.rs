@@ -143,6 +143,17 @@ pub enum Idempotency {
     Off,
 }
 
+/// Where the ledger keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// sled on disk (`--data-dir`, or a temporary directory).
+    Sled,
+    /// Memory only: nothing survives a restart. For simulation and for
+    /// measuring what storage costs.
+    Memory,
+}
+
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +188,10 @@ pub struct Config {
     /// Directory of the sled database. Omit for a temporary one removed at exit.
     #[arg(long, env = "OVERDRAFT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// `sled` (on disk) or `memory` (nothing survives a restart).
+    #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
+    pub store: StoreKind,
 
     /// `sync`: acknowledge only after the operation is flushed (group commit).
     #[arg(long, value_enum, default_value_t = Durability::None)]

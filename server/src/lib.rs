@@ -36,8 +36,11 @@ use overdraft_proto::v1::{admin_server::AdminServer, ledger_server::LedgerServer
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::store::{SledStore, Store};
 pub use crate::{config::Config, engine::Engine, service::LedgerService};
+use crate::{
+    config::StoreKind,
+    store::{MemoryStore, SledStore, Store},
+};
 
 /// Largest gRPC message accepted: 1 MiB. The biggest legitimate request is a
 /// Reset opening [`service::RESET_ACCOUNTS_MAX`] accounts (well under this);
@@ -50,9 +53,15 @@ pub const REQUESTS_PER_CONNECTION_MAX: usize = 1_024;
 /// How long HTTP/2 keepalive pings may go unanswered before a connection is dropped.
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Opens the store the configuration names: sled in `--data-dir`, or a
-/// temporary sled database.
+/// Opens the store the configuration names: sled in `--data-dir`, a
+/// temporary sled database, or memory.
 pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if config.store == StoreKind::Memory {
+        if config.data_dir.is_some() {
+            anyhow::bail!("--data-dir has no effect with --store memory; drop one of them");
+        }
+        return Ok(Arc::new(MemoryStore::new()));
+    }
     let store = match &config.data_dir {
         Some(dir) => SledStore::open(dir)
             .map_err(|e| anyhow::anyhow!("cannot open --data-dir {}: {e}", dir.display()))?,

@@ -301,7 +301,7 @@ pub async fn run(
     let (sink, writer) = match &args.history {
         Some(path) => {
             let (sink, writer) = history::open(path).map_err(|e| {
-                ClientError::Internal(format!("cannot write --history {}: {e}", path.display()))
+                ClientError::Usage(format!("cannot write --history {}: {e}", path.display()))
             })?;
             (Some(sink), Some(writer))
         }

@@ -4,8 +4,9 @@
 //! A commit is decided in memory: a std mutex guards a mirror of every
 //! account (balance and version), so guards are checked and seqs assigned in
 //! one short critical section. The commit's record then goes to one writer
-//! thread, which writes records in seq order: the journal key first (the
-//! commit point), then the account and request keys it implies.
+//! thread, which writes whatever is queued as one journal segment (one key,
+//! the commit point of all its commits), then the account and request keys
+//! the segment implies.
 //!
 //! Why not sled transactions or batches: in sled 0.34 a transaction costs
 //! about 50 µs and takes a process-wide lock, and every `apply_batch` seals a
@@ -14,7 +15,7 @@
 //! `examples/micro_store.rs` and the bench, see BENCHMARKS.md).
 //!
 //! Durability: sled recovers a prefix of its log, so after a crash the store
-//! holds a prefix of the commits, of which only the last can lack its account
+//! holds a prefix of the segments, of which only the last can lack its account
 //! and request keys; [`SledStore::open`] rolls that one forward.
 //! [`Store::flush`] waits for the writer to drain, then fsyncs: the group
 //! committer acknowledges `--durability sync` operations only after that.
@@ -44,8 +45,9 @@ const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 /// wait for room: memory stays bounded and the load slows down instead.
 const WRITE_QUEUE_MAX: usize = 16_384;
 
-/// Most commits the writer takes from the queue before it reports progress:
-/// bounds how long a drain waits for news.
+/// Most commits in one journal segment (one sled key). Under load the writer
+/// finds many commits queued and writes them as one segment: one insert
+/// instead of one per commit. Bounded so a segment stays a few tens of KiB.
 const BATCH_COMMITS_MAX: usize = 256;
 
 /// The three trees. Separate trees keep each one's nodes small: journal
@@ -66,15 +68,15 @@ impl Trees {
         })
     }
 
-    fn last_record(&self) -> Result<Option<JournalRecord>, StoreError> {
+    fn last_segment(&self) -> Result<Option<Vec<JournalRecord>>, StoreError> {
         self.journal
             .last()?
-            .map(|(_, value)| decode_record("journal record", &value))
+            .map(|(_, value)| decode_record("journal segment", &value))
             .transpose()
     }
 }
 
-/// What one journal key holds: the entry and the idempotency record written with it.
+/// One commit in a journal segment: the entry and the idempotency record written with it.
 #[derive(Debug, Serialize, Deserialize)]
 struct JournalRecord {
     entry: JournalEntry,
@@ -151,9 +153,9 @@ impl SledStore {
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         let trees = Trees::open(&db)?;
         let mut mirror = Mirror::default();
-        if let Some(record) = trees.last_record()? {
-            write_record(&trees, &record)?;
-            mirror.next_seq = record.entry.seq + 1;
+        if let Some(segment) = trees.last_segment()? {
+            write_segment(&trees, &segment)?;
+            mirror.next_seq = segment.last().map_or(0, |record| record.entry.seq + 1);
         }
         for item in trees.accounts.iter() {
             let (key, value) = item?;
@@ -250,21 +252,29 @@ fn account_id_of(key: &[u8]) -> Result<AccountId, StoreError> {
     AccountId::parse("account_id", text).map_err(|e| corrupt(e.to_string()))
 }
 
-/// Writes one commit: the journal record first (the commit point), then the
-/// account and request keys it implies. sled recovers a prefix of its log, so
-/// a crash can cut only the last record's view writes, which
+/// Writes one segment of consecutive commits: the journal segment first
+/// (the commit point of all of them), then the account and request keys they
+/// imply, each account once with its last state. sled recovers a prefix of
+/// its log, so a crash can cut only the last segment's view writes, which
 /// [`SledStore::open`] rolls forward.
-fn write_record(trees: &Trees, record: &JournalRecord) -> sled::Result<()> {
+fn write_segment(trees: &Trees, records: &[JournalRecord]) -> Result<(), StoreError> {
+    let Some(first) = records.first() else {
+        return Ok(());
+    };
     trees
         .journal
-        .insert(record.entry.seq.to_be_bytes(), encode_record(record))?;
-    for leg in &record.entry.legs {
-        trees
-            .accounts
-            .insert(leg.account.as_str(), &encode_account(leg.written))?;
+        .insert(first.entry.seq.to_be_bytes(), encode_record(&records))?;
+    let mut last_states: HashMap<&str, Account> = HashMap::new();
+    for record in records {
+        for leg in &record.entry.legs {
+            last_states.insert(leg.account.as_str(), leg.written);
+        }
+        if let Some((id, request)) = &record.request {
+            trees.requests.insert(id.as_str(), encode_record(request))?;
+        }
     }
-    if let Some((id, request)) = &record.request {
-        trees.requests.insert(id.as_str(), encode_record(request))?;
+    for (account, state) in last_states {
+        trees.accounts.insert(account, &encode_account(state))?;
     }
     Ok(())
 }
@@ -280,9 +290,7 @@ fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Journ
                 Err(_) => break,
             }
         }
-        let outcome = records
-            .iter()
-            .try_for_each(|record| write_record(trees, record));
+        let outcome = write_segment(trees, &records).map_err(|e| e.to_string());
         let mut pending = shared
             .pending_requests
             .lock()
@@ -297,8 +305,8 @@ fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Journ
         match outcome {
             Ok(()) => written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX),
             Err(error) => {
-                tracing::error!(%error, "sled batch failed; the store refuses further writes");
-                written.failure = Some(error.to_string());
+                tracing::error!(%error, "sled write failed; the store refuses further writes");
+                written.failure = Some(error);
             }
         }
         shared.progress.notify_all();
@@ -401,16 +409,13 @@ impl Store for SledStore {
 
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
         self.drain()?;
-        // Keys are big-endian seqs, so key order is commit order.
-        self.trees
-            .journal
-            .iter()
-            .values()
-            .map(|value| {
-                let record: JournalRecord = decode_record("journal record", &value?)?;
-                Ok(record.entry)
-            })
-            .collect()
+        // Keys are big-endian first seqs, so key order is commit order.
+        let mut entries = Vec::new();
+        for value in self.trees.journal.iter().values() {
+            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
+            entries.extend(segment.into_iter().map(|record| record.entry));
+        }
+        Ok(entries)
     }
 
     fn clear(&self) -> Result<(), StoreError> {
