@@ -194,7 +194,7 @@ pub fn table(report: &CompareReport) -> String {
     for run in &report.runs {
         let _ = writeln!(
             out,
-            "{:<7} {:>9.0} {:>7.2} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10}",
+            "{:<7} {:>9.0} {:>7.2} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10} {:>7.0}%",
             run.mode,
             run.ops_per_sec,
             run.ceiling_ratio,
@@ -211,6 +211,7 @@ pub fn table(report: &CompareReport) -> String {
             } else {
                 format!("{} off", run.reconcile_mismatches)
             },
+            run.client_cpu_percent,
         );
     }
     out
