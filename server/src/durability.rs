@@ -47,7 +47,14 @@ async fn flusher(core: Arc<Core>, mut receiver: mpsc::Receiver<Waiter>) {
     let mut batch = Vec::with_capacity(FLUSH_WAITERS_MAX);
     // Every waiter in a batch was queued after its commit returned, and the
     // flush starts after the batch is taken, so the flush covers them all.
-    while receiver.recv_many(&mut batch, FLUSH_WAITERS_MAX).await > 0 {
+    while let Some(first) = receiver.recv().await {
+        batch.push(first);
+        while batch.len() < FLUSH_WAITERS_MAX {
+            match receiver.try_recv() {
+                Ok(waiter) => batch.push(waiter),
+                Err(_) => break,
+            }
+        }
         let store = Arc::clone(&core.store);
         let flushed = match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => Ok(()),

@@ -1,6 +1,8 @@
 //! Crash safety of `--durability sync`: the real `ledger` binary, killed with
 //! SIGKILL in the middle of a load, restarted on the same data directory.
 //! Lives in the server crate because only its own tests get the binary's path.
+//! Real processes and real tokio: not built under the `shuttle` feature.
+#![cfg(not(feature = "shuttle"))]
 
 use std::{path::Path, process::Stdio, time::Duration};
 
