@@ -101,13 +101,46 @@ struct Written {
     failure: Option<String>,
 }
 
-#[derive(Debug, Default)]
+/// Request ids sized for the filter: past this many the false-positive rate
+/// climbs, which costs sled reads, never correctness.
+const REQUEST_FILTER_ITEMS: usize = 4_000_000;
+
+/// Target false-positive rate of the filter at [`REQUEST_FILTER_ITEMS`].
+const REQUEST_FILTER_FP_RATE: f64 = 0.01;
+
+/// What the store knows about request ids without reading sled.
+#[derive(Debug)]
+struct Requests {
+    /// Idempotency records queued but not yet in sled, so that a duplicate
+    /// arriving in between is still caught.
+    pending: HashMap<String, RequestRecord>,
+    /// Every request id ever committed (a Bloom filter, ~4.8 MB). A miss
+    /// proves the id is new, which spares the sled read on almost every
+    /// operation: reads of the requests tree were the largest sled cost left
+    /// on the request path.
+    seen: bloomfilter::Bloom<str>,
+}
+
+impl Requests {
+    fn new() -> Result<Self, StoreError> {
+        let seen =
+            bloomfilter::Bloom::new_for_fp_rate(REQUEST_FILTER_ITEMS, REQUEST_FILTER_FP_RATE)
+                .map_err(|e| StoreError::Corrupt {
+                    what: "request filter",
+                    detail: e.to_owned(),
+                })?;
+        Ok(Self {
+            pending: HashMap::new(),
+            seen,
+        })
+    }
+}
+
+#[derive(Debug)]
 struct Shared {
     written: Mutex<Written>,
     progress: Condvar,
-    /// Idempotency records queued but not yet in sled, so that a duplicate
-    /// arriving in between is still caught.
-    pending_requests: Mutex<HashMap<String, RequestRecord>>,
+    requests: Mutex<Requests>,
 }
 
 /// A ledger kept in a sled database on disk.
@@ -163,7 +196,20 @@ impl SledStore {
                 .accounts
                 .insert(account_id_of(&key)?, decode_account(&value)?);
         }
-        let shared = Arc::new(Shared::default());
+        let mut requests = Requests::new()?;
+        for key in trees.requests.iter().keys() {
+            let key = key?;
+            let id = std::str::from_utf8(&key).map_err(|e| StoreError::Corrupt {
+                what: "request key",
+                detail: e.to_string(),
+            })?;
+            requests.seen.set(id);
+        }
+        let shared = Arc::new(Shared {
+            written: Mutex::new(Written::default()),
+            progress: Condvar::new(),
+            requests: Mutex::new(requests),
+        });
         let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
         let writer_trees = trees.clone();
         let writer_shared = Arc::clone(&shared);
@@ -291,16 +337,13 @@ fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Journ
             }
         }
         let outcome = write_segment(trees, &records).map_err(|e| e.to_string());
-        let mut pending = shared
-            .pending_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
         for record in &records {
             if let Some((id, _)) = &record.request {
-                pending.remove(id.as_str());
+                requests.pending.remove(id.as_str());
             }
         }
-        drop(pending);
+        drop(requests);
         let mut written = shared.written.lock().unwrap_or_else(|p| p.into_inner());
         match outcome {
             Ok(()) => written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX),
@@ -350,10 +393,14 @@ impl Store for SledStore {
             mirror.accounts.insert(write.account.clone(), write.new);
         }
         if let Some((id, record)) = &commit.request {
-            self.shared
-                .pending_requests
+            let mut requests = self
+                .shared
+                .requests
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(|p| p.into_inner());
+            requests.seen.set(id.as_str());
+            requests
+                .pending
                 .insert(id.as_str().to_owned(), record.clone());
         }
         let mut entry = commit.entry.clone();
@@ -378,15 +425,18 @@ impl Store for SledStore {
     }
 
     fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
-        let pending = self
-            .shared
-            .pending_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id.as_str())
-            .cloned();
-        if pending.is_some() {
-            return Ok(pending);
+        {
+            let requests = self
+                .shared
+                .requests
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(pending) = requests.pending.get(id.as_str()) {
+                return Ok(Some(pending.clone()));
+            }
+            if !requests.seen.check(id.as_str()) {
+                return Ok(None);
+            }
         }
         // The writer applies a batch before it clears the batch's pending
         // records, so a record is always in one place or the other.
@@ -424,6 +474,12 @@ impl Store for SledStore {
         self.trees.accounts.clear()?;
         self.trees.journal.clear()?;
         self.trees.requests.clear()?;
+        self.shared
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .seen
+            .clear();
         mirror.accounts.clear();
         self.db.flush()?;
         Ok(())
