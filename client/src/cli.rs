@@ -171,14 +171,8 @@ fn to_json<T: Serialize>(value: &T) -> String {
 }
 
 async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool, ClientError> {
-    let embedded = match &target {
-        Some(_) => None,
-        None => Some(embedded::start(seed).await?),
-    };
-    let url = target
-        .clone()
-        .unwrap_or_else(|| embedded.as_ref().map(|e| e.url()).unwrap_or_default());
-    let label = target.unwrap_or_else(|| "embedded".to_owned());
+    let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
+    let (url, label) = (ledger.url.clone(), ledger.label.clone());
     // Fail on an unreachable target before printing anything else.
     crate::connect::channel(&url).await?;
     if !json {
@@ -198,12 +192,7 @@ async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool,
         }
     })
     .await?;
-    if let Some(ledger) = embedded {
-        ledger
-            .stop()
-            .await
-            .map_err(|e| ClientError::Internal(e.to_string()))?;
-    }
+    ledger.stop().await?;
     if json {
         println!("{}", to_json(&report));
     } else {
@@ -249,13 +238,9 @@ async fn run_scenario(
     seed: u64,
     json: bool,
 ) -> Result<bool, ClientError> {
-    let embedded = match &target {
-        Some(_) => None,
-        None => Some(embedded::start(seed).await?),
-    };
-    let url = target
-        .clone()
-        .unwrap_or_else(|| embedded.as_ref().map(|e| e.url()).unwrap_or_default());
+    let has_target = target.is_some();
+    let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
+    let url = ledger.url.clone();
     let modes = if modes.is_empty() {
         scenario.modes()
     } else {
@@ -265,14 +250,9 @@ async fn run_scenario(
     for mode in &modes {
         runs.push(run_mode(&url, &scenario, *mode).await?);
     }
-    if let Some(ledger) = embedded {
-        ledger
-            .stop()
-            .await
-            .map_err(|e| ClientError::Internal(e.to_string()))?;
-    }
+    let label = ledger.label.clone();
+    ledger.stop().await?;
     let passed = runs.iter().all(|r| r.passed);
-    let label = target.clone().unwrap_or_else(|| "embedded".to_owned());
     if json {
         let report = ScenarioReport {
             schema: 1,
@@ -290,7 +270,11 @@ async fn run_scenario(
     for run in &runs {
         print!("{}", report::verdict(run));
     }
-    let target_flag = target.map(|t| format!(" --target {t}")).unwrap_or_default();
+    let target_flag = if has_target {
+        format!(" --target {label}")
+    } else {
+        String::new()
+    };
     let mode_flag: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
     println!(
         "\nseed {seed}; replay: atm scenario {name}{target_flag} --mode {} --seed {seed}",

@@ -93,16 +93,6 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The proto enum of a mode.
-pub fn proto_mode(mode: Mode) -> pb::Mode {
-    match mode {
-        Mode::Unsafe => pb::Mode::Unsafe,
-        Mode::Mutex => pb::Mode::Mutex,
-        Mode::Cas => pb::Mode::Cas,
-        Mode::Actor => pb::Mode::Actor,
-    }
-}
-
 /// Ledger and Admin clients on one connection.
 #[derive(Clone, Debug)]
 pub struct Clients {
@@ -166,7 +156,7 @@ impl Clients {
     /// Admin.SetMode.
     pub async fn set_mode(&mut self, mode: Mode) -> Result<(), ClientError> {
         let request = pb::SetModeRequest {
-            mode: proto_mode(mode).into(),
+            mode: pb::Mode::from(mode).into(),
         };
         self.admin
             .set_mode(Self::admin_request(request))

@@ -174,7 +174,7 @@ async fn run_mode(
     admin.reset(pb::ResetRequest { accounts: opening }).await?;
     admin
         .set_mode(pb::SetModeRequest {
-            mode: proto_mode(mode).into(),
+            mode: pb::Mode::from(mode).into(),
         })
         .await?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
@@ -206,7 +206,7 @@ async fn run_mode(
         reply
             .modes
             .into_iter()
-            .find(|m| m.mode == i32::from(proto_mode(mode)))
+            .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
             .map(|m| (m.retries, m.aborts))
             .unwrap_or_default()
     };
@@ -252,13 +252,4 @@ fn new_histogram() -> Histogram<u64> {
 fn record(histogram: &mut Histogram<u64>, started: Instant) {
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
     histogram.saturating_record(micros.max(1));
-}
-
-fn proto_mode(mode: Mode) -> pb::Mode {
-    match mode {
-        Mode::Unsafe => pb::Mode::Unsafe,
-        Mode::Mutex => pb::Mode::Mutex,
-        Mode::Cas => pb::Mode::Cas,
-        Mode::Actor => pb::Mode::Actor,
-    }
 }

@@ -45,6 +45,30 @@ impl Mode {
     }
 }
 
+impl Mode {
+    /// The mode a proto enum value names; None for unspecified or unknown values.
+    pub fn from_proto(raw: i32) -> Option<Mode> {
+        match overdraft_proto::v1::Mode::try_from(raw).ok()? {
+            overdraft_proto::v1::Mode::Unsafe => Some(Mode::Unsafe),
+            overdraft_proto::v1::Mode::Mutex => Some(Mode::Mutex),
+            overdraft_proto::v1::Mode::Cas => Some(Mode::Cas),
+            overdraft_proto::v1::Mode::Actor => Some(Mode::Actor),
+            overdraft_proto::v1::Mode::Unspecified => None,
+        }
+    }
+}
+
+impl From<Mode> for overdraft_proto::v1::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Unsafe => Self::Unsafe,
+            Mode::Mutex => Self::Mutex,
+            Mode::Cas => Self::Cas,
+            Mode::Actor => Self::Actor,
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

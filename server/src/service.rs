@@ -59,25 +59,12 @@ fn invalid(error: InvalidArgument) -> Status {
 }
 
 fn mode_from_proto(raw: i32) -> Result<Mode, Status> {
-    match pb::Mode::try_from(raw) {
-        Ok(pb::Mode::Unsafe) => Ok(Mode::Unsafe),
-        Ok(pb::Mode::Mutex) => Ok(Mode::Mutex),
-        Ok(pb::Mode::Cas) => Ok(Mode::Cas),
-        Ok(pb::Mode::Actor) => Ok(Mode::Actor),
-        _ => Err(invalid(InvalidArgument::new(
+    Mode::from_proto(raw).ok_or_else(|| {
+        invalid(InvalidArgument::new(
             "mode",
             format!("must be MODE_UNSAFE, MODE_MUTEX, MODE_CAS or MODE_ACTOR (got {raw})"),
-        ))),
-    }
-}
-
-fn mode_to_proto(mode: Mode) -> pb::Mode {
-    match mode {
-        Mode::Unsafe => pb::Mode::Unsafe,
-        Mode::Mutex => pb::Mode::Mutex,
-        Mode::Cas => pb::Mode::Cas,
-        Mode::Actor => pb::Mode::Actor,
-    }
+        ))
+    })
 }
 
 fn state(account: &AccountId, state: Account) -> pb::AccountState {
@@ -220,7 +207,7 @@ impl Admin for LedgerService {
     ) -> Result<Response<pb::ModeReply>, Status> {
         let mode = self.engine.mode().await;
         Ok(Response::new(pb::ModeReply {
-            mode: mode_to_proto(mode).into(),
+            mode: pb::Mode::from(mode).into(),
         }))
     }
 
@@ -232,7 +219,7 @@ impl Admin for LedgerService {
         let mode = mode_from_proto(request.get_ref().mode)?;
         self.engine.set_mode(mode).await;
         Ok(Response::new(pb::ModeReply {
-            mode: mode_to_proto(mode).into(),
+            mode: pb::Mode::from(mode).into(),
         }))
     }
 
@@ -306,7 +293,7 @@ impl Admin for LedgerService {
             .map(|mode| {
                 let counters = stats.mode(*mode);
                 pb::ModeStats {
-                    mode: mode_to_proto(*mode).into(),
+                    mode: pb::Mode::from(*mode).into(),
                     operations: Stats::read(&counters.operations),
                     refusals: Stats::read(&counters.refusals),
                     retries: Stats::read(&counters.retries),
@@ -316,7 +303,7 @@ impl Admin for LedgerService {
             })
             .collect();
         Ok(Response::new(pb::StatsReply {
-            mode: mode_to_proto(self.engine.mode().await).into(),
+            mode: pb::Mode::from(self.engine.mode().await).into(),
             modes,
             replays: Stats::read(&stats.replays),
             flushes: Stats::read(&stats.flushes),

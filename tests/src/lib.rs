@@ -69,7 +69,7 @@ impl TestLedger {
     pub async fn set_mode(&mut self, mode: Mode) {
         self.admin
             .set_mode(SetModeRequest {
-                mode: proto_mode(mode).into(),
+                mode: pb::Mode::from(mode).into(),
             })
             .await
             .expect("set mode");
@@ -114,22 +114,12 @@ pub async fn connect(url: &str) -> Channel {
         .expect("the ledger accepts connections")
 }
 
-/// The proto enum of a mode.
-pub fn proto_mode(mode: Mode) -> pb::Mode {
-    match mode {
-        Mode::Unsafe => pb::Mode::Unsafe,
-        Mode::Mutex => pb::Mode::Mutex,
-        Mode::Cas => pb::Mode::Cas,
-        Mode::Actor => pb::Mode::Actor,
-    }
-}
-
 /// The mode's counters from a stats reply.
 pub fn mode_stats(stats: &StatsReply, mode: Mode) -> pb::ModeStats {
     stats
         .modes
         .iter()
-        .find(|m| m.mode == i32::from(proto_mode(mode)))
+        .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
         .cloned()
         .unwrap_or_default()
 }

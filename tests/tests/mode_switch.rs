@@ -82,7 +82,7 @@ async fn switching_modes_under_load_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(40)).await;
             admin
                 .set_mode(pb::SetModeRequest {
-                    mode: overdraft_tests::proto_mode(cycle[i % 3]).into(),
+                    mode: pb::Mode::from(cycle[i % 3]).into(),
                 })
                 .await
                 .expect("set mode");

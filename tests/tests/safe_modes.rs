@@ -90,6 +90,29 @@ fn state(reply: &pb::MutationReply) -> pb::AccountState {
     }
 }
 
+/// Opens the accounts, runs every ATM's seeded mix, and feeds the model.
+async fn run_mix(ledger: &mut TestLedger, model: &mut Model, seed: u64) -> Result<(), String> {
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acct-{i}")).collect();
+    let opening: Vec<(&str, i64)> = accounts
+        .iter()
+        .map(|id| (id.as_str(), OPENING_CENTS))
+        .collect();
+    ledger.reset(&opening).await;
+    for id in &accounts {
+        model.open(id, OPENING_CENTS);
+    }
+    let mut atms = JoinSet::new();
+    for n in 0..ATMS {
+        atms.spawn(atm(ledger.new_ledger_client().await, seed, n));
+    }
+    for acks in atms.join_all().await {
+        for (after, delta) in acks? {
+            model.acknowledge(&after, delta);
+        }
+    }
+    Ok(())
+}
+
 async fn random_mix_matches_model(mode: Mode) {
     let mut contended = 0;
     for seed in 0..SEEDS {
@@ -100,24 +123,9 @@ async fn random_mix_matches_model(mode: Mode) {
         })
         .await;
         let mut model = Model::default();
-        let accounts: Vec<(String, i64)> = (0..ACCOUNTS)
-            .map(|i| (format!("acct-{i}"), OPENING_CENTS))
-            .collect();
-        let borrowed: Vec<(&str, i64)> = accounts.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-        ledger.reset(&borrowed).await;
-        for (id, cents) in &accounts {
-            model.open(id, *cents);
-        }
-        let mut atms = JoinSet::new();
-        for n in 0..ATMS {
-            let client = ledger.new_ledger_client().await;
-            atms.spawn(atm(client, seed, n));
-        }
-        for acks in atms.join_all().await {
-            for (after, delta) in acks.unwrap_or_else(|e| panic!("{mode} seed {seed}: {e}")) {
-                model.acknowledge(&after, delta);
-            }
-        }
+        run_mix(&mut ledger, &mut model, seed)
+            .await
+            .unwrap_or_else(|e| panic!("{mode} seed {seed}: {e}"));
         model
             .check_chains()
             .unwrap_or_else(|e| panic!("{mode} seed {seed}: {e}"));
@@ -174,23 +182,7 @@ async fn unsafe_random_mix_breaks_the_model() {
     })
     .await;
     let mut model = Model::default();
-    let accounts: Vec<(String, i64)> = (0..ACCOUNTS)
-        .map(|i| (format!("acct-{i}"), OPENING_CENTS))
-        .collect();
-    let borrowed: Vec<(&str, i64)> = accounts.iter().map(|(id, c)| (id.as_str(), *c)).collect();
-    ledger.reset(&borrowed).await;
-    for (id, cents) in &accounts {
-        model.open(id, *cents);
-    }
-    let mut atms = JoinSet::new();
-    for n in 0..ATMS {
-        atms.spawn(atm(ledger.new_ledger_client().await, 99, n));
-    }
-    for acks in atms.join_all().await {
-        for (after, delta) in acks.unwrap() {
-            model.acknowledge(&after, delta);
-        }
-    }
+    run_mix(&mut ledger, &mut model, 99).await.unwrap();
     assert!(
         model.check_chains().is_err(),
         "unsafe mode must break the chain"

@@ -29,7 +29,7 @@ use tonic::{Code, transport::Channel};
 
 use self::workload::{AccountPicker, AmountRange, Method, Mix, Skew, account_id};
 use crate::{
-    connect::{ClientError, Clients, proto_mode},
+    connect::{ClientError, Clients},
     history::{self, HistoryRecord, HistorySink},
     latency::Latency,
 };
@@ -420,7 +420,7 @@ fn mode_name(raw: Result<i32, tonic::Status>) -> String {
     let mode = raw.ok().and_then(|m| pb::Mode::try_from(m).ok());
     Mode::ALL
         .into_iter()
-        .find(|m| Some(proto_mode(*m)) == mode)
+        .find(|m| Some(pb::Mode::from(*m)) == mode)
         .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned())
 }
 

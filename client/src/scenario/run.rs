@@ -16,7 +16,7 @@ use tonic::{Code, transport::Channel};
 
 use super::{Expect, LockOrder, Overdraft, Presence, Scenario, Step, StepOp};
 use crate::{
-    connect::{ClientError, Clients, proto_mode},
+    connect::{ClientError, Clients},
     latency::Latency,
 };
 
@@ -218,7 +218,7 @@ async fn run_configured(
     let retries = stats
         .modes
         .iter()
-        .find(|m| m.mode == i32::from(proto_mode(mode)))
+        .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
         .map_or(0, |m| m.retries);
     let mut balances = BTreeMap::new();
     for account in &scenario.accounts {

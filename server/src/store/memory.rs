@@ -7,7 +7,7 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use super::{Commit, Guard, Rejected, Store, StoreError, now_unix_ns};
+use super::{Commit, Rejected, Store, StoreError, now_unix_ns};
 use crate::{
     bank::{Account, AccountId, RequestId},
     journal::{JournalEntry, RequestRecord},
@@ -58,12 +58,7 @@ impl Store for MemoryStore {
         }
         for write in &commit.writes {
             let found = state.accounts.get(&write.account).copied();
-            let holds = match write.guard {
-                Guard::Blind => true,
-                Guard::Version(version) => found.map(|a| a.version) == Some(version),
-                Guard::Absent => found.is_none(),
-            };
-            if !holds {
+            if !write.guard.holds(found) {
                 return Ok(Err(Rejected::Conflict {
                     account: write.account.clone(),
                     found,

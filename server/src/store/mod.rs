@@ -28,6 +28,17 @@ pub enum Guard {
     Absent,
 }
 
+impl Guard {
+    /// Whether the guard holds over what the store has (`None`: no such account).
+    pub fn holds(self, found: Option<Account>) -> bool {
+        match self {
+            Guard::Blind => true,
+            Guard::Version(version) => found.map(|a| a.version) == Some(version),
+            Guard::Absent => found.is_none(),
+        }
+    }
+}
+
 /// One account write in a commit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {

@@ -30,7 +30,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Commit, Guard, Rejected, Store, StoreError, decode_account, decode_record, encode_account,
+    Commit, Rejected, Store, StoreError, decode_account, decode_record, encode_account,
     encode_record, now_unix_ns,
 };
 use crate::{
@@ -266,12 +266,7 @@ impl SledStore {
         }
         for write in &commit.writes {
             let found = mirror.accounts.get(&write.account).copied();
-            let holds = match write.guard {
-                Guard::Blind => true,
-                Guard::Version(version) => found.map(|a| a.version) == Some(version),
-                Guard::Absent => found.is_none(),
-            };
-            if !holds {
+            if !write.guard.holds(found) {
                 return Ok(Err(Rejected::Conflict {
                     account: write.account.clone(),
                     found,
@@ -499,7 +494,7 @@ mod tests {
         bank::{EntryKind, Leg},
         config::Mode,
         journal::StoredReply,
-        store::Write,
+        store::{Guard, Write},
     };
 
     fn commit(account: &AccountId, key: &RequestId, after: Account) -> Commit {
