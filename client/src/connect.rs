@@ -3,9 +3,15 @@
 
 use std::time::Duration;
 
-use overdraft_proto::v1::{self as pb, admin_client::AdminClient, ledger_client::LedgerClient};
+use overdraft_proto::v1::{
+    self as pb, admin_client::AdminClient, chaos_client::ChaosClient, ledger_client::LedgerClient,
+};
 use overdraft_server::config::Mode;
 use tonic::transport::{Channel, Endpoint};
+
+/// The environment variable holding the ledger's admin token, sent with
+/// Admin calls (a ledger listening beyond loopback requires it).
+pub const ADMIN_TOKEN_ENV: &str = "OVERDRAFT_ADMIN_TOKEN";
 
 /// How long a connection attempt may take before the target counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -100,8 +106,12 @@ pub struct Clients {
     pub ledger: LedgerClient<Channel>,
     /// The Admin service.
     pub admin: AdminClient<Channel>,
+    /// The Chaos service.
+    pub chaos: ChaosClient<Channel>,
     /// The channel, for other services (health).
     pub channel: Channel,
+    /// Sent with Admin calls: a ledger listening beyond loopback requires it.
+    admin_token: Option<String>,
 }
 
 fn refused(call: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
@@ -118,13 +128,22 @@ impl Clients {
         Ok(Self {
             ledger: LedgerClient::new(channel.clone()),
             admin: AdminClient::new(channel.clone()),
+            chaos: ChaosClient::new(channel.clone()),
             channel,
+            admin_token: std::env::var(ADMIN_TOKEN_ENV)
+                .ok()
+                .filter(|t| !t.is_empty()),
         })
     }
 
-    fn admin_request<T>(message: T) -> tonic::Request<T> {
+    fn admin_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(ADMIN_TIMEOUT);
+        if let Some(token) = &self.admin_token
+            && let Ok(value) = format!("Bearer {token}").parse()
+        {
+            request.metadata_mut().insert("authorization", value);
+        }
         request
     }
 
@@ -133,10 +152,11 @@ impl Clients {
         &mut self,
         accounts: Vec<pb::OpenAccountRequest>,
     ) -> Result<(), ClientError> {
-        self.admin
-            .reset(Self::admin_request(pb::ResetRequest { accounts }))
-            .await
-            .map_err(refused("Reset"))?;
+        {
+            let request = self.admin_request(pb::ResetRequest { accounts });
+            self.admin.reset(request).await
+        }
+        .map_err(refused("Reset"))?;
         Ok(())
     }
 
@@ -145,12 +165,12 @@ impl Clients {
         &mut self,
         request: pb::ConfigureRequest,
     ) -> Result<pb::Settings, ClientError> {
-        Ok(self
-            .admin
-            .configure(Self::admin_request(request))
-            .await
-            .map_err(refused("Configure"))?
-            .into_inner())
+        Ok({
+            let request = self.admin_request(request);
+            self.admin.configure(request).await
+        }
+        .map_err(refused("Configure"))?
+        .into_inner())
     }
 
     /// Admin.SetMode.
@@ -158,31 +178,63 @@ impl Clients {
         let request = pb::SetModeRequest {
             mode: pb::Mode::from(mode).into(),
         };
-        self.admin
-            .set_mode(Self::admin_request(request))
-            .await
-            .map_err(refused("SetMode"))?;
+        {
+            let request = self.admin_request(request);
+            self.admin.set_mode(request).await
+        }
+        .map_err(refused("SetMode"))?;
         Ok(())
+    }
+
+    /// Chaos.ArmBarrier: hold the next `parties` operations at the race hook.
+    pub async fn arm_barrier(&mut self, parties: u32, wait_ms: u64) -> Result<(), ClientError> {
+        let request = self.admin_request(pb::ArmBarrierRequest { parties, wait_ms });
+        self.chaos
+            .arm_barrier(request)
+            .await
+            .map_err(refused("ArmBarrier"))?;
+        Ok(())
+    }
+
+    /// Chaos.Reset: disarm every fault.
+    pub async fn reset_chaos(&mut self) -> Result<(), ClientError> {
+        let request = self.admin_request(pb::ChaosResetRequest {});
+        self.chaos
+            .reset(request)
+            .await
+            .map_err(refused("Chaos.Reset"))?;
+        Ok(())
+    }
+
+    /// Admin.GetMode.
+    pub async fn mode(&mut self) -> Result<Option<Mode>, ClientError> {
+        let request = self.admin_request(pb::GetModeRequest {});
+        let reply = self
+            .admin
+            .get_mode(request)
+            .await
+            .map_err(refused("GetMode"))?;
+        Ok(Mode::from_proto(reply.into_inner().mode))
     }
 
     /// Admin.Audit.
     pub async fn audit(&mut self) -> Result<pb::AuditReply, ClientError> {
-        Ok(self
-            .admin
-            .audit(Self::admin_request(pb::AuditRequest {}))
-            .await
-            .map_err(refused("Audit"))?
-            .into_inner())
+        Ok({
+            let request = self.admin_request(pb::AuditRequest {});
+            self.admin.audit(request).await
+        }
+        .map_err(refused("Audit"))?
+        .into_inner())
     }
 
     /// Admin.Stats.
     pub async fn stats(&mut self) -> Result<pb::StatsReply, ClientError> {
-        Ok(self
-            .admin
-            .stats(Self::admin_request(pb::StatsRequest {}))
-            .await
-            .map_err(refused("Stats"))?
-            .into_inner())
+        Ok({
+            let request = self.admin_request(pb::StatsRequest {});
+            self.admin.stats(request).await
+        }
+        .map_err(refused("Stats"))?
+        .into_inner())
     }
 
     /// Ledger.GetBalance.

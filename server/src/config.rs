@@ -261,6 +261,12 @@ pub struct Config {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Token Admin and Chaos require (`authorization: Bearer TOKEN`) when
+    /// listening beyond loopback. Without it they refuse every call there.
+    #[arg(long, env = "OVERDRAFT_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub admin_token: Option<String>,
 }
 
 /// The settings that Admin.Configure may change while serving. Each

@@ -159,6 +159,9 @@ impl Engine {
         self.count(mode, &outcome);
         let applied = outcome?;
         self.wait_durable().await?;
+        if let Some(code) = self.core.hook.chaos.take_lost_ack() {
+            return Err(LedgerError::LostAck(code));
+        }
         Ok(applied)
     }
 

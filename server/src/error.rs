@@ -67,6 +67,10 @@ pub enum LedgerError {
         /// How long it waited for room.
         waited_ms: u64,
     },
+    /// The operation applied, but chaos dropped its acknowledgement.
+    /// UNAVAILABLE or DEADLINE_EXCEEDED, as armed.
+    #[error("chaos: the acknowledgement was dropped after the operation applied")]
+    LostAck(crate::chaos::LostAckCode),
     /// The server is stopping. UNAVAILABLE.
     #[error("the ledger is shutting down")]
     ShuttingDown,

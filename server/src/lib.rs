@@ -9,15 +9,19 @@
 //! - [`store`]: the storage trait; sled on disk, or memory.
 //! - [`journal`]: journal entries and the replies kept for idempotency.
 //! - [`race`]: the race hook, the one seam where timing faults enter.
+//! - [`chaos`]: faults armed at run time: the barrier, lost acknowledgements.
 //! - [`modes`]: the four modes and the read-check-write step they share.
 //! - [`engine`]: mode switching, idempotency, durable acks.
 //! - [`durability`]: group commit for `--durability sync`.
 //! - [`audit`]: anomalies found in the journal and balances.
 //! - [`service`]: the gRPC services; the one place errors become `Status`.
+//! - [`auth`]: the admin token in front of Admin and Chaos beyond loopback.
 //! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes.
 
 pub mod audit;
+pub mod auth;
 pub mod bank;
+pub mod chaos;
 pub mod config;
 pub(crate) mod durability;
 pub mod engine;
@@ -32,9 +36,12 @@ pub mod telemetry;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use overdraft_proto::v1::{admin_server::AdminServer, ledger_server::LedgerServer};
+use overdraft_proto::v1::{
+    admin_server::AdminServer, chaos_server::ChaosServer, ledger_server::LedgerServer,
+};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 
 pub use crate::{config::Config, engine::Engine, service::LedgerService};
 use crate::{
@@ -106,7 +113,14 @@ pub async fn run(
     let ledger = LedgerServer::new(service.clone())
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let admin = AdminServer::new(service)
+    let guard = auth::AdminGuard::new(addr, config.admin_token.as_deref());
+    if guard.required() && config.admin_token.is_none() {
+        tracing::warn!(%addr, "listening beyond loopback without --admin-token: Admin and Chaos refuse every call");
+    }
+    let admin = AdminServer::new(service.clone())
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let chaos = ChaosServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
 
@@ -118,7 +132,8 @@ pub async fn run(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(ledger)
-        .add_service(admin)
+        .add_service(InterceptedService::new(admin, guard.clone()))
+        .add_service(InterceptedService::new(chaos, guard))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     engine

@@ -14,6 +14,8 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+use crate::chaos::Chaos;
+
 /// Where in an operation the hook is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RacePoint {
@@ -31,6 +33,8 @@ pub struct RaceHook {
     window_ms_max: AtomicU64,
     // A std mutex: it is held only to draw one number, never across an await.
     rng: Mutex<StdRng>,
+    /// Faults armed through the Chaos service; the barrier waits here.
+    pub chaos: Chaos,
 }
 
 impl RaceHook {
@@ -40,6 +44,7 @@ impl RaceHook {
             window_ms_min: AtomicU64::new(window_ms_min.min(window_ms_max)),
             window_ms_max: AtomicU64::new(window_ms_max),
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            chaos: Chaos::default(),
         }
     }
 
@@ -61,6 +66,9 @@ impl RaceHook {
 
     /// Waits as long as the hook says at `point`.
     pub async fn pause(&self, point: RacePoint) {
+        if point == RacePoint::ReadToWrite {
+            self.chaos.at_hook().await;
+        }
         let delay = self.draw(point);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

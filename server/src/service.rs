@@ -1,15 +1,19 @@
-//! The gRPC services, `overdraft.v1.Ledger` and `overdraft.v1.Admin`: turn
+//! The gRPC services, `overdraft.v1.Ledger`, `Admin` and `Chaos`: turn
 //! requests into validated domain values, call the engine, turn its answers
 //! into replies. This is the one place a [`LedgerError`] becomes a `Status`.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use overdraft_proto::v1::{self as pb, admin_server::Admin, finding, ledger_server::Ledger};
+use overdraft_proto::v1::{
+    self as pb, admin_server::Admin, arm_lost_acks_request, chaos_server::Chaos, finding,
+    ledger_server::Ledger,
+};
 use tonic::{Code, Request, Response, Status};
 
 use crate::{
     audit::{AuditReport, Finding, FindingKind},
     bank::{self, Account, AccountId, InvalidArgument, Operation, RequestId},
+    chaos::{self, ChaosState, LostAckCode},
     config::{self, Idempotency, LockOrder, Mode, OverdraftPolicy, Settings},
     engine::Engine,
     error::LedgerError,
@@ -46,6 +50,8 @@ pub fn status(error: LedgerError) -> Status {
         LedgerError::InFlight(_) | LedgerError::Overloaded { .. } | LedgerError::ShuttingDown => {
             Code::Unavailable
         }
+        LedgerError::LostAck(LostAckCode::Unavailable) => Code::Unavailable,
+        LedgerError::LostAck(LostAckCode::DeadlineExceeded) => Code::DeadlineExceeded,
         LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
     };
     if code == Code::Internal {
@@ -388,6 +394,110 @@ fn configure(
         };
     }
     Ok((settings, window))
+}
+
+fn chaos_state(state: ChaosState) -> Response<pb::ChaosState> {
+    Response::new(pb::ChaosState {
+        barrier_waiting_for: state.barrier_waiting_for,
+        lost_acks: state.lost_acks,
+        barriers_released: state.barriers_released,
+        acks_lost: state.acks_lost,
+    })
+}
+
+#[tonic::async_trait]
+impl Chaos for LedgerService {
+    #[tracing::instrument(skip_all, fields(parties = request.get_ref().parties))]
+    async fn arm_barrier(
+        &self,
+        request: Request<pb::ArmBarrierRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let request = request.into_inner();
+        if !(2..=chaos::BARRIER_PARTIES_MAX).contains(&request.parties) {
+            return Err(invalid(InvalidArgument::new(
+                "parties",
+                format!(
+                    "must be between 2 and {} (got {})",
+                    chaos::BARRIER_PARTIES_MAX,
+                    request.parties
+                ),
+            )));
+        }
+        if !(1..=chaos::BARRIER_WAIT_MS_MAX).contains(&request.wait_ms) {
+            return Err(invalid(InvalidArgument::new(
+                "wait_ms",
+                format!(
+                    "must be between 1 and {} (got {})",
+                    chaos::BARRIER_WAIT_MS_MAX,
+                    request.wait_ms
+                ),
+            )));
+        }
+        let chaos = &self.engine.core().hook.chaos;
+        chaos.arm_barrier(request.parties, Duration::from_millis(request.wait_ms));
+        tracing::info!(
+            parties = request.parties,
+            wait_ms = request.wait_ms,
+            "chaos: barrier armed"
+        );
+        Ok(chaos_state(chaos.state()))
+    }
+
+    #[tracing::instrument(skip_all, fields(count = request.get_ref().count))]
+    async fn arm_lost_acks(
+        &self,
+        request: Request<pb::ArmLostAcksRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let request = request.into_inner();
+        if request.count > chaos::LOST_ACKS_MAX {
+            return Err(invalid(InvalidArgument::new(
+                "count",
+                format!(
+                    "must be at most {} (got {})",
+                    chaos::LOST_ACKS_MAX,
+                    request.count
+                ),
+            )));
+        }
+        let code = match arm_lost_acks_request::Code::try_from(request.code) {
+            Ok(arm_lost_acks_request::Code::Unavailable) => LostAckCode::Unavailable,
+            Ok(arm_lost_acks_request::Code::DeadlineExceeded) => LostAckCode::DeadlineExceeded,
+            _ => {
+                return Err(invalid(InvalidArgument::new(
+                    "code",
+                    format!(
+                        "must be CODE_UNAVAILABLE or CODE_DEADLINE_EXCEEDED (got {})",
+                        request.code
+                    ),
+                )));
+            }
+        };
+        let chaos = &self.engine.core().hook.chaos;
+        chaos.arm_lost_acks(request.count, code);
+        tracing::info!(
+            count = request.count,
+            ?code,
+            "chaos: lost acknowledgements armed"
+        );
+        Ok(chaos_state(chaos.state()))
+    }
+
+    async fn reset(
+        &self,
+        _request: Request<pb::ChaosResetRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let chaos = &self.engine.core().hook.chaos;
+        chaos.reset();
+        tracing::info!("chaos: every fault disarmed");
+        Ok(chaos_state(chaos.state()))
+    }
+
+    async fn get_state(
+        &self,
+        _request: Request<pb::ChaosStateRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        Ok(chaos_state(self.engine.core().hook.chaos.state()))
+    }
 }
 
 fn audit_reply(report: AuditReport) -> pb::AuditReply {

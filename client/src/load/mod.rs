@@ -286,13 +286,10 @@ pub async fn run(
     if let Some(mode) = mode {
         clients.set_mode(mode).await?;
     }
-    let mode = mode_name(
-        clients
-            .admin
-            .get_mode(pb::GetModeRequest {})
-            .await
-            .map(|r| r.into_inner().mode),
-    );
+    let mode = clients
+        .mode()
+        .await?
+        .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
 
     let mut channels = Vec::new();
     for _ in 0..args.connections {
@@ -414,14 +411,6 @@ async fn finish(
         reconciliation,
         client_cpu_percent: 100.0 * cpu_used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
     })
-}
-
-fn mode_name(raw: Result<i32, tonic::Status>) -> String {
-    let mode = raw.ok().and_then(|m| pb::Mode::try_from(m).ok());
-    Mode::ALL
-        .into_iter()
-        .find(|m| Some(pb::Mode::from(*m)) == mode)
-        .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned())
 }
 
 fn merge(total: &mut AtmResult, part: AtmResult) {

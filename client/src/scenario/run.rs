@@ -24,6 +24,14 @@ use crate::{
 /// error: far beyond any race window, short enough not to hang a demo.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the server-side barrier waits in unsafe mode: long enough for
+/// every ATM's first operation to arrive on a loaded machine.
+const SERVER_BARRIER_WAIT_MS_UNSAFE: u64 = 5_000;
+
+/// How long it waits in the safe modes, where only the first operation can
+/// reach the hook while it holds the lock, the version or the owner.
+const SERVER_BARRIER_WAIT_MS_SAFE: u64 = 100;
+
 /// What one mode's run of a scenario did, and whether it met expectations.
 #[derive(Clone, Debug, Serialize)]
 pub struct ModeOutcome {
@@ -190,6 +198,19 @@ async fn run_configured(
     clients.set_mode(mode).await?;
 
     let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
+    if scenario.barrier {
+        // Also hold the first operations at the server's race hook until all
+        // have read: the race becomes certain in unsafe mode, whatever the
+        // scheduling of this machine. In the safe modes they cannot all get
+        // there together (that is the point), so the barrier gives up soon.
+        let wait_ms = if mode == Mode::Unsafe {
+            SERVER_BARRIER_WAIT_MS_UNSAFE
+        } else {
+            SERVER_BARRIER_WAIT_MS_SAFE
+        };
+        let parties = u32::try_from(atm_total).unwrap_or(u32::MAX);
+        clients.arm_barrier(parties, wait_ms).await?;
+    }
     let barrier = Arc::new(Barrier::new(atm_total));
     let mut atms = JoinSet::new();
     for spec in &scenario.atms {
@@ -212,6 +233,7 @@ async fn run_configured(
         tally.merge(joined.map_err(|e| ClientError::Internal(e.to_string()))?);
     }
     let elapsed = started.elapsed();
+    clients.reset_chaos().await?;
 
     let audit = clients.audit().await?;
     let stats = clients.stats().await?;
