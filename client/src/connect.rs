@@ -196,6 +196,19 @@ impl Clients {
         Ok(())
     }
 
+    /// Chaos.ArmLostAcks: the next `count` mutations apply, then their reply is lost (UNAVAILABLE).
+    pub async fn arm_lost_acks(&mut self, count: u32) -> Result<(), ClientError> {
+        let request = self.admin_request(pb::ArmLostAcksRequest {
+            count,
+            code: pb::arm_lost_acks_request::Code::Unavailable.into(),
+        });
+        self.chaos
+            .arm_lost_acks(request)
+            .await
+            .map_err(refused("ArmLostAcks"))?;
+        Ok(())
+    }
+
     /// Chaos.Reset: disarm every fault.
     pub async fn reset_chaos(&mut self) -> Result<(), ClientError> {
         let request = self.admin_request(pb::ChaosResetRequest {});

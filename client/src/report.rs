@@ -64,7 +64,7 @@ pub fn verdict(row: &ModeOutcome) -> String {
     let word = if row.passed { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
-        "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
+        "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors, {} resent), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
         row.scenario,
         row.mode.as_str(),
         row.operations,
@@ -72,6 +72,7 @@ pub fn verdict(row: &ModeOutcome) -> String {
         row.refused,
         row.aborted,
         row.errors,
+        row.resends,
         row.overdrafts,
         row.lost_updates,
         signed(row.money_delta_cents),

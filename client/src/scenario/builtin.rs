@@ -39,6 +39,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../scenarios/double-transfer.toml"),
     ),
     ("counter", include_str!("../../scenarios/counter.toml")),
+    (
+        "retry-double-charge",
+        include_str!("../../scenarios/retry-double-charge.toml"),
+    ),
 ];
 
 /// The TOML of the built-in named `name`.

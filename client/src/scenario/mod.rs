@@ -22,6 +22,12 @@ pub const ATMS_MAX: u32 = 1_000;
 /// Most operations one scenario may send in one mode.
 pub const OPERATIONS_MAX: u64 = 1_000_000;
 
+/// Most lost acknowledgements a scenario may arm (the ledger's bound).
+pub const LOST_ACKS_MAX: u32 = 10_000;
+
+/// Most resends of one step.
+pub const STEP_RETRIES_MAX: u32 = 10;
+
 /// Most accounts one scenario may open (a Reset's bound).
 pub const ACCOUNTS_MAX: usize = 10_000;
 
@@ -52,6 +58,10 @@ pub struct Scenario {
     /// Whether the server honours request_ids.
     #[serde(default = "yes")]
     pub idempotency: bool,
+    /// Acknowledgements the ledger drops (after applying) for the first
+    /// mutations of the run (Chaos.ArmLostAcks).
+    #[serde(default)]
+    pub lost_acks: u32,
     /// Accounts to open.
     pub accounts: Vec<AccountSpec>,
     /// The ATMs.
@@ -164,6 +174,10 @@ pub struct Step {
     /// key), or a fixed key shared by every ATM that sends this step.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Times to resend the same request (same request_id) when the reply is
+    /// lost (UNAVAILABLE or DEADLINE_EXCEEDED), as an ATM that times out does.
+    #[serde(default)]
+    pub retries: u32,
 }
 
 /// Operation kinds a script may use.
@@ -346,6 +360,9 @@ impl Scenario {
                 format!("must start 1 to {ATMS_MAX} ATMs in all (got {atms})"),
             ));
         }
+        if self.lost_acks > LOST_ACKS_MAX {
+            return Err(("lost_acks", format!("must be at most {LOST_ACKS_MAX}")));
+        }
         if self.operations() > OPERATIONS_MAX {
             return Err((
                 "script",
@@ -412,6 +429,9 @@ impl Step {
                 .amount_cents
                 .ok_or_else(|| format!("a {:?} step needs amount_cents", self.op).to_lowercase())?;
             parse_amount("amount_cents", amount).map_err(|e| e.to_string())?;
+        }
+        if self.retries > STEP_RETRIES_MAX {
+            return Err(format!("retries must be at most {STEP_RETRIES_MAX}"));
         }
         if let Some(id) = &self.request_id
             && id != "auto"

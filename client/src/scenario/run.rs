@@ -55,6 +55,8 @@ pub struct ModeOutcome {
     pub deadlocks: u64,
     /// Other errors.
     pub errors: u64,
+    /// Requests resent after a lost reply.
+    pub resends: u64,
     /// CAS retries the server made.
     pub retries: u64,
     /// Overdrafts the audit found.
@@ -126,6 +128,7 @@ struct Tally {
     aborted: u64,
     deadlocks: u64,
     errors: u64,
+    resends: u64,
     first_error: Option<String>,
 }
 
@@ -138,6 +141,7 @@ impl Tally {
         self.aborted += other.aborted;
         self.deadlocks += other.deadlocks;
         self.errors += other.errors;
+        self.resends += other.resends;
         self.first_error = self.first_error.take().or(other.first_error);
     }
 
@@ -211,6 +215,9 @@ async fn run_configured(
         let parties = u32::try_from(atm_total).unwrap_or(u32::MAX);
         clients.arm_barrier(parties, wait_ms).await?;
     }
+    if scenario.lost_acks > 0 {
+        clients.arm_lost_acks(scenario.lost_acks).await?;
+    }
     let barrier = Arc::new(Barrier::new(atm_total));
     let mut atms = JoinSet::new();
     for spec in &scenario.atms {
@@ -260,6 +267,7 @@ async fn run_configured(
         aborted: tally.aborted,
         deadlocks: tally.deadlocks,
         errors: tally.errors,
+        resends: tally.resends,
         retries,
         overdrafts: audit.overdrafts,
         lost_updates: audit.lost_updates,
@@ -303,15 +311,34 @@ async fn run_atm(
                 Some(fixed) => fixed.to_owned(),
             };
             let started = Instant::now();
-            let call = send(&mut ledger, step, request_id);
-            let outcome = match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 30 s")),
-            };
+            let mut outcome = send_once(&mut ledger, step, &request_id).await;
+            for _ in 0..step.retries {
+                match &outcome {
+                    Err(status)
+                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                    {
+                        tally.resends += 1;
+                        outcome = send_once(&mut ledger, step, &request_id).await;
+                    }
+                    _ => break,
+                }
+            }
             tally.record(outcome, started);
         }
     }
     tally
+}
+
+async fn send_once(
+    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    step: &Step,
+    request_id: &str,
+) -> Result<(), tonic::Status> {
+    let call = send(ledger, step, request_id.to_owned());
+    match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 30 s")),
+    }
 }
 
 async fn send(
