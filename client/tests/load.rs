@@ -6,6 +6,22 @@ mod common;
 use overdraft_client::load::{self, LoadArgs};
 use overdraft_server::config::Mode;
 
+/// An embedded ledger with the race window open up to `window_ms_max`.
+async fn ledger_with_window_ms(window_ms_max: u64) -> overdraft_server::RunningLedger {
+    let ledger = common::ledger().await;
+    let mut admin = overdraft_proto::v1::admin_client::AdminClient::connect(ledger.url())
+        .await
+        .unwrap();
+    admin
+        .configure(overdraft_proto::v1::ConfigureRequest {
+            race_window_ms_max: Some(window_ms_max),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    ledger
+}
+
 fn args(history: Option<std::path::PathBuf>) -> LoadArgs {
     LoadArgs {
         atms: 16,
@@ -31,17 +47,7 @@ fn args(history: Option<std::path::PathBuf>) -> LoadArgs {
 /// skewed operations from 16 ATMs per mode; the history has 1,500 lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_load_reconciles_exactly_in_safe_modes() {
-    let ledger = common::ledger().await;
-    let mut admin = overdraft_proto::v1::admin_client::AdminClient::connect(ledger.url())
-        .await
-        .unwrap();
-    admin
-        .configure(overdraft_proto::v1::ConfigureRequest {
-            race_window_ms_max: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let ledger = ledger_with_window_ms(2).await;
     let dir = tempfile::tempdir().unwrap();
     for mode in [Mode::Mutex, Mode::Cas, Mode::Actor] {
         let history = dir.path().join(format!("{mode}.jsonl"));
@@ -93,17 +99,7 @@ async fn seeded_load_reconciles_exactly_in_safe_modes() {
 /// reconcile, proving the check above can fail. Method: hot skew, 5 ms window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsafe_load_does_not_reconcile() {
-    let ledger = common::ledger().await;
-    let mut admin = overdraft_proto::v1::admin_client::AdminClient::connect(ledger.url())
-        .await
-        .unwrap();
-    admin
-        .configure(overdraft_proto::v1::ConfigureRequest {
-            race_window_ms_max: Some(5),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let ledger = ledger_with_window_ms(5).await;
     let mut args = args(None);
     args.skew = "hot:0.8".parse().unwrap();
     args.ops = Some(600);
