@@ -209,6 +209,16 @@ impl Clients {
         Ok(())
     }
 
+    /// Chaos.SetSlowOwner: actor owners wait `delay_ms` before each message.
+    pub async fn set_slow_owner(&mut self, delay_ms: u64) -> Result<(), ClientError> {
+        let request = self.admin_request(pb::SetSlowOwnerRequest { delay_ms });
+        self.chaos
+            .set_slow_owner(request)
+            .await
+            .map_err(refused("SetSlowOwner"))?;
+        Ok(())
+    }
+
     /// Chaos.Reset: disarm every fault.
     pub async fn reset_chaos(&mut self) -> Result<(), ClientError> {
         let request = self.admin_request(pb::ChaosResetRequest {});

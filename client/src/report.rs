@@ -64,7 +64,7 @@ pub fn verdict(row: &ModeOutcome) -> String {
     let word = if row.passed { "PASS" } else { "FAIL" };
     let _ = writeln!(
         out,
-        "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors, {} resent), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
+        "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors, {} resent, {} unknown), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
         row.scenario,
         row.mode.as_str(),
         row.operations,
@@ -73,6 +73,7 @@ pub fn verdict(row: &ModeOutcome) -> String {
         row.aborted,
         row.errors,
         row.resends,
+        row.unknown_outcomes,
         row.overdrafts,
         row.lost_updates,
         signed(row.money_delta_cents),

@@ -6,6 +6,8 @@
 //! - lost acknowledgements: the next N mutations apply, then their RPC fails
 //!   with UNAVAILABLE or DEADLINE_EXCEEDED, so a client that retries without
 //!   an idempotency key applies the operation twice.
+//! - a slow owner: in actor mode each owner waits this long before every
+//!   message, falls behind, and clients with deadlines time out and retry.
 
 use std::{
     sync::Mutex,
@@ -19,6 +21,9 @@ pub const BARRIER_PARTIES_MAX: u32 = 1_024;
 
 /// Longest a barrier may hold an operation before letting it go alone.
 pub const BARRIER_WAIT_MS_MAX: u64 = 60_000;
+
+/// Longest slow-owner delay per message: 10 s.
+pub const SLOW_OWNER_MS_MAX: u64 = 10_000;
 
 /// Most lost acknowledgements armed at once.
 pub const LOST_ACKS_MAX: u32 = 10_000;
@@ -47,6 +52,7 @@ struct Faults {
     lost_ack_code: Option<LostAckCode>,
     barriers_released: u64,
     acks_lost: u64,
+    slow_owner: Duration,
 }
 
 /// What the Chaos service reports as armed.
@@ -60,6 +66,8 @@ pub struct ChaosState {
     pub barriers_released: u64,
     /// Acknowledgements dropped so far.
     pub acks_lost: u64,
+    /// Delay per actor message, ms.
+    pub slow_owner_ms: u64,
 }
 
 /// The armed faults. A std mutex: held only to update counters and lists,
@@ -104,6 +112,17 @@ impl Chaos {
         }
         faults.lost_acks = 0;
         faults.lost_ack_code = None;
+        faults.slow_owner = Duration::ZERO;
+    }
+
+    /// Makes every actor owner wait `delay` before each message.
+    pub fn set_slow_owner(&self, delay: Duration) {
+        self.faults().slow_owner = delay;
+    }
+
+    /// The delay actor owners apply before each message.
+    pub fn slow_owner(&self) -> Duration {
+        self.faults().slow_owner
     }
 
     /// What is armed, and what has fired.
@@ -117,6 +136,7 @@ impl Chaos {
             lost_acks: faults.lost_acks,
             barriers_released: faults.barriers_released,
             acks_lost: faults.acks_lost,
+            slow_owner_ms: u64::try_from(faults.slow_owner.as_millis()).unwrap_or(u64::MAX),
         }
     }
 

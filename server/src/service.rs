@@ -402,6 +402,7 @@ fn chaos_state(state: ChaosState) -> Response<pb::ChaosState> {
         lost_acks: state.lost_acks,
         barriers_released: state.barriers_released,
         acks_lost: state.acks_lost,
+        slow_owner_ms: state.slow_owner_ms,
     })
 }
 
@@ -479,6 +480,27 @@ impl Chaos for LedgerService {
             ?code,
             "chaos: lost acknowledgements armed"
         );
+        Ok(chaos_state(chaos.state()))
+    }
+
+    #[tracing::instrument(skip_all, fields(delay_ms = request.get_ref().delay_ms))]
+    async fn set_slow_owner(
+        &self,
+        request: Request<pb::SetSlowOwnerRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let delay_ms = request.get_ref().delay_ms;
+        if delay_ms > chaos::SLOW_OWNER_MS_MAX {
+            return Err(invalid(InvalidArgument::new(
+                "delay_ms",
+                format!(
+                    "must be at most {} (got {delay_ms})",
+                    chaos::SLOW_OWNER_MS_MAX
+                ),
+            )));
+        }
+        let chaos = &self.engine.core().hook.chaos;
+        chaos.set_slow_owner(Duration::from_millis(delay_ms));
+        tracing::info!(delay_ms, "chaos: slow owner set");
         Ok(chaos_state(chaos.state()))
     }
 

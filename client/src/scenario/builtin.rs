@@ -43,6 +43,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "retry-double-charge",
         include_str!("../../scenarios/retry-double-charge.toml"),
     ),
+    (
+        "slow-actor",
+        include_str!("../../scenarios/slow-actor.toml"),
+    ),
 ];
 
 /// The TOML of the built-in named `name`.

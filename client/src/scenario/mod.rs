@@ -25,6 +25,12 @@ pub const OPERATIONS_MAX: u64 = 1_000_000;
 /// Most lost acknowledgements a scenario may arm (the ledger's bound).
 pub const LOST_ACKS_MAX: u32 = 10_000;
 
+/// Longest slow-owner delay (the ledger's bound).
+pub const SLOW_OWNER_MS_MAX: u64 = 10_000;
+
+/// Longest per-request deadline a step may set.
+pub const STEP_TIMEOUT_MS_MAX: u64 = 60_000;
+
 /// Most resends of one step.
 pub const STEP_RETRIES_MAX: u32 = 10;
 
@@ -62,6 +68,10 @@ pub struct Scenario {
     /// mutations of the run (Chaos.ArmLostAcks).
     #[serde(default)]
     pub lost_acks: u32,
+    /// In actor mode, each owner waits this long before every message
+    /// (Chaos.SetSlowOwner).
+    #[serde(default)]
+    pub slow_owner_ms: u64,
     /// Accounts to open.
     pub accounts: Vec<AccountSpec>,
     /// The ATMs.
@@ -178,6 +188,9 @@ pub struct Step {
     /// lost (UNAVAILABLE or DEADLINE_EXCEEDED), as an ATM that times out does.
     #[serde(default)]
     pub retries: u32,
+    /// The ATM's deadline for this request (grpc-timeout), ms; none by default.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// Operation kinds a script may use.
@@ -360,6 +373,12 @@ impl Scenario {
                 format!("must start 1 to {ATMS_MAX} ATMs in all (got {atms})"),
             ));
         }
+        if self.slow_owner_ms > SLOW_OWNER_MS_MAX {
+            return Err((
+                "slow_owner_ms",
+                format!("must be at most {SLOW_OWNER_MS_MAX}"),
+            ));
+        }
         if self.lost_acks > LOST_ACKS_MAX {
             return Err(("lost_acks", format!("must be at most {LOST_ACKS_MAX}")));
         }
@@ -429,6 +448,14 @@ impl Step {
                 .amount_cents
                 .ok_or_else(|| format!("a {:?} step needs amount_cents", self.op).to_lowercase())?;
             parse_amount("amount_cents", amount).map_err(|e| e.to_string())?;
+        }
+        if self
+            .timeout_ms
+            .is_some_and(|t| t == 0 || t > STEP_TIMEOUT_MS_MAX)
+        {
+            return Err(format!(
+                "timeout_ms must be between 1 and {STEP_TIMEOUT_MS_MAX}"
+            ));
         }
         if self.retries > STEP_RETRIES_MAX {
             return Err(format!("retries must be at most {STEP_RETRIES_MAX}"));

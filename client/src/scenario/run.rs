@@ -57,6 +57,8 @@ pub struct ModeOutcome {
     pub errors: u64,
     /// Requests resent after a lost reply.
     pub resends: u64,
+    /// Operations whose last reply was lost or late (they may have applied).
+    pub unknown_outcomes: u64,
     /// CAS retries the server made.
     pub retries: u64,
     /// Overdrafts the audit found.
@@ -129,6 +131,7 @@ struct Tally {
     deadlocks: u64,
     errors: u64,
     resends: u64,
+    unknown: u64,
     first_error: Option<String>,
 }
 
@@ -142,6 +145,7 @@ impl Tally {
         self.deadlocks += other.deadlocks;
         self.errors += other.errors;
         self.resends += other.resends;
+        self.unknown += other.unknown;
         self.first_error = self.first_error.take().or(other.first_error);
     }
 
@@ -152,6 +156,9 @@ impl Tally {
             Ok(()) => self.succeeded += 1,
             Err(status) => match status.code() {
                 Code::FailedPrecondition => self.refused += 1,
+                // The reply was lost or came too late: the operation may or
+                // may not have applied. That is the story, not a failure.
+                Code::Unavailable | Code::DeadlineExceeded => self.unknown += 1,
                 Code::Aborted => {
                     self.aborted += 1;
                     if status.message().contains("deadlock") {
@@ -218,6 +225,9 @@ async fn run_configured(
     if scenario.lost_acks > 0 {
         clients.arm_lost_acks(scenario.lost_acks).await?;
     }
+    if scenario.slow_owner_ms > 0 {
+        clients.set_slow_owner(scenario.slow_owner_ms).await?;
+    }
     let barrier = Arc::new(Barrier::new(atm_total));
     let mut atms = JoinSet::new();
     for spec in &scenario.atms {
@@ -268,6 +278,7 @@ async fn run_configured(
         deadlocks: tally.deadlocks,
         errors: tally.errors,
         resends: tally.resends,
+        unknown_outcomes: tally.unknown,
         retries,
         overdrafts: audit.overdrafts,
         lost_updates: audit.lost_updates,
@@ -336,6 +347,14 @@ async fn send_once(
 ) -> Result<(), tonic::Status> {
     let call = send(ledger, step, request_id.to_owned());
     match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
+        // tonic reports its own client-side deadline as CANCELLED; to the
+        // ATM it is what it is: the deadline passed without a reply.
+        Ok(Err(status)) if status.code() == Code::Cancelled && step.timeout_ms.is_some() => {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no reply within {} ms",
+                step.timeout_ms.unwrap_or(0)
+            )))
+        }
         Ok(outcome) => outcome,
         Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 30 s")),
     }
@@ -350,35 +369,53 @@ async fn send(
     let amount_cents = step.amount_cents.unwrap_or_default();
     match step.op {
         StepOp::Deposit => ledger
-            .deposit(pb::DepositRequest {
-                account_id,
-                amount_cents,
-                request_id,
-            })
+            .deposit(with_deadline(
+                pb::DepositRequest {
+                    account_id,
+                    amount_cents,
+                    request_id,
+                },
+                step,
+            ))
             .await
             .map(drop),
         StepOp::Withdraw => ledger
-            .withdraw(pb::WithdrawRequest {
-                account_id,
-                amount_cents,
-                request_id,
-            })
+            .withdraw(with_deadline(
+                pb::WithdrawRequest {
+                    account_id,
+                    amount_cents,
+                    request_id,
+                },
+                step,
+            ))
             .await
             .map(drop),
         StepOp::Transfer => ledger
-            .transfer(pb::TransferRequest {
-                from_account_id: step.from.clone().unwrap_or_default(),
-                to_account_id: step.to.clone().unwrap_or_default(),
-                amount_cents,
-                request_id,
-            })
+            .transfer(with_deadline(
+                pb::TransferRequest {
+                    from_account_id: step.from.clone().unwrap_or_default(),
+                    to_account_id: step.to.clone().unwrap_or_default(),
+                    amount_cents,
+                    request_id,
+                },
+                step,
+            ))
             .await
             .map(drop),
         StepOp::Balance => ledger
-            .get_balance(pb::GetBalanceRequest { account_id })
+            .get_balance(with_deadline(pb::GetBalanceRequest { account_id }, step))
             .await
             .map(drop),
     }
+}
+
+/// The request, with the step's deadline (grpc-timeout) when it sets one.
+fn with_deadline<T>(message: T, step: &Step) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(timeout_ms) = step.timeout_ms {
+        request.set_timeout(Duration::from_millis(timeout_ms));
+    }
+    request
 }
 
 fn configure_request(scenario: &Scenario) -> pb::ConfigureRequest {

@@ -194,6 +194,11 @@ fn owner_of(account: &AccountId) -> usize {
 /// One owner: applies its messages one at a time, in arrival order.
 async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
     while let Some(Envelope { work, reply }) = mailbox.recv().await {
+        // Chaos: a slow owner falls behind its mailbox (the slow-actor story).
+        let slow = core.hook.chaos.slow_owner();
+        if !slow.is_zero() {
+            tokio::time::sleep(slow).await;
+        }
         let outcome = match work {
             Work::Whole(request) => apply_whole(&core, &request).await,
             Work::Leg(leg) => apply_leg(&core, &leg).await,
