@@ -78,8 +78,8 @@ impl Core {
         rng.random_range(0..=max)
     }
 
-    /// A transfer id unique within this process's journal: the first journal
-    /// seq is never reused, so prefixing the start time keeps ids unique across restarts.
+    /// A transfer id for an actor transfer's two legs. The counter starts at
+    /// the process's start time in ns, so ids do not repeat across restarts.
     pub fn next_transfer_id(&self) -> String {
         let n = self.transfer_ids.fetch_add(1, Ordering::Relaxed);
         format!("t{n}")
