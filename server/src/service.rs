@@ -12,12 +12,13 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::{
     audit::{AuditReport, Finding, FindingKind},
-    bank::{self, Account, AccountId, InvalidArgument, Operation, RequestId},
+    bank::{self, Account, AccountId, EntryKind, InvalidArgument, Operation, RequestId},
     chaos::{self, ChaosState, LostAckCode},
-    config::{self, Idempotency, LockOrder, Mode, OverdraftPolicy, Settings},
+    config::{self, Idempotency, LockOrder, Mode, OverdraftPolicy, RACE_WINDOW_MS_MAX, Settings},
     engine::Engine,
     error::LedgerError,
     modes::{self, Applied},
+    race::{Delay, Targets, Window},
     stats::Stats,
 };
 
@@ -396,13 +397,96 @@ fn configure(
     Ok((settings, window))
 }
 
-fn chaos_state(state: ChaosState) -> Response<pb::ChaosState> {
+fn chaos_state(state: ChaosState, window: &Window) -> Response<pb::ChaosState> {
     Response::new(pb::ChaosState {
         barrier_waiting_for: state.barrier_waiting_for,
         lost_acks: state.lost_acks,
         barriers_released: state.barriers_released,
         acks_lost: state.acks_lost,
         slow_owner_ms: state.slow_owner_ms,
+        race_window: format!("{window:?}"),
+    })
+}
+
+/// Reads a SetRaceWindow request, or names the field it breaks.
+fn race_window(request: &pb::SetRaceWindowRequest) -> Result<Window, InvalidArgument> {
+    use pb::set_race_window_request::Delay as Wire;
+    let max = RACE_WINDOW_MS_MAX as f64;
+    let in_range = |field: &'static str, value: f64, low: f64| {
+        if value.is_finite() && (low..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(InvalidArgument::new(
+                field,
+                format!("must be a number between {low} and {max} (got {value})"),
+            ))
+        }
+    };
+    let delay = match request.delay {
+        None => {
+            return Err(InvalidArgument::new(
+                "delay",
+                "set one of fixed_ms, uniform, normal, pareto",
+            ));
+        }
+        Some(Wire::FixedMs(ms)) => {
+            in_range("fixed_ms", ms as f64, 0.0)?;
+            Delay::Fixed { ms }
+        }
+        Some(Wire::Uniform(pb::UniformDelay { min_ms, max_ms })) => {
+            config::check_race_window(min_ms, max_ms)
+                .map_err(|rule| InvalidArgument::new("uniform", rule))?;
+            Delay::Uniform { min_ms, max_ms }
+        }
+        Some(Wire::Normal(pb::NormalDelay { mean_ms, stddev_ms })) => Delay::Normal {
+            mean_ms: in_range("normal.mean_ms", mean_ms, 0.0)?,
+            stddev_ms: in_range("normal.stddev_ms", stddev_ms, 0.0)?,
+        },
+        Some(Wire::Pareto(pb::ParetoDelay { scale_ms, shape })) => Delay::Pareto {
+            scale_ms: in_range("pareto.scale_ms", scale_ms, f64::MIN_POSITIVE)?,
+            shape: in_range("pareto.shape", shape, f64::MIN_POSITIVE)?,
+        },
+    };
+    let probability = request.probability.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&probability) {
+        return Err(InvalidArgument::new(
+            "probability",
+            format!("must be between 0 and 1 (got {probability})"),
+        ));
+    }
+    let kind = match request.method.as_str() {
+        "" => None,
+        "deposit" => Some(EntryKind::Deposit),
+        "withdraw" => Some(EntryKind::Withdraw),
+        "transfer" => Some(EntryKind::Transfer),
+        other => {
+            return Err(InvalidArgument::new(
+                "method",
+                format!("must be deposit, withdraw, transfer or empty (got {other:?})"),
+            ));
+        }
+    };
+    let account = match request.account_id.as_str() {
+        "" => None,
+        raw => Some(AccountId::parse("account_id", raw)?),
+    };
+    let mode = match request.mode {
+        0 => None,
+        raw => Some(mode_from_proto(raw).map_err(|_| {
+            InvalidArgument::new(
+                "mode",
+                format!("must be a mode or MODE_UNSPECIFIED (got {raw})"),
+            )
+        })?),
+    };
+    Ok(Window {
+        delay,
+        probability,
+        targets: Targets {
+            kind,
+            account,
+            mode,
+        },
     })
 }
 
@@ -441,7 +525,10 @@ impl Chaos for LedgerService {
             wait_ms = request.wait_ms,
             "chaos: barrier armed"
         );
-        Ok(chaos_state(chaos.state()))
+        Ok(chaos_state(
+            chaos.state(),
+            &self.engine.core().hook.window(),
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(count = request.get_ref().count))]
@@ -480,7 +567,22 @@ impl Chaos for LedgerService {
             ?code,
             "chaos: lost acknowledgements armed"
         );
-        Ok(chaos_state(chaos.state()))
+        Ok(chaos_state(
+            chaos.state(),
+            &self.engine.core().hook.window(),
+        ))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_race_window(
+        &self,
+        request: Request<pb::SetRaceWindowRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let window = race_window(request.get_ref()).map_err(invalid)?;
+        let hook = &self.engine.core().hook;
+        tracing::info!(?window, "chaos: race window set");
+        hook.set_window(window);
+        Ok(chaos_state(hook.chaos.state(), &hook.window()))
     }
 
     #[tracing::instrument(skip_all, fields(delay_ms = request.get_ref().delay_ms))]
@@ -501,7 +603,10 @@ impl Chaos for LedgerService {
         let chaos = &self.engine.core().hook.chaos;
         chaos.set_slow_owner(Duration::from_millis(delay_ms));
         tracing::info!(delay_ms, "chaos: slow owner set");
-        Ok(chaos_state(chaos.state()))
+        Ok(chaos_state(
+            chaos.state(),
+            &self.engine.core().hook.window(),
+        ))
     }
 
     async fn reset(
@@ -511,14 +616,18 @@ impl Chaos for LedgerService {
         let chaos = &self.engine.core().hook.chaos;
         chaos.reset();
         tracing::info!("chaos: every fault disarmed");
-        Ok(chaos_state(chaos.state()))
+        Ok(chaos_state(
+            chaos.state(),
+            &self.engine.core().hook.window(),
+        ))
     }
 
     async fn get_state(
         &self,
         _request: Request<pb::ChaosStateRequest>,
     ) -> Result<Response<pb::ChaosState>, Status> {
-        Ok(chaos_state(self.engine.core().hook.chaos.state()))
+        let hook = &self.engine.core().hook;
+        Ok(chaos_state(hook.chaos.state(), &hook.window()))
     }
 }
 

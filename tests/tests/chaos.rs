@@ -215,3 +215,91 @@ async fn admin_and_chaos_require_the_token_beyond_loopback() {
         assert!(opened.is_ok(), "the Ledger service needs no token");
     }
 }
+
+/// Goal: a race window aimed at one account and one method delays exactly
+/// those operations by at least the configured time, and a probability of 0
+/// turns it off. Method: a fixed 300 ms window on withdrawals from "slow";
+/// a withdrawal from "slow" takes at least 300 ms; a deposit to "slow" and a
+/// withdrawal from "fast" take far less (a local call, not a timing race).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeted_race_window_delays_only_its_targets() {
+    let mut ledger = TestLedger::start(|c| c.mode = Mode::Mutex).await;
+    ledger.reset(&[("slow", 10_000), ("fast", 10_000)]).await;
+    let mut chaos = chaos(&ledger).await;
+    let window = |probability| pb::SetRaceWindowRequest {
+        delay: Some(pb::set_race_window_request::Delay::FixedMs(300)),
+        probability: Some(probability),
+        method: "withdraw".into(),
+        account_id: "slow".into(),
+        mode: 0,
+    };
+    let state = chaos
+        .set_race_window(window(1.0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        state.race_window.contains("Fixed { ms: 300 }"),
+        "{}",
+        state.race_window
+    );
+    let mut timed = async |op: &str, account: &str| {
+        let started = std::time::Instant::now();
+        match op {
+            "withdraw" => {
+                let request = pb::WithdrawRequest {
+                    account_id: account.into(),
+                    amount_cents: 1,
+                    request_id: String::new(),
+                };
+                ledger.ledger.withdraw(request).await.unwrap();
+            }
+            _ => {
+                let request = pb::DepositRequest {
+                    account_id: account.into(),
+                    amount_cents: 1,
+                    request_id: String::new(),
+                };
+                ledger.ledger.deposit(request).await.unwrap();
+            }
+        }
+        started.elapsed()
+    };
+    let targeted = timed("withdraw", "slow").await;
+    let other_method = timed("deposit", "slow").await;
+    let other_account = timed("withdraw", "fast").await;
+    assert!(
+        targeted >= std::time::Duration::from_millis(300),
+        "{targeted:?}"
+    );
+    assert!(
+        other_method < targeted / 2,
+        "{other_method:?} vs {targeted:?}"
+    );
+    assert!(
+        other_account < targeted / 2,
+        "{other_account:?} vs {targeted:?}"
+    );
+
+    chaos.set_race_window(window(0.0)).await.unwrap();
+    let never = timed("withdraw", "slow").await;
+    assert!(never < targeted / 2, "probability 0: {never:?}");
+
+    let bad = chaos
+        .set_race_window(pb::SetRaceWindowRequest {
+            method: "teleport".into(),
+            ..window(1.0)
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("method"), "{bad:?}");
+    let bad = chaos
+        .set_race_window(pb::SetRaceWindowRequest {
+            probability: Some(1.5),
+            ..window(1.0)
+        })
+        .await
+        .unwrap_err();
+    assert!(bad.message().contains("probability"), "{bad:?}");
+}

@@ -25,7 +25,7 @@ use crate::{
     engine::Core,
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
-    race::RacePoint,
+    race::{HookContext, RacePoint},
     store::{Commit, Guard, Write},
 };
 
@@ -221,7 +221,13 @@ async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, Led
 /// Applies one transfer leg: read, race hook, check, write, like every mode.
 async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerError> {
     let read = read_account(core, &work.account)?;
-    core.hook.pause(RacePoint::ReadToWrite).await;
+    let accounts = [&work.account];
+    let context = HookContext {
+        kind: work.kind,
+        accounts: &accounts,
+        mode: Mode::Actor,
+    };
+    core.hook.pause(RacePoint::ReadToWrite, &context).await;
     let (leg, fee_cents) = match work.kind {
         EntryKind::TransferDebit => bank::debit(
             &work.account,

@@ -18,7 +18,7 @@ use crate::{
     engine::Core,
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
-    race::RacePoint,
+    race::{HookContext, RacePoint},
     store::{Commit, Guard, Rejected, Write},
 };
 
@@ -92,7 +92,12 @@ pub(crate) async fn read_check_write(
     for id in &ids {
         reads.push(read_account(core, id)?);
     }
-    core.hook.pause(RacePoint::ReadToWrite).await;
+    let context = HookContext {
+        kind: request.op.kind(),
+        accounts: &ids,
+        mode,
+    };
+    core.hook.pause(RacePoint::ReadToWrite, &context).await;
     let effect = bank::apply(&request.op, &reads, &core.settings().policy)?;
     if effect.legs.len() != ids.len() {
         return Err(LedgerError::Invariant(format!(

@@ -14,11 +14,11 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::{Applied, Attempt, Request, WriteKind, read_check_write};
 use crate::{
-    bank::AccountId,
+    bank::{AccountId, EntryKind},
     config::{LockOrder, Mode},
     engine::Core,
     error::LedgerError,
-    race::RacePoint,
+    race::{HookContext, RacePoint},
     stats::Stats,
 };
 
@@ -42,7 +42,7 @@ impl MutexMode {
         if core.settings().lock_order == LockOrder::Ordered {
             order.sort();
         }
-        let _guards = self.lock_all(core, &order).await?;
+        let _guards = self.lock_all(core, &order, request.op.kind()).await?;
         match read_check_write(core, Mode::Mutex, request, WriteKind::Guarded).await? {
             Attempt::Applied(applied) => Ok(applied),
             // We hold every lock, so nobody else can have written the account.
@@ -56,11 +56,18 @@ impl MutexMode {
         &self,
         core: &Core,
         order: &[AccountId],
+        kind: EntryKind,
     ) -> Result<Vec<OwnedMutexGuard<()>>, LedgerError> {
+        let accounts: Vec<&AccountId> = order.iter().collect();
+        let context = HookContext {
+            kind,
+            accounts: &accounts,
+            mode: Mode::Mutex,
+        };
         let mut guards = Vec::with_capacity(order.len());
         for (position, account) in order.iter().enumerate() {
             if position > 0 {
-                core.hook.pause(RacePoint::BetweenLocks).await;
+                core.hook.pause(RacePoint::BetweenLocks, &context).await;
             }
             let lock = self.lock_for(account);
             let wait = Duration::from_millis(core.lock_wait_ms);
