@@ -185,7 +185,8 @@ pub struct Step {
     #[serde(default)]
     pub request_id: Option<String>,
     /// Times to resend the same request (same request_id) when the reply is
-    /// lost (UNAVAILABLE or DEADLINE_EXCEEDED), as an ATM that times out does.
+    /// lost or late (UNAVAILABLE, DEADLINE_EXCEEDED) or the ledger aborted it
+    /// (ABORTED: CAS contention or a detected deadlock), as a real ATM does.
     #[serde(default)]
     pub retries: u32,
     /// The ATM's deadline for this request (grpc-timeout), ms; none by default.

@@ -325,8 +325,13 @@ async fn run_atm(
             let mut outcome = send_once(&mut ledger, step, &request_id).await;
             for _ in 0..step.retries {
                 match &outcome {
+                    // A lost or late reply, or an ABORTED (CAS contention,
+                    // a detected deadlock): what a real ATM retries.
                     Err(status)
-                        if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded) =>
+                        if matches!(
+                            status.code(),
+                            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted
+                        ) =>
                     {
                         tally.resends += 1;
                         outcome = send_once(&mut ledger, step, &request_id).await;
