@@ -69,6 +69,31 @@ impl From<Mode> for overdraft_proto::v1::Mode {
     }
 }
 
+impl From<LockOrder> for overdraft_proto::v1::LockOrder {
+    fn from(order: LockOrder) -> Self {
+        match order {
+            LockOrder::Ordered => Self::Ordered,
+            LockOrder::Naive => Self::Naive,
+        }
+    }
+}
+
+impl From<OverdraftPolicy> for overdraft_proto::v1::Overdraft {
+    fn from(policy: OverdraftPolicy) -> Self {
+        match policy {
+            OverdraftPolicy::Reject => Self::default(),
+            OverdraftPolicy::Fee {
+                fee_cents,
+                limit_cents,
+            } => Self {
+                allow: true,
+                fee_cents,
+                limit_cents,
+            },
+        }
+    }
+}
+
 impl fmt::Display for Mode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -147,10 +172,11 @@ pub enum Durability {
 }
 
 /// The order in which mutex mode takes a transfer's two locks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LockOrder {
     /// One global order (by account id): crossed transfers cannot deadlock.
+    #[default]
     Ordered,
     /// Request order (from, then to): crossed transfers deadlock, and the lock
     /// wait bound detects it.

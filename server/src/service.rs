@@ -320,30 +320,11 @@ impl Admin for LedgerService {
 }
 
 fn settings_to_proto(settings: Settings, window_ms: (u64, u64)) -> pb::Settings {
-    let overdraft = match settings.policy {
-        OverdraftPolicy::Reject => pb::Overdraft {
-            allow: false,
-            fee_cents: 0,
-            limit_cents: 0,
-        },
-        OverdraftPolicy::Fee {
-            fee_cents,
-            limit_cents,
-        } => pb::Overdraft {
-            allow: true,
-            fee_cents,
-            limit_cents,
-        },
-    };
-    let lock_order = match settings.lock_order {
-        LockOrder::Ordered => pb::LockOrder::Ordered,
-        LockOrder::Naive => pb::LockOrder::Naive,
-    };
     pb::Settings {
         race_window_ms_min: window_ms.0,
         race_window_ms_max: window_ms.1,
-        overdraft: Some(overdraft),
-        lock_order: lock_order.into(),
+        overdraft: Some(settings.policy.into()),
+        lock_order: pb::LockOrder::from(settings.lock_order).into(),
         idempotency: settings.idempotency == Idempotency::On,
     }
 }

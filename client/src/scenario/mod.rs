@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use overdraft_server::{
     bank::{AccountId, parse_amount, parse_opening_balance},
-    config::{Mode, OVERDRAFT_CENTS_MAX, RACE_WINDOW_MS_MAX},
+    config::{LockOrder, Mode, OVERDRAFT_CENTS_MAX, OverdraftPolicy, RACE_WINDOW_MS_MAX},
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,15 +121,19 @@ mod reject {
     }
 }
 
-/// Mutex mode's lock order.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum LockOrder {
-    /// One global order.
-    #[default]
-    Ordered,
-    /// Request order.
-    Naive,
+impl From<Overdraft> for OverdraftPolicy {
+    fn from(overdraft: Overdraft) -> Self {
+        match overdraft {
+            Overdraft::Reject => OverdraftPolicy::Reject,
+            Overdraft::Fee {
+                fee_cents,
+                limit_cents,
+            } => OverdraftPolicy::Fee {
+                fee_cents,
+                limit_cents,
+            },
+        }
+    }
 }
 
 /// An account to open.

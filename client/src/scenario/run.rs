@@ -14,7 +14,9 @@ use serde::Serialize;
 use tokio::{sync::Barrier, task::JoinSet};
 use tonic::{Code, transport::Channel};
 
-use super::{Expect, LockOrder, Overdraft, Presence, Scenario, Step, StepOp};
+use overdraft_server::config::OverdraftPolicy;
+
+use super::{Expect, Presence, Scenario, Step, StepOp};
 use crate::{
     connect::{ClientError, Clients},
     latency::Latency,
@@ -424,26 +426,11 @@ fn with_deadline<T>(message: T, step: &Step) -> tonic::Request<T> {
 }
 
 fn configure_request(scenario: &Scenario) -> pb::ConfigureRequest {
-    let overdraft = match scenario.overdraft {
-        Overdraft::Reject => pb::Overdraft::default(),
-        Overdraft::Fee {
-            fee_cents,
-            limit_cents,
-        } => pb::Overdraft {
-            allow: true,
-            fee_cents,
-            limit_cents,
-        },
-    };
-    let lock_order = match scenario.lock_order {
-        LockOrder::Ordered => pb::LockOrder::Ordered,
-        LockOrder::Naive => pb::LockOrder::Naive,
-    };
     pb::ConfigureRequest {
         race_window_ms_min: Some(scenario.race_window_ms[0]),
         race_window_ms_max: Some(scenario.race_window_ms[1]),
-        overdraft: Some(overdraft),
-        lock_order: Some(lock_order.into()),
+        overdraft: Some(OverdraftPolicy::from(scenario.overdraft).into()),
+        lock_order: Some(pb::LockOrder::from(scenario.lock_order).into()),
         idempotency: Some(scenario.idempotency),
     }
 }
