@@ -9,7 +9,11 @@
 //! - The money balance going below the policy's floor is an overdraft, even
 //!   when lost updates make the stored balance look fine.
 //! - Opening balances plus deposits minus withdrawals and fees must equal the
-//!   balances plus money in flight between actor owners: conservation.
+//!   balances plus money in flight: conservation.
+//! - A transfer written as two commits whose debit has no credit is
+//!   half-applied. The audit runs with operations held back, so a transfer
+//!   still open then will never finish: its money left one account and
+//!   reached no other.
 //! - The last written state must be what the store holds now.
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,6 +44,18 @@ pub enum FindingKind {
     Conservation,
     /// The store disagrees with the journal.
     JournalMismatch,
+    /// A transfer's debit was applied and its credit never was.
+    HalfAppliedTransfer,
+}
+
+/// What the ledger repaired when it started on this data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// Commits whose journal reached disk without their balance writes,
+    /// rolled forward by the store.
+    pub rolled_forward_commits: u64,
+    /// Actor transfers found debited but not credited, and credited.
+    pub transfers_finished: u64,
 }
 
 /// One anomaly.
@@ -75,7 +91,8 @@ pub struct AuditReport {
     pub fees_cents: i64,
     /// Sum of stored balances.
     pub balances_cents: i64,
-    /// Money debited by an actor transfer and not yet credited.
+    /// Money debited by a two-commit transfer and never credited: each such
+    /// transfer is also a half-applied-transfer finding.
     pub in_flight_cents: i64,
     /// (balances + in flight) - (opening + deposits - withdrawals - fees).
     pub money_delta_cents: i64,
@@ -85,6 +102,10 @@ pub struct AuditReport {
     pub overdrafts: u64,
     /// Lost-update findings.
     pub lost_updates: u64,
+    /// Half-applied-transfer findings.
+    pub half_applied_transfers: u64,
+    /// What the ledger repaired at its last start (set by the engine).
+    pub recovery: Recovery,
 }
 
 /// Audits `journal` (in commit order) against `accounts` under `policy`.
@@ -138,6 +159,9 @@ pub fn audit(
             ),
         });
     }
+    let half_applied = half_applied(journal);
+    report.half_applied_transfers = u64::try_from(half_applied.len()).unwrap_or(u64::MAX);
+    findings.extend(half_applied);
     findings.extend(mismatches(&last_written, accounts));
     report.clean = findings.is_empty();
     findings.truncate(FINDINGS_MAX);
@@ -183,6 +207,47 @@ fn add_totals(
     report.balances_cents = clamp(balances);
     report.in_flight_cents = clamp(in_flight);
     report.money_delta_cents = clamp(balances + in_flight - expected);
+}
+
+/// One finding per transfer whose debit has no credit.
+fn half_applied(journal: &[JournalEntry]) -> Vec<Finding> {
+    let mut open: BTreeMap<&str, &JournalEntry> = BTreeMap::new();
+    for entry in journal {
+        match entry.kind {
+            EntryKind::TransferDebit => {
+                open.insert(transfer_key(entry), entry);
+            }
+            EntryKind::TransferCredit => {
+                open.remove(transfer_key(entry));
+            }
+            _ => {}
+        }
+    }
+    open.into_iter()
+        .map(|(transfer_id, debit)| {
+            let from = debit.legs.first().map(|leg| leg.account.clone());
+            let to = debit
+                .counterparty
+                .as_ref()
+                .map_or_else(|| "?".to_owned(), ToString::to_string);
+            Finding {
+                kind: FindingKind::HalfAppliedTransfer,
+                detail: format!(
+                    "transfer {transfer_id} ({}, {} mode) debited {} by {} cents at seq {} and \
+                     never credited {to}: the money left one account and reached none",
+                    debit.label(),
+                    debit.mode,
+                    from.as_ref()
+                        .map_or_else(|| "?".to_owned(), ToString::to_string),
+                    debit.amount_cents,
+                    debit.seq,
+                ),
+                account: from,
+                request_ids: vec![debit.label()],
+                cents: debit.amount_cents.saturating_neg(),
+            }
+        })
+        .collect()
 }
 
 fn transfer_key(entry: &JournalEntry) -> &str {

@@ -258,7 +258,8 @@ pub enum EntryKind {
     Withdraw,
     /// A transfer applied to both accounts at once.
     Transfer,
-    /// The first leg of a transfer between actor owners: money leaves `from`.
+    /// The first leg of a transfer written as two commits (actor owners
+    /// apart, or the unsafe mode): money leaves `from`.
     TransferDebit,
     /// The second leg: money reaches `to`.
     TransferCredit,

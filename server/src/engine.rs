@@ -15,9 +15,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::sync::RwLock;
 
 use crate::{
-    audit::{self, AuditReport},
+    audit::{self, AuditReport, Recovery},
     bank::{Account, AccountId, EntryKind, Leg},
     config::{Config, Durability, Idempotency, Mode, Settings},
+    crash::CrashPoint,
     durability::GroupCommit,
     error::LedgerError,
     journal::JournalEntry,
@@ -94,6 +95,8 @@ pub struct Engine {
     mutex: MutexMode,
     actor: Arc<actor::ActorMode>,
     durable: Option<GroupCommit>,
+    /// What start repaired, reported with every audit.
+    recovery: Recovery,
 }
 
 impl Engine {
@@ -121,13 +124,17 @@ impl Engine {
             // Start-time nanoseconds make transfer ids unique across restarts.
             transfer_ids: AtomicU64::new(start_ns),
         });
-        let recovered = actor::recover_in_flight(&core).await?;
-        if recovered > 0 {
+        let transfers_finished = actor::recover_in_flight(&core).await?;
+        if transfers_finished > 0 {
             tracing::warn!(
-                recovered,
-                "finished transfers left in flight by the last run"
+                transfers_finished,
+                "finished actor transfers left in flight by the last run"
             );
         }
+        let recovery = Recovery {
+            rolled_forward_commits: store.rolled_forward_commits(),
+            transfers_finished: u64::try_from(transfers_finished).unwrap_or(u64::MAX),
+        };
         if config.durability == Durability::Sync {
             store.flush()?;
         }
@@ -139,6 +146,7 @@ impl Engine {
             mode: Arc::new(RwLock::new(config.mode)),
             mutex: MutexMode::default(),
             durable,
+            recovery,
         }))
     }
 
@@ -159,6 +167,7 @@ impl Engine {
         self.count(mode, &outcome);
         let applied = outcome?;
         self.wait_durable().await?;
+        crate::crash::reached(CrashPoint::BeforeAck, self.core.store.as_ref());
         if let Some(code) = self.core.hook.chaos.take_lost_ack() {
             return Err(LedgerError::LostAck(code));
         }
@@ -345,7 +354,9 @@ impl Engine {
         })
         .await
         .map_err(|e| LedgerError::Invariant(format!("audit task failed: {e}")))??;
-        Ok(audit::audit(&read.0, &read.1, &policy))
+        let mut report = audit::audit(&read.0, &read.1, &policy);
+        report.recovery = self.recovery;
+        Ok(report)
     }
 
     /// Makes everything acknowledged so far durable; used at shutdown.

@@ -18,7 +18,7 @@ pub struct JournalEntry {
     pub kind: EntryKind,
     /// The idempotency key, when the request carried one.
     pub request_id: Option<RequestId>,
-    /// For the two legs of an actor transfer: the id they share.
+    /// For the two legs of a transfer written as two commits: the id they share.
     pub transfer_id: Option<String>,
     /// For a transfer leg: the other account.
     pub counterparty: Option<AccountId>,

@@ -10,6 +10,7 @@
 //! - [`journal`]: journal entries and the replies kept for idempotency.
 //! - [`race`]: the race hook, the one seam where timing faults enter.
 //! - [`chaos`]: faults armed at run time: the barrier, lost acknowledgements.
+//! - [`crash`]: crash points, where an armed fault aborts the process.
 //! - [`modes`]: the four modes and the read-check-write step they share.
 //! - [`engine`]: mode switching, idempotency, durable acks.
 //! - [`durability`]: group commit for `--durability sync`.
@@ -23,6 +24,7 @@ pub mod auth;
 pub mod bank;
 pub mod chaos;
 pub mod config;
+pub mod crash;
 pub(crate) mod durability;
 pub mod engine;
 pub mod error;

@@ -15,12 +15,17 @@ use crate::{
     bank::{self, Account, AccountId, EntryKind, InvalidArgument, Operation, RequestId},
     chaos::{self, ChaosState, LostAckCode},
     config::{self, Idempotency, LockOrder, Mode, OverdraftPolicy, RACE_WINDOW_MS_MAX, Settings},
+    crash::{self, CrashPoint},
     engine::Engine,
     error::LedgerError,
     modes::{self, Applied},
     race::{Delay, Targets, Window},
     stats::Stats,
 };
+
+/// Most arrivals a crash point may let pass first: enough to crash deep into
+/// a load run, small enough that a typo does not arm a crash for next week.
+pub const CRASH_SKIP_MAX: u32 = 1_000_000;
 
 /// Most accounts one Reset may open: keeps a Reset request under the message size bound.
 pub const RESET_ACCOUNTS_MAX: usize = 10_000;
@@ -386,6 +391,9 @@ fn chaos_state(state: ChaosState, window: &Window) -> Response<pb::ChaosState> {
         acks_lost: state.acks_lost,
         slow_owner_ms: state.slow_owner_ms,
         race_window: format!("{window:?}"),
+        crash: crash::armed().map_or_else(String::new, |(point, skip)| {
+            format!("{point} after {skip} more arrival(s)")
+        }),
     })
 }
 
@@ -590,12 +598,46 @@ impl Chaos for LedgerService {
         ))
     }
 
+    #[tracing::instrument(skip_all, fields(point = request.get_ref().point, skip = request.get_ref().skip))]
+    async fn arm_crash(
+        &self,
+        request: Request<pb::ArmCrashRequest>,
+    ) -> Result<Response<pb::ChaosState>, Status> {
+        let request = request.into_inner();
+        let point = match pb::CrashPoint::try_from(request.point) {
+            Ok(pb::CrashPoint::JournalBeforeBalances) => CrashPoint::JournalBeforeBalances,
+            Ok(pb::CrashPoint::BetweenTransferLegs) => CrashPoint::BetweenTransferLegs,
+            Ok(pb::CrashPoint::BeforeAck) => CrashPoint::BeforeAck,
+            Ok(pb::CrashPoint::Unspecified) | Err(_) => {
+                return Err(invalid(InvalidArgument::new(
+                    "point",
+                    format!(
+                        "must be CRASH_POINT_JOURNAL_BEFORE_BALANCES, \
+                         CRASH_POINT_BETWEEN_TRANSFER_LEGS or CRASH_POINT_BEFORE_ACK (got {})",
+                        request.point
+                    ),
+                )));
+            }
+        };
+        if request.skip > CRASH_SKIP_MAX {
+            return Err(invalid(InvalidArgument::new(
+                "skip",
+                format!("must be at most {CRASH_SKIP_MAX} (got {})", request.skip),
+            )));
+        }
+        crash::arm(point, request.skip);
+        tracing::warn!(%point, skip = request.skip, "chaos: crash point armed");
+        let hook = &self.engine.core().hook;
+        Ok(chaos_state(hook.chaos.state(), &hook.window()))
+    }
+
     async fn reset(
         &self,
         _request: Request<pb::ChaosResetRequest>,
     ) -> Result<Response<pb::ChaosState>, Status> {
         let chaos = &self.engine.core().hook.chaos;
         chaos.reset();
+        crash::disarm();
         tracing::info!("chaos: every fault disarmed");
         Ok(chaos_state(
             chaos.state(),
@@ -626,6 +668,11 @@ fn audit_reply(report: AuditReport) -> pb::AuditReply {
         journal_entries: report.journal_entries,
         overdrafts: report.overdrafts,
         lost_updates: report.lost_updates,
+        half_applied_transfers: report.half_applied_transfers,
+        recovery: Some(pb::Recovery {
+            rolled_forward_commits: report.recovery.rolled_forward_commits,
+            transfers_finished: report.recovery.transfers_finished,
+        }),
     }
 }
 
@@ -635,6 +682,7 @@ fn finding_to_proto(finding: Finding) -> pb::Finding {
         FindingKind::LostUpdate => finding::Kind::LostUpdate,
         FindingKind::Conservation => finding::Kind::Conservation,
         FindingKind::JournalMismatch => finding::Kind::JournalMismatch,
+        FindingKind::HalfAppliedTransfer => finding::Kind::HalfAppliedTransfer,
     };
     pb::Finding {
         kind: kind.into(),

@@ -4,66 +4,19 @@
 //! Real processes and real tokio: not built under the `shuttle` feature.
 #![cfg(not(feature = "shuttle"))]
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::time::Duration;
 
 use overdraft_proto::v1::{
     self as pb, AuditRequest, admin_client::AdminClient, ledger_client::LedgerClient,
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    task::JoinSet,
-};
+use tokio::task::JoinSet;
 use tonic::transport::Channel;
+
+mod common;
+use common::{connect, start_ledger};
 
 const ACCOUNTS: [&str; 4] = ["a", "b", "c", "d"];
 const OPENING_CENTS: i64 = 1_000_000;
-
-/// Starts `ledger` on a free port over `dir`; returns the child and its URL.
-async fn start_ledger(dir: &Path, mode: &str, durability: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--mode",
-            mode,
-            "--durability",
-            durability,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the ledger binary starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the ledger prints its address within 30 s")
-        .expect("stdout readable")
-        .expect("a first line");
-    let addr = line
-        .strip_prefix("listening on ")
-        .expect("the address line")
-        .to_owned();
-    (child, format!("http://{addr}"))
-}
-
-async fn connect(url: &str) -> Channel {
-    for _ in 0..100 {
-        if let Ok(channel) = Channel::from_shared(url.to_owned())
-            .unwrap()
-            .connect()
-            .await
-        {
-            return channel;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cannot connect to {url}");
-}
 
 /// One acknowledged operation, to be found again after the crash.
 #[derive(Debug, Clone)]

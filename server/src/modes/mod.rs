@@ -13,8 +13,9 @@ pub mod unprotected;
 use std::sync::Arc;
 
 use crate::{
-    bank::{self, Account, AccountId, Operation, RequestId},
+    bank::{self, Account, AccountId, EntryKind, Operation, RequestId},
     config::{Idempotency, Mode},
+    crash::{self, CrashPoint},
     engine::Core,
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
@@ -125,6 +126,7 @@ pub(crate) async fn read_check_write(
         .collect();
     let fingerprint = request.op.fingerprint();
     let key = request.idempotency_key(core).cloned();
+    let transfer = matches!(request.op, Operation::Transfer { .. });
     let commit = Commit {
         writes,
         request: key.clone().map(|id| {
@@ -149,7 +151,91 @@ pub(crate) async fn read_check_write(
             time_unix_ns: 0,
         },
     };
+    if transfer && write_kind == WriteKind::Blind {
+        return commit_legs_apart(core, commit, &fingerprint).await;
+    }
+    if transfer {
+        // Both legs go in one commit, so there is no point between them: a
+        // crash here, before the commit, loses the whole transfer and the
+        // client was never told it succeeded. All or nothing.
+        crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
+    }
     commit_attempt(core, commit, &fingerprint).await
+}
+
+/// The unsafe mode's transfer: the debit and the credit as two commits, the
+/// way a naive ledger writes two rows. A crash between them leaves the money
+/// debited and never credited; the audit reports it as a half-applied
+/// transfer, and nothing at restart finishes it.
+async fn commit_legs_apart(
+    core: &Arc<Core>,
+    commit: Commit,
+    fingerprint: &str,
+) -> Result<Attempt, LedgerError> {
+    let Commit {
+        writes,
+        entry,
+        request,
+        ..
+    } = commit;
+    let (Ok([debit_write, credit_write]), Ok([debit_leg, credit_leg])) = (
+        <[Write; 2]>::try_from(writes),
+        <[bank::Leg; 2]>::try_from(entry.legs.clone()),
+    ) else {
+        return Err(LedgerError::Invariant(
+            "a transfer computed other than two legs".into(),
+        ));
+    };
+    let transfer_id = Some(core.next_transfer_id());
+    let fee_cents = entry.fee_cents;
+    let accounts = vec![
+        (debit_write.account.clone(), debit_write.new),
+        (credit_write.account.clone(), credit_write.new),
+    ];
+    let debit = Commit {
+        request: request.as_ref().map(|(id, _)| {
+            let fingerprint = fingerprint.to_owned();
+            (id.clone(), RequestRecord::InFlight { fingerprint })
+        }),
+        replace_request: false,
+        entry: JournalEntry {
+            kind: EntryKind::TransferDebit,
+            transfer_id: transfer_id.clone(),
+            counterparty: Some(credit_write.account.clone()),
+            legs: vec![debit_leg],
+            ..entry.clone()
+        },
+        writes: vec![debit_write.clone()],
+    };
+    if let Err(rejected) = core.commit(debit).await? {
+        return match rejected {
+            Rejected::Duplicate(record) => replay(record, fingerprint).map(Attempt::Applied),
+            Rejected::Conflict { account, .. } => Ok(Attempt::Conflict(account)),
+        };
+    }
+    crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
+    let credit = Commit {
+        request,
+        replace_request: true,
+        entry: JournalEntry {
+            kind: EntryKind::TransferCredit,
+            transfer_id,
+            counterparty: Some(debit_write.account.clone()),
+            fee_cents: 0,
+            legs: vec![credit_leg],
+            ..entry
+        },
+        writes: vec![credit_write],
+    };
+    match core.commit(credit).await? {
+        Ok(_seq) => Ok(Attempt::Applied(Applied {
+            accounts,
+            fee_cents,
+            replayed: false,
+        })),
+        Err(Rejected::Conflict { account, .. }) => Ok(Attempt::Conflict(account)),
+        Err(Rejected::Duplicate(record)) => replay(record, fingerprint).map(Attempt::Applied),
+    }
 }
 
 /// Reads one account, or NOT_FOUND.

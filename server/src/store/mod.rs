@@ -117,6 +117,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Commits rolled forward when the store opened: a crash had cut their
+    /// balance writes after their journal reached disk.
+    fn rolled_forward_commits(&self) -> u64 {
+        0
+    }
 }
 
 /// Encodes an account as 16 bytes: balance then version, big-endian.

@@ -35,6 +35,7 @@ use super::{
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
+    crash::{self, CrashPoint},
     journal::{JournalEntry, RequestRecord},
 };
 
@@ -148,6 +149,9 @@ struct Shared {
 pub struct SledStore {
     db: sled::Db,
     trees: Trees,
+    /// Commits rolled forward at open: their journal segment was on disk and
+    /// their balance writes were not.
+    rolled_forward_commits: u64,
     // A std mutex: held for in-memory checks and a channel send, never across an await.
     mirror: Mutex<Mirror>,
     /// None only while dropping.
@@ -186,8 +190,16 @@ impl SledStore {
     fn from_db(db: sled::Db) -> Result<Self, StoreError> {
         let trees = Trees::open(&db)?;
         let mut mirror = Mirror::default();
+        let mut rolled_forward_commits = 0;
         if let Some(segment) = trees.last_segment()? {
-            write_segment(&trees, &segment)?;
+            if !views_match(&trees, &segment)? {
+                rolled_forward_commits = u64::try_from(segment.len()).unwrap_or(u64::MAX);
+                tracing::warn!(
+                    rolled_forward_commits,
+                    "the last journal segment's balance writes were missing (a crash cut them); rolled forward"
+                );
+            }
+            write_segment(&trees, &segment, Writer::Recovery)?;
             mirror.next_seq = segment.last().map_or(0, |record| record.entry.seq + 1);
         }
         for item in trees.accounts.iter() {
@@ -223,6 +235,7 @@ impl SledStore {
         Ok(Self {
             db,
             trees,
+            rolled_forward_commits,
             mirror: Mutex::new(mirror),
             queue: Some(queue),
             shared,
@@ -293,18 +306,49 @@ fn account_id_of(key: &[u8]) -> Result<AccountId, StoreError> {
     AccountId::parse("account_id", text).map_err(|e| corrupt(e.to_string()))
 }
 
+/// Who writes a segment: the writer thread, or the roll-forward at open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Writer {
+    Live,
+    Recovery,
+}
+
+/// Whether the account keys already hold what `records` imply.
+fn views_match(trees: &Trees, records: &[JournalRecord]) -> Result<bool, StoreError> {
+    let mut last_states: HashMap<&str, Account> = HashMap::new();
+    for record in records {
+        for leg in &record.entry.legs {
+            last_states.insert(leg.account.as_str(), leg.written);
+        }
+    }
+    for (account, state) in last_states {
+        let stored = trees.accounts.get(account)?;
+        if stored.as_deref() != Some(&encode_account(state)[..]) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Writes one segment of consecutive commits: the journal segment first
 /// (the commit point of all of them), then the account and request keys they
 /// imply, each account once with its last state. sled recovers a prefix of
 /// its log, so a crash can cut only the last segment's view writes, which
 /// [`SledStore::open`] rolls forward.
-fn write_segment(trees: &Trees, records: &[JournalRecord]) -> Result<(), StoreError> {
+fn write_segment(
+    trees: &Trees,
+    records: &[JournalRecord],
+    writer: Writer,
+) -> Result<(), StoreError> {
     let Some(first) = records.first() else {
         return Ok(());
     };
     trees
         .journal
         .insert(first.entry.seq.to_be_bytes(), encode_record(&records))?;
+    if writer == Writer::Live {
+        crash::reached_in_writer(CrashPoint::JournalBeforeBalances, &trees.journal);
+    }
     let mut last_states: HashMap<&str, Account> = HashMap::new();
     for record in records {
         for leg in &record.entry.legs {
@@ -331,7 +375,7 @@ fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Journ
                 Err(_) => break,
             }
         }
-        let outcome = write_segment(trees, &records).map_err(|e| e.to_string());
+        let outcome = write_segment(trees, &records, Writer::Live).map_err(|e| e.to_string());
         let mut requests = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
         for record in &records {
             if let Some((id, _)) = &record.request {
@@ -484,6 +528,10 @@ impl Store for SledStore {
         self.drain()?;
         self.db.flush()?;
         Ok(())
+    }
+
+    fn rolled_forward_commits(&self) -> u64 {
+        self.rolled_forward_commits
     }
 }
 

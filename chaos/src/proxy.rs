@@ -1,0 +1,165 @@
+//! The proxy: accepts ATM connections, runs each direction of each through
+//! the toxics, serves the calls inside it over HTTP/2 through the call
+//! faults, and forwards them to the ledger.
+//!
+//! ```text
+//! ATM --tcp--> [upstream pump: toxics] --> HTTP/2 server: call faults --> ledger channel
+//! ATM <--tcp-- [downstream pump: toxics] <--'
+//! ```
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    calls::Calls,
+    control,
+    fault::Direction,
+    registry::Registry,
+    toxic::{Close, Pump},
+};
+
+/// Most client connections at once; past this, new ones wait to be accepted.
+pub const CONNECTIONS_MAX: usize = 1_024;
+
+/// Bytes buffered between a pump and the HTTP/2 server of one connection.
+const PIPE_BYTES: usize = 64 * 1024;
+
+/// How long to wait for the ledger's TCP handshake before a call fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters the control API reports.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+}
+
+/// What `run` needs.
+#[derive(Debug)]
+pub struct Proxy {
+    /// The live faults.
+    pub registry: Arc<Registry>,
+    /// Counters.
+    pub stats: Arc<ProxyStats>,
+    upstream: Channel,
+}
+
+impl Proxy {
+    /// A proxy towards the ledger at `upstream` (`http://HOST:PORT`). The
+    /// channel connects lazily: the proxy may start before the ledger.
+    pub fn new(upstream: &str, registry: Arc<Registry>) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(upstream.to_owned())
+            .map_err(|e| anyhow::anyhow!("--upstream {upstream:?} is not a URL: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        Ok(Self {
+            registry,
+            stats: Arc::default(),
+            upstream: endpoint.connect_lazy(),
+        })
+    }
+
+    /// Serves clients on `listener` and the control API on `control` until
+    /// `shutdown` completes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        control: TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let control_app = control::router(Arc::clone(&self.registry), Arc::clone(&self.stats));
+        let control_task = tokio::spawn(async move { axum::serve(control, control_app).await });
+        let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+        let calls = Calls {
+            registry: Arc::clone(&self.registry),
+            upstream: self.upstream.clone(),
+        };
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit?,
+                () = &mut shutdown => break,
+            };
+            let (client, peer) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = &mut shutdown => break,
+            };
+            let connection = self.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let calls = calls.clone();
+            let registry = Arc::clone(&self.registry);
+            tokio::spawn(async move {
+                serve_connection(client, peer, connection, registry, calls).await;
+                drop(permit);
+            });
+        }
+        control_task.abort();
+        Ok(())
+    }
+}
+
+/// One client connection: two pumps and an HTTP/2 server between them.
+async fn serve_connection(
+    client: TcpStream,
+    peer: SocketAddr,
+    connection: u64,
+    registry: Arc<Registry>,
+    calls: Calls,
+) {
+    let _ = client.set_nodelay(true);
+    tracing::debug!(%peer, connection, "client connected");
+    let (mut client_read, mut client_write) = client.into_split();
+    let (proxy_side, server_side) = tokio::io::duplex(PIPE_BYTES);
+    let (proxy_read, proxy_write) = tokio::io::split(proxy_side);
+    let (close, _) = watch::channel(Close::Open);
+    let pump = |direction| Pump {
+        direction,
+        connection,
+        registry: Arc::clone(&registry),
+        close: close.clone(),
+    };
+    let upstream = pump(Direction::Upstream);
+    let downstream = pump(Direction::Downstream);
+    let up = tokio::spawn(async move {
+        let outcome = upstream.run(&mut client_read, proxy_write).await;
+        (outcome, client_read)
+    });
+    let down = tokio::spawn(async move {
+        let outcome = downstream.run(proxy_read, &mut client_write).await;
+        (outcome, client_write)
+    });
+    let service = hyper::service::service_fn(move |request| calls.clone().handle(request));
+    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(server_side), service);
+    let mut closed = close.subscribe();
+    tokio::select! {
+        _ = server => {}
+        _ = closed.wait_for(|close| *close != Close::Open) => {}
+    }
+    // When the server is done the pumps drain what is left and see end of
+    // stream; when a toxic closed the connection they have seen it already.
+    let (Ok((_, read_half)), Ok((_, write_half))) = (up.await, down.await) else {
+        return;
+    };
+    let reset = *close.borrow() == Close::Reset;
+    if reset {
+        // Zero linger makes the close an RST: the client reads
+        // "connection reset by peer", as Toxiproxy's reset_peer does.
+        let _ = AsRef::<TcpStream>::as_ref(&write_half).set_zero_linger();
+    }
+    drop(read_half);
+    drop(write_half);
+    tracing::debug!(%peer, connection, reset, "client disconnected");
+}
