@@ -15,7 +15,7 @@ use crate::{
     report,
     scenario::{
         BUILTIN, Scenario,
-        run::{ModeOutcome, run_mode},
+        run::{ModeOutcome, run_mode, run_mode_crashing},
     },
 };
 
@@ -106,12 +106,31 @@ pub enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Serve a ledger, exactly as the `ledger` binary does (same flags).
+    /// Scenarios that crash the ledger run it as a child process this way.
+    #[command(hide = true)]
+    ServeLedger {
+        /// The ledger's flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 /// Runs a parsed command. `Ok(true)`: expectations held; `Ok(false)`: not.
 pub async fn run(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
         Command::Demo { target, json, seed } => run_demo(target, json, seed).await,
+        Command::ServeLedger { args } => {
+            let config = overdraft_server::Config::try_parse_from(
+                std::iter::once("ledger".to_owned()).chain(args),
+            )
+            .map_err(|e| ClientError::Usage(e.to_string()))?;
+            overdraft_server::telemetry::init(config.log_format);
+            overdraft_server::serve(config)
+                .await
+                .map_err(|e| ClientError::Internal(format!("{e:#}")))?;
+            Ok(true)
+        }
         Command::Scenario { list: true, .. } => {
             list();
             Ok(true)
@@ -246,9 +265,19 @@ async fn run_scenario(
     } else {
         modes
     };
+    if scenario.crash.is_some() && has_target {
+        return Err(ClientError::Usage(format!(
+            "scenario {name} crashes the ledger and restarts it, so it starts a ledger of its own: drop --target"
+        )));
+    }
     let mut runs = Vec::new();
     for mode in &modes {
-        runs.push(run_mode(&url, &scenario, *mode).await?);
+        let run = if scenario.crash.is_some() {
+            run_mode_crashing(&scenario, *mode, seed, None).await?
+        } else {
+            run_mode(&url, &scenario, *mode).await?
+        };
+        runs.push(run);
     }
     let label = ledger.label.clone();
     ledger.stop().await?;

@@ -219,6 +219,19 @@ impl Clients {
         Ok(())
     }
 
+    /// Chaos.ArmCrash: the ledger aborts when an operation next reaches `point`.
+    pub async fn arm_crash(&mut self, point: pb::CrashPoint) -> Result<(), ClientError> {
+        let request = self.admin_request(pb::ArmCrashRequest {
+            point: point.into(),
+            skip: 0,
+        });
+        self.chaos
+            .arm_crash(request)
+            .await
+            .map_err(refused("ArmCrash"))?;
+        Ok(())
+    }
+
     /// Chaos.Reset: disarm every fault.
     pub async fn reset_chaos(&mut self) -> Result<(), ClientError> {
         let request = self.admin_request(pb::ChaosResetRequest {});

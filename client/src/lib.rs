@@ -12,7 +12,9 @@
 //! - [`history`]: the JSON-lines history of a run.
 //! - [`latency`], [`report`]: histograms and human-readable output.
 //! - [`embedded`]: a ledger in the same process, for the demo.
+//! - [`child`]: a ledger in a child process, for scenarios that crash it.
 
+pub mod child;
 pub mod cli;
 pub mod compare;
 pub mod connect;

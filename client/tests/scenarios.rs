@@ -2,12 +2,17 @@
 
 mod common;
 
-use overdraft_client::scenario::{BUILTIN, Scenario, run::run_mode};
+use overdraft_client::scenario::{
+    BUILTIN, Scenario,
+    run::{run_mode, run_mode_crashing},
+};
 
 /// Goal: the built-in catalogue is honest: each scenario meets its own
 /// expectations (unsafe shows its anomaly, safe modes none, business races
 /// land on a legal outcome, naive lock order is detected). Method: run every
-/// built-in in each of its modes against one embedded ledger.
+/// built-in in each of its modes against one embedded ledger; a scenario
+/// that crashes the ledger runs against a child ledger (the atm binary's
+/// `serve-ledger`), restarted after the crash.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_builtin_scenario_meets_its_expectations_in_every_mode() {
     let ledger = common::ledger().await;
@@ -19,7 +24,14 @@ async fn every_builtin_scenario_meets_its_expectations_in_every_mode() {
                 scenario.expectation(mode).is_some(),
                 "{name} has no expectation for {mode}"
             );
-            let outcome = run_mode(&ledger.url(), &scenario, mode).await.unwrap();
+            let outcome = if scenario.crash.is_some() {
+                let atm = env!("CARGO_BIN_EXE_atm").into();
+                run_mode_crashing(&scenario, mode, 1, Some(atm))
+                    .await
+                    .unwrap()
+            } else {
+                run_mode(&ledger.url(), &scenario, mode).await.unwrap()
+            };
             if !outcome.passed {
                 failures.push(format!("{name} in {mode}: {:?}", outcome.failures));
             }

@@ -17,7 +17,8 @@
 //! - [`audit`]: anomalies found in the journal and balances.
 //! - [`service`]: the gRPC services; the one place errors become `Status`.
 //! - [`auth`]: the admin token in front of Admin and Chaos beyond loopback.
-//! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes.
+//! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes;
+//!   [`serve`]: bind, announce the address, serve until a signal (the binary).
 
 pub mod audit;
 pub mod auth;
@@ -184,4 +185,41 @@ pub async fn spawn(config: Config) -> anyhow::Result<RunningLedger> {
         stop: Some(stop),
         task,
     })
+}
+
+/// Binds `config.listen`, prints `listening on ADDR` on stdout (scripts and
+/// tests read the bound address from it, useful with port 0), and serves
+/// until SIGINT or SIGTERM: what the `ledger` binary does.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {}: {e}; pick another --listen",
+            config.listen
+        )
+    })?;
+    println!("listening on {}", listener.local_addr()?);
+    run(listener, config, shutdown_signal()).await
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM (docker stop).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = interrupt => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+    tracing::info!("shutdown signal received; draining");
 }

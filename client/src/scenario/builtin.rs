@@ -47,6 +47,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "slow-actor",
         include_str!("../../scenarios/slow-actor.toml"),
     ),
+    (
+        "half-applied-transfer",
+        include_str!("../../scenarios/half-applied-transfer.toml"),
+    ),
 ];
 
 /// The TOML of the built-in named `name`.

@@ -8,6 +8,7 @@ pub mod run;
 
 use std::{collections::BTreeMap, path::Path};
 
+use overdraft_proto::v1 as pb;
 use overdraft_server::{
     bank::{AccountId, parse_amount, parse_opening_balance},
     config::{LockOrder, Mode, OVERDRAFT_CENTS_MAX, OverdraftPolicy, RACE_WINDOW_MS_MAX},
@@ -72,6 +73,11 @@ pub struct Scenario {
     /// (Chaos.SetSlowOwner).
     #[serde(default)]
     pub slow_owner_ms: u64,
+    /// Crash the ledger at this point (`journal-before-balances`,
+    /// `between-transfer-legs`, `before-ack`), restart it on the same data,
+    /// then audit. Such a scenario runs with a ledger process of its own.
+    #[serde(default)]
+    pub crash: Option<String>,
     /// Accounts to open.
     pub accounts: Vec<AccountSpec>,
     /// The ATMs.
@@ -83,6 +89,16 @@ pub struct Scenario {
 
 fn yes() -> bool {
     true
+}
+
+/// The wire value of a crash point's name.
+pub fn crash_point(name: &str) -> Option<pb::CrashPoint> {
+    match name {
+        "journal-before-balances" => Some(pb::CrashPoint::JournalBeforeBalances),
+        "between-transfer-legs" => Some(pb::CrashPoint::BetweenTransferLegs),
+        "before-ack" => Some(pb::CrashPoint::BeforeAck),
+        _ => None,
+    }
 }
 
 /// Overdraft policy of a scenario.
@@ -354,6 +370,16 @@ impl Scenario {
             return Err((
                 "overdraft",
                 format!("fee_cents and limit_cents must be between 0 and {OVERDRAFT_CENTS_MAX}"),
+            ));
+        }
+        if let Some(point) = &self.crash
+            && crash_point(point).is_none()
+        {
+            return Err((
+                "crash",
+                format!(
+                    "must be journal-before-balances, between-transfer-legs or before-ack (got {point:?})"
+                ),
             ));
         }
         if self.accounts.is_empty() || self.accounts.len() > ACCOUNTS_MAX {

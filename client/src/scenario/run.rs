@@ -18,6 +18,7 @@ use overdraft_server::config::OverdraftPolicy;
 
 use super::{Expect, Presence, Scenario, Step, StepOp};
 use crate::{
+    child::ChildLedger,
     connect::{ClientError, Clients},
     latency::Latency,
 };
@@ -110,6 +111,7 @@ impl From<&pb::Finding> for FindingView {
             Ok(pb::finding::Kind::LostUpdate) => "lost_update",
             Ok(pb::finding::Kind::Conservation) => "conservation",
             Ok(pb::finding::Kind::JournalMismatch) => "journal_mismatch",
+            Ok(pb::finding::Kind::HalfAppliedTransfer) => "half_applied_transfer",
             _ => "unknown",
         };
         Self {
@@ -184,11 +186,35 @@ pub async fn run_mode(
     scenario: &Scenario,
     mode: Mode,
 ) -> Result<ModeOutcome, ClientError> {
+    if scenario.crash.is_some() {
+        return Err(ClientError::Usage(format!(
+            "scenario {} crashes the ledger, so it runs with a ledger process of its own: drop --target",
+            scenario.name
+        )));
+    }
     let mut clients = Clients::connect(url).await?;
     let previous = clients.configure(pb::ConfigureRequest::default()).await?;
-    let outcome = run_configured(url, &mut clients, scenario, mode).await;
+    let outcome = run_configured(url, &mut clients, scenario, mode, None).await;
     // Leave a shared ledger as we found it, whatever happened.
     clients.configure(restore_request(&previous)).await?;
+    outcome
+}
+
+/// Runs a scenario with a `crash` in `mode`: starts a ledger child process,
+/// arms the crash point, runs the ATMs (their calls fail as the ledger
+/// dies), restarts the child on the same data, then audits.
+/// `program` is the atm binary to run the child with (default: this one).
+pub async fn run_mode_crashing(
+    scenario: &Scenario,
+    mode: Mode,
+    seed: u64,
+    program: Option<std::path::PathBuf>,
+) -> Result<ModeOutcome, ClientError> {
+    let mut child = ChildLedger::start(program, mode, seed).await?;
+    let url = child.url.clone();
+    let mut clients = Clients::connect(&url).await?;
+    let outcome = run_configured(&url, &mut clients, scenario, mode, Some(&mut child)).await;
+    child.stop().await;
     outcome
 }
 
@@ -197,6 +223,7 @@ async fn run_configured(
     clients: &mut Clients,
     scenario: &Scenario,
     mode: Mode,
+    child: Option<&mut ChildLedger>,
 ) -> Result<ModeOutcome, ClientError> {
     let accounts = scenario
         .accounts
@@ -230,6 +257,16 @@ async fn run_configured(
     if scenario.slow_owner_ms > 0 {
         clients.set_slow_owner(scenario.slow_owner_ms).await?;
     }
+    let crash = scenario.crash.as_deref().and_then(super::crash_point);
+    if let Some(point) = crash {
+        if child.is_none() {
+            return Err(ClientError::Usage(format!(
+                "scenario {} crashes the ledger; run it with run_mode_crashing",
+                scenario.name
+            )));
+        }
+        clients.arm_crash(point).await?;
+    }
     let barrier = Arc::new(Barrier::new(atm_total));
     let mut atms = JoinSet::new();
     for spec in &scenario.atms {
@@ -252,7 +289,14 @@ async fn run_configured(
         tally.merge(joined.map_err(|e| ClientError::Internal(e.to_string()))?);
     }
     let elapsed = started.elapsed();
-    clients.reset_chaos().await?;
+    match child {
+        Some(child) => {
+            let ended = child.crashed_then_restarted().await?;
+            tracing::info!(%ended, "ledger crashed and restarted on the same data");
+            *clients = Clients::connect(&child.url).await?;
+        }
+        None => clients.reset_chaos().await?,
+    }
 
     let audit = clients.audit().await?;
     let stats = clients.stats().await?;
@@ -291,7 +335,8 @@ async fn run_configured(
         balances,
         findings: audit.findings.iter().map(FindingView::from).collect(),
     };
-    if let Some(error) = &tally.first_error {
+    // Under a crash the ATMs' calls fail as the ledger dies: expected.
+    if let Some(error) = tally.first_error.as_ref().filter(|_| crash.is_none()) {
         outcome.failures.push(format!(
             "{} operation(s) failed unexpectedly, first: {error}",
             tally.errors
