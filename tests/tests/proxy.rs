@@ -228,14 +228,22 @@ async fn duplicated_requests_double_apply_only_without_idempotency_in_every_mode
                 .await;
             let mut client = proxy.client(Duration::from_secs(10)).await;
             deposit(&mut client, "pay-1").await.unwrap();
-            let expected = if idempotency { 10_100 } else { 10_200 };
+            // The journal counts applications; in unsafe mode the two
+            // copies race, so the balance may show only one (a lost update).
+            let applied_cents = if idempotency { 100 } else { 200 };
+            let audit = ledger.audit().await;
             assert_eq!(
-                ledger.balance("alice").await.balance_cents,
-                expected,
+                audit.deposits_cents, applied_cents,
                 "{mode}, idempotency {idempotency}"
             );
-            let audit = ledger.audit().await;
-            assert!(audit.clean, "{mode}: {:?}", audit.findings);
+            if mode != Mode::Unsafe {
+                assert_eq!(
+                    ledger.balance("alice").await.balance_cents,
+                    10_000 + applied_cents,
+                    "{mode}, idempotency {idempotency}"
+                );
+                assert!(audit.clean, "{mode}: {:?}", audit.findings);
+            }
         }
     }
 }
