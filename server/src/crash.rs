@@ -15,6 +15,8 @@ use std::{
     sync::atomic::{AtomicU8, AtomicU32, Ordering},
 };
 
+use overdraft_proto::v1 as pb;
+
 use crate::store::Store;
 
 /// Where an operation can be stopped.
@@ -59,6 +61,25 @@ impl CrashPoint {
 
     fn from_code(code: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|point| point.code() == code)
+    }
+}
+
+impl From<CrashPoint> for pb::CrashPoint {
+    fn from(point: CrashPoint) -> Self {
+        match point {
+            CrashPoint::JournalBeforeBalances => pb::CrashPoint::JournalBeforeBalances,
+            CrashPoint::BetweenTransferLegs => pb::CrashPoint::BetweenTransferLegs,
+            CrashPoint::BeforeAck => pb::CrashPoint::BeforeAck,
+        }
+    }
+}
+
+impl CrashPoint {
+    /// The point a wire value names; None for UNSPECIFIED or unknown values.
+    pub fn from_proto(raw: i32) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|point| i32::from(pb::CrashPoint::from(*point)) == raw)
     }
 }
 

@@ -604,20 +604,15 @@ impl Chaos for LedgerService {
         request: Request<pb::ArmCrashRequest>,
     ) -> Result<Response<pb::ChaosState>, Status> {
         let request = request.into_inner();
-        let point = match pb::CrashPoint::try_from(request.point) {
-            Ok(pb::CrashPoint::JournalBeforeBalances) => CrashPoint::JournalBeforeBalances,
-            Ok(pb::CrashPoint::BetweenTransferLegs) => CrashPoint::BetweenTransferLegs,
-            Ok(pb::CrashPoint::BeforeAck) => CrashPoint::BeforeAck,
-            Ok(pb::CrashPoint::Unspecified) | Err(_) => {
-                return Err(invalid(InvalidArgument::new(
-                    "point",
-                    format!(
-                        "must be CRASH_POINT_JOURNAL_BEFORE_BALANCES, \
-                         CRASH_POINT_BETWEEN_TRANSFER_LEGS or CRASH_POINT_BEFORE_ACK (got {})",
-                        request.point
-                    ),
-                )));
-            }
+        let Some(point) = CrashPoint::from_proto(request.point) else {
+            return Err(invalid(InvalidArgument::new(
+                "point",
+                format!(
+                    "must be CRASH_POINT_JOURNAL_BEFORE_BALANCES, \
+                     CRASH_POINT_BETWEEN_TRANSFER_LEGS or CRASH_POINT_BEFORE_ACK (got {})",
+                    request.point
+                ),
+            )));
         };
         if request.skip > CRASH_SKIP_MAX {
             return Err(invalid(InvalidArgument::new(

@@ -91,14 +91,9 @@ fn yes() -> bool {
     true
 }
 
-/// The wire value of a crash point's name.
+/// The wire value of a crash point's name (the server's names, one list).
 pub fn crash_point(name: &str) -> Option<pb::CrashPoint> {
-    match name {
-        "journal-before-balances" => Some(pb::CrashPoint::JournalBeforeBalances),
-        "between-transfer-legs" => Some(pb::CrashPoint::BetweenTransferLegs),
-        "before-ack" => Some(pb::CrashPoint::BeforeAck),
-        _ => None,
-    }
+    overdraft_server::crash::CrashPoint::from_name(name).map(pb::CrashPoint::from)
 }
 
 /// Overdraft policy of a scenario.
