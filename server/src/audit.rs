@@ -51,8 +51,8 @@ pub enum FindingKind {
 /// What the ledger repaired when it started on this data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Recovery {
-    /// Commits whose journal reached disk without their balance writes,
-    /// rolled forward by the store.
+    /// Commits whose journal reached disk past the store's last checkpoint,
+    /// replayed when it opened.
     pub rolled_forward_commits: u64,
     /// Actor transfers found debited but not credited, and credited.
     pub transfers_finished: u64,

@@ -22,7 +22,8 @@ use crate::store::Store;
 /// Where an operation can be stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// In the sled writer, after a journal segment and before its balance writes.
+    /// In the sled writer, after a journal segment and before the checkpoint
+    /// that writes its balances.
     JournalBeforeBalances,
     /// After a transfer's debit is durable, before its credit is written.
     BetweenTransferLegs,

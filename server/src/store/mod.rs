@@ -7,6 +7,7 @@
 //! callers run commits off the async threads.
 
 mod memory;
+mod request_index;
 mod sled_store;
 
 pub use memory::MemoryStore;
@@ -118,8 +119,8 @@ pub trait Store: Send + Sync + 'static {
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 
-    /// Commits rolled forward when the store opened: a crash had cut their
-    /// balance writes after their journal reached disk.
+    /// Commits replayed when the store opened: their journal reached disk
+    /// and the process stopped before a checkpoint wrote their balances.
     fn rolled_forward_commits(&self) -> u64 {
         0
     }
