@@ -87,6 +87,10 @@ impl Core {
     }
 }
 
+/// A running operation's hold on the mode: Admin.SetMode waits until every
+/// one is released, so no operation straddles two modes.
+pub(crate) type ModeGuard = tokio::sync::OwnedRwLockReadGuard<Mode>;
+
 /// The ledger's engine.
 #[derive(Debug)]
 pub struct Engine {
@@ -178,26 +182,13 @@ impl Engine {
         &self,
         mode: Mode,
         request: Request,
-        guard: tokio::sync::OwnedRwLockReadGuard<Mode>,
+        guard: ModeGuard,
     ) -> Result<Applied, LedgerError> {
         match mode {
             Mode::Unsafe => unprotected::execute(&self.core, &request).await,
             Mode::Mutex => self.mutex.execute(&self.core, &request).await,
             Mode::Cas => cas::execute(&self.core, &request).await,
-            Mode::Actor => {
-                // A cross-owner transfer must not stop between its legs when
-                // the client goes away and tonic drops this future, so it runs
-                // in its own task, holding the mode guard until it is done.
-                let actor = Arc::clone(&self.actor);
-                let core = Arc::clone(&self.core);
-                let task = tokio::spawn(async move {
-                    let outcome = actor.execute(&core, request).await;
-                    drop(guard);
-                    outcome
-                });
-                task.await
-                    .map_err(|e| LedgerError::Invariant(format!("actor task failed: {e}")))?
-            }
+            Mode::Actor => self.actor.execute(&self.core, request, guard).await,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::{
     bank::{self, Account, AccountId, EntryKind, Operation, RequestId},
     config::Mode,
     crash::{self, CrashPoint},
-    engine::Core,
+    engine::{Core, ModeGuard},
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
     race::{HookContext, RacePoint},
@@ -51,6 +51,10 @@ pub(crate) struct ActorMode {
 struct Envelope {
     work: Work,
     reply: oneshot::Sender<Result<Applied, LedgerError>>,
+    /// The caller's hold on the mode, when the work is a whole operation:
+    /// released once the owner has applied it, even if the caller has gone,
+    /// so that a mode switch waits for it.
+    mode: Option<ModeGuard>,
 }
 
 #[derive(Debug)]
@@ -90,19 +94,36 @@ impl ActorMode {
         Self { mailboxes }
     }
 
-    /// Runs `request` through the owners of its accounts.
+    /// Runs `request` through the owners of its accounts, holding `mode`
+    /// until it is applied.
     pub(crate) async fn execute(
-        &self,
+        self: &Arc<Self>,
         core: &Arc<Core>,
         request: Request,
+        mode: ModeGuard,
     ) -> Result<Applied, LedgerError> {
         if let Operation::Transfer { from, to, .. } = &request.op
             && owner_of(from) != owner_of(to)
         {
-            return self.transfer_across(core, request).await;
+            // A transfer across owners must not stop between its legs when
+            // the client goes away and tonic drops this future, so it runs
+            // in its own task, holding the mode until it is done.
+            let actor = Arc::clone(self);
+            let core = Arc::clone(core);
+            let task = tokio::spawn(async move {
+                let outcome = actor.transfer_across(&core, request).await;
+                drop(mode);
+                outcome
+            });
+            return task
+                .await
+                .map_err(|e| LedgerError::Invariant(format!("actor task failed: {e}")))?;
         }
+        // One message to one owner: once sent, it is applied whether or not
+        // this future is still polled, and the envelope carries the mode.
         let first = request.op.accounts()[0].clone();
-        self.ask(owner_of(&first), Work::Whole(request)).await
+        self.ask(owner_of(&first), Work::Whole(request), Some(mode))
+            .await
     }
 
     async fn transfer_across(
@@ -131,7 +152,9 @@ impl ActorMode {
             debited: None,
             refund_of: None,
         };
-        let debited = self.ask(owner_of(from), Work::Leg(debit.clone())).await?;
+        let debited = self
+            .ask(owner_of(from), Work::Leg(debit.clone()), None)
+            .await?;
         if debited.replayed {
             return Ok(debited);
         }
@@ -139,30 +162,42 @@ impl ActorMode {
         // it at the next start.
         crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
         let credit = credit_for(&debit, &debited);
-        match self.ask(owner_of(to), Work::Leg(credit)).await {
+        match self.ask(owner_of(to), Work::Leg(credit), None).await {
             Err(LedgerError::Refused(refusal)) => {
                 let refund = refund_for(&debit, refusal.to_string());
-                self.ask(owner_of(from), Work::Leg(refund)).await?;
+                self.ask(owner_of(from), Work::Leg(refund), None).await?;
                 Err(LedgerError::Refused(refusal))
             }
             other => other,
         }
     }
 
-    async fn ask(&self, owner: usize, work: Work) -> Result<Applied, LedgerError> {
+    async fn ask(
+        &self,
+        owner: usize,
+        work: Work,
+        mode: Option<ModeGuard>,
+    ) -> Result<Applied, LedgerError> {
         let mailbox = &self.mailboxes[owner];
-        let wait = Duration::from_millis(MAILBOX_WAIT_MS_MAX);
-        let permit = match tokio::time::timeout(wait, mailbox.reserve()).await {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => return Err(LedgerError::ShuttingDown),
-            Err(_elapsed) => {
-                return Err(LedgerError::Overloaded {
-                    waited_ms: MAILBOX_WAIT_MS_MAX,
-                });
+        // Room in the mailbox is taken without arming a timer: there usually is.
+        let permit = match mailbox.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(LedgerError::ShuttingDown),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                let wait = Duration::from_millis(MAILBOX_WAIT_MS_MAX);
+                match tokio::time::timeout(wait, mailbox.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_closed)) => return Err(LedgerError::ShuttingDown),
+                    Err(_elapsed) => {
+                        return Err(LedgerError::Overloaded {
+                            waited_ms: MAILBOX_WAIT_MS_MAX,
+                        });
+                    }
+                }
             }
         };
         let (reply, answer) = oneshot::channel();
-        permit.send(Envelope { work, reply });
+        permit.send(Envelope { work, reply, mode });
         answer.await.map_err(|_dropped| LedgerError::ShuttingDown)?
     }
 }
@@ -197,7 +232,7 @@ pub fn owner_of(account: &AccountId) -> usize {
 
 /// One owner: applies its messages one at a time, in arrival order.
 async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
-    while let Some(Envelope { work, reply }) = mailbox.recv().await {
+    while let Some(Envelope { work, reply, mode }) = mailbox.recv().await {
         // Chaos: a slow owner falls behind its mailbox (the slow-actor story).
         let slow = core.hook.chaos.slow_owner();
         if !slow.is_zero() {
@@ -209,6 +244,7 @@ async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
         };
         // The caller may have gone (its client disconnected); the work is done either way.
         let _ = reply.send(outcome);
+        drop(mode);
     }
 }
 
