@@ -70,38 +70,49 @@ pub struct Anomalies {
 pub struct CompareReport {
     /// Format version.
     pub schema: u32,
-    /// Empty RPCs per second at the same concurrency.
+    /// Empty RPCs per second at the same concurrency: the mean of the
+    /// measurements before and after the modes, which ratios divide by.
     pub ceiling_ops_per_sec: f64,
+    /// The ceiling measured before the first mode and after the last. Apart,
+    /// they show how much the machine drifted during the run.
+    pub ceiling_runs_ops_per_sec: Vec<f64>,
     /// The workload.
     pub workload: LoadArgs,
     /// One row per mode.
     pub runs: Vec<CompareRun>,
 }
 
-/// Runs the ceiling, then the load in each mode.
+/// Runs the ceiling, the load in each mode, then the ceiling again: on a
+/// shared machine throughput drifts over a run, and bracketing the modes
+/// keeps the drift from favouring the first mode or the last.
 pub async fn run(
     url: &str,
     modes: &[Mode],
     args: &LoadArgs,
     show_progress: bool,
 ) -> Result<CompareReport, ClientError> {
-    let ceiling = ceiling(url, args).await?;
+    let before = ceiling(url, args).await?;
     if show_progress {
-        eprintln!("atm compare: transport ceiling {ceiling:.0} ops/s");
+        eprintln!("atm compare: transport ceiling before the modes {before:.0} ops/s");
     }
-    let mut runs = Vec::new();
+    let mut loads = Vec::new();
     for mode in modes {
         if show_progress {
             eprintln!("atm compare: running {mode}");
         }
-        let load = load::run(url, args, Some(*mode), show_progress).await?;
-        runs.push(row(&load, ceiling));
+        loads.push(load::run(url, args, Some(*mode), show_progress).await?);
     }
+    let after = ceiling(url, args).await?;
+    if show_progress {
+        eprintln!("atm compare: transport ceiling after the modes {after:.0} ops/s");
+    }
+    let mean = (before + after) / 2.0;
     Ok(CompareReport {
         schema: 1,
-        ceiling_ops_per_sec: ceiling,
+        ceiling_ops_per_sec: mean,
+        ceiling_runs_ops_per_sec: vec![before, after],
         workload: args.clone(),
-        runs,
+        runs: loads.iter().map(|load| row(load, mean)).collect(),
     })
 }
 
@@ -170,14 +181,20 @@ pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<f64, ClientError> {
 /// The side-by-side table.
 pub fn table(report: &CompareReport) -> String {
     let mut out = String::new();
+    let runs: Vec<String> = report
+        .ceiling_runs_ops_per_sec
+        .iter()
+        .map(|ceiling| format!("{ceiling:.0}"))
+        .collect();
     let _ = writeln!(
         out,
-        "transport ceiling (health checks, same concurrency): {:.0} ops/s",
-        report.ceiling_ops_per_sec
+        "transport ceiling (health checks, same concurrency): {:.0} ops/s (before and after the modes: {})",
+        report.ceiling_ops_per_sec,
+        runs.join(", ")
     );
     let _ = writeln!(
         out,
-        "{:<7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10}",
+        "{:<7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}",
         "mode",
         "ops/s",
         "ratio",
@@ -189,7 +206,8 @@ pub fn table(report: &CompareReport) -> String {
         "money cents",
         "retries",
         "aborts",
-        "reconciled"
+        "reconciled",
+        "atm cpu"
     );
     for run in &report.runs {
         let _ = writeln!(

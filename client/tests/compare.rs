@@ -39,7 +39,19 @@ async fn compare_json_schema_and_html_renders_in_chromium() {
     );
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(report["schema"], 1);
-    assert!(report["ceiling_ops_per_sec"].as_f64().unwrap() > 0.0);
+    let ceiling = report["ceiling_ops_per_sec"].as_f64().unwrap();
+    let bracket: Vec<f64> = report["ceiling_runs_ops_per_sec"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_f64().unwrap())
+        .collect();
+    assert_eq!(bracket.len(), 2, "measured before and after the modes");
+    assert!(bracket.iter().all(|c| *c > 0.0), "{bracket:?}");
+    assert!(
+        (ceiling - (bracket[0] + bracket[1]) / 2.0).abs() < 1e-6,
+        "{ceiling} is the mean of {bracket:?}"
+    );
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(
         runs.iter()
