@@ -25,6 +25,14 @@ use super::StoreError;
 /// Pairs per chunk: 16 bytes each, 4 KiB per sled value.
 const CHUNK_ENTRIES: usize = 256;
 
+/// Runs are not merged past this many pairs (16 MiB). A merge runs on the
+/// writer thread, so this bounds its pause: about 0.2 s at the cap (0.66 s
+/// for 4M pairs), shorter than the write queue takes to fill at 60,000
+/// commits a second, so committers do not stall behind it. Past the cap runs
+/// accumulate, one per 1M request ids, and a lookup reads one chunk from each
+/// (lookups are rare: the store's Bloom filter answers for new ids).
+const MERGE_PAIRS_MAX: u64 = 1 << 20;
+
 /// The index's hash of a request id. Stored on disk, so it must never change:
 /// XXH3 (64 bits) is specified and stable across versions and platforms.
 pub(super) fn hash_id(id: &str) -> u64 {
@@ -112,7 +120,16 @@ impl RequestIndex {
     pub(super) fn add(
         &mut self,
         tree: &sled::Tree,
+        pairs: Vec<(u64, u64)>,
+    ) -> Result<Vec<u64>, StoreError> {
+        self.add_merging_up_to(tree, pairs, MERGE_PAIRS_MAX)
+    }
+
+    fn add_merging_up_to(
+        &mut self,
+        tree: &sled::Tree,
         mut pairs: Vec<(u64, u64)>,
+        merge_pairs_max: u64,
     ) -> Result<Vec<u64>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
@@ -123,6 +140,7 @@ impl RequestIndex {
         let mut replaced = Vec::new();
         while let [.., older, newer] = self.runs.as_slice()
             && older.len <= 2 * newer.len
+            && older.len + newer.len <= merge_pairs_max
         {
             let (older, newer) = (older.clone(), newer.clone());
             let merged = merge(&read_run(tree, &older)?, &read_run(tree, &newer)?);
@@ -315,6 +333,31 @@ mod tests {
         orphan.add(&tree, vec![(1, 1), (2, 2)]).unwrap();
         assert_eq!(index.sweep(&tree).unwrap(), 1, "the unlisted run's chunk");
         assert_eq!(tree.len(), chunks);
+    }
+
+    /// Goal: runs stop merging at the cap, and lookups still find every
+    /// pair across the unmerged runs. Method: a cap of 1,000 pairs and 40
+    /// batches of 100.
+    #[test]
+    fn runs_past_the_merge_cap_stay_apart_and_are_searched() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("index").unwrap();
+        let mut index = RequestIndex::default();
+        for batch in 0..40u64 {
+            let pairs = (0..100).map(|i| (i * 7 + batch, batch * 100 + i)).collect();
+            let replaced = index.add_merging_up_to(&tree, pairs, 1_000).unwrap();
+            RequestIndex::delete_runs(&tree, &replaced).unwrap();
+        }
+        assert!(index.runs.iter().all(|run| run.len <= 1_000));
+        assert!(index.runs() >= 4, "{} runs", index.runs());
+        for batch in 0..40u64 {
+            for i in 0..100 {
+                assert!(
+                    found(&index, &tree, i * 7 + batch).contains(&(batch * 100 + i)),
+                    "batch {batch} pair {i}"
+                );
+            }
+        }
     }
 
     /// Goal: a lookup through a copy of the index taken before a merge says

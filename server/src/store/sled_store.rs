@@ -188,9 +188,10 @@ struct Written {
     draining: usize,
 }
 
-/// Request ids sized for the filter: past this many the false-positive rate
-/// climbs, which costs index lookups, never correctness.
-const REQUEST_FILTER_ITEMS: usize = 4_000_000;
+/// Request ids sized for the filter (19 MB): past this many (between two
+/// Resets) the false-positive rate climbs, which costs index lookups, never
+/// correctness.
+const REQUEST_FILTER_ITEMS: usize = 16_000_000;
 
 /// Target false-positive rate of the filter at [`REQUEST_FILTER_ITEMS`].
 const REQUEST_FILTER_FP_RATE: f64 = 0.01;
@@ -201,7 +202,7 @@ const REQUEST_FILTER_FP_RATE: f64 = 0.01;
 struct Requests {
     /// Idempotency records not yet in the index, with the seq that wrote each.
     pending: HashMap<String, (u64, RequestRecord)>,
-    /// The hash of every request id ever committed (a Bloom filter, ~4.8 MB).
+    /// The hash of every request id ever committed (a Bloom filter).
     /// A miss proves the id is new, which spares the index lookup on almost
     /// every operation.
     seen: bloomfilter::Bloom<u64>,
