@@ -1000,4 +1000,24 @@ mod tests {
         assert!(store.request(&key).unwrap().is_some());
         assert_eq!(store.accounts().unwrap(), vec![(account, after)]);
     }
+
+    /// Goal: a data directory in the first format (one key per request id)
+    /// is refused with what to do, not read as an empty index.
+    #[test]
+    fn a_data_directory_of_the_first_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            db.open_tree("requests")
+                .unwrap()
+                .insert("load-1-0-0", &b"record"[..])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let error = SledStore::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("older overdraft") && error.contains("--data-dir"),
+            "{error}"
+        );
+    }
 }
