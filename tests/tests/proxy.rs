@@ -149,6 +149,181 @@ async fn latency_toxic_adds_at_least_its_latency_to_every_call() {
     assert!(slow_ms / direct_ms > 1.0);
 }
 
+/// The total time of `calls` sequential GetBalance calls, ms.
+async fn total_ms(client: &mut LedgerClient<Channel>, calls: usize) -> f64 {
+    let started = Instant::now();
+    for _ in 0..calls {
+        assert_eq!(
+            balance(client).await.unwrap(),
+            10_000,
+            "intact through the toxic"
+        );
+    }
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+/// Every GetBalance answer is at least this many bytes on the wire: HTTP/2
+/// HEADERS, DATA (with gRPC's 5-byte prefix) and trailers, 9-byte frame
+/// headers each, before any payload.
+const ANSWER_BYTES_MIN: f64 = 40.0;
+
+/// Goal: bandwidth, slicer and call_delay slow calls by at least what they
+/// configure, the data arriving intact, and call_delay only on its method.
+/// Method: 10 sequential GetBalance calls direct and under each fault (one
+/// at a time, on fresh connections). Bandwidth 1 KiB/s pauses each answer
+/// by its size over the rate: 9 of the 10 pauses fall before the last
+/// answer, at least 9 x 40 B / 1 KiB/s = 351 ms. The slicer sends 1-byte
+/// slices 2 ms apart: at least 39 pauses per answer, 78 ms a call. A 60 ms
+/// call_delay on GetBalance holds each of those calls, and no deposit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bandwidth_slicer_and_call_delay_slow_calls_by_what_they_configure() {
+    let mut ledger = TestLedger::start(|_| {}).await;
+    ledger.reset(&[("alice", 10_000)]).await;
+    let proxy = ChaosProxy::start(&ledger.running.url(), 1, FaultLog::disabled()).await;
+    let timeout = Duration::from_secs(20);
+    let mut direct = ledger.new_ledger_client().await;
+    let direct_ms = total_ms(&mut direct, 10).await;
+
+    proxy
+        .add(FaultKind::Bandwidth { rate_kib_per_s: 1 }, |f| {
+            f.id = "bandwidth".into();
+        })
+        .await;
+    let bandwidth_ms = total_ms(&mut proxy.client(timeout).await, 10).await;
+    proxy.control.remove("bandwidth").await.unwrap();
+
+    proxy
+        .add(
+            FaultKind::Slicer {
+                average_size_bytes: 1,
+                size_variation_bytes: 0,
+                delay_us: 2_000,
+            },
+            |f| f.id = "slicer".into(),
+        )
+        .await;
+    let slicer_ms = total_ms(&mut proxy.client(timeout).await, 10).await / 10.0;
+    proxy.control.remove("slicer").await.unwrap();
+
+    proxy
+        .add(FaultKind::CallDelay { delay_ms: 60 }, |f| {
+            f.method = Some("GetBalance".into());
+        })
+        .await;
+    let mut client = proxy.client(timeout).await;
+    let delayed_ms = total_ms(&mut client, 10).await / 10.0;
+    let started = Instant::now();
+    for n in 0..10 {
+        deposit(&mut client, &format!("undelayed-{n}"))
+            .await
+            .unwrap();
+    }
+    let deposit_ms = started.elapsed().as_secs_f64() * 1e3 / 10.0;
+
+    let direct_call_ms = direct_ms / 10.0;
+    eprintln!(
+        "ms: direct 10 calls {direct_ms:.1}, bandwidth 10 calls {bandwidth_ms:.1}; per call: \
+         slicer {slicer_ms:.1}, call_delay {delayed_ms:.1}, deposits under it {deposit_ms:.1}"
+    );
+    // The pauses alone bound each figure from below; direct calls take ~1 ms.
+    assert!(
+        bandwidth_ms >= 9.0 * ANSWER_BYTES_MIN / 1024.0 * 1e3,
+        "10 calls at 1 KiB/s took {bandwidth_ms:.1} ms (direct {direct_ms:.1})"
+    );
+    assert!(
+        slicer_ms >= (ANSWER_BYTES_MIN - 1.0) * 2.0,
+        "a call in 1-byte slices 2 ms apart took {slicer_ms:.1} ms (direct {direct_call_ms:.1})"
+    );
+    assert!(
+        delayed_ms >= 60.0,
+        "a call under a 60 ms call_delay took {delayed_ms:.1} ms (direct {direct_call_ms:.1})"
+    );
+    assert!(
+        deposit_ms < 45.0,
+        "a deposit waited {deposit_ms:.1} ms: call_delay is for GetBalance only"
+    );
+}
+
+/// Goal: limit_data closes a connection once its budget has passed (calls
+/// on it fail as a broken connection, the ledger keeps serving), and
+/// slow_close holds the close of a connection for its delay. Method: calls
+/// under a 2,000-byte downstream budget until one fails, then a direct call;
+/// then a raw TCP connection that closes its sending side at once, timed to
+/// the end of its stream with and without a 300 ms slow_close upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_data_cuts_the_connection_and_slow_close_holds_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut ledger = TestLedger::start(|_| {}).await;
+    ledger.reset(&[("alice", 10_000)]).await;
+    let proxy = ChaosProxy::start(&ledger.running.url(), 1, FaultLog::disabled()).await;
+    proxy
+        .add(FaultKind::LimitData { bytes: 2_000 }, |f| {
+            f.id = "limit".into();
+        })
+        .await;
+    let mut client = proxy.client(Duration::from_secs(5)).await;
+    let mut answered = 0u32;
+    let mut failed = None;
+    for _ in 0..200 {
+        match balance(&mut client).await {
+            Ok(cents) => {
+                assert_eq!(cents, 10_000);
+                answered += 1;
+            }
+            Err(error) => {
+                failed = Some(error);
+                break;
+            }
+        }
+    }
+    let error = failed.expect("200 calls and limit_data never cut the connection");
+    assert!(
+        f64::from(answered) <= 2_000.0 / ANSWER_BYTES_MIN,
+        "2,000 bytes carried {answered} answers"
+    );
+    eprintln!("limit_data: {answered} answers, then {error:?}");
+    assert!(
+        answered >= 1,
+        "the budget carries the handshake and an answer"
+    );
+    assert!(
+        matches!(
+            error.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+        ),
+        "expected a broken connection: {error:?}"
+    );
+    assert_eq!(ledger.balance("alice").await.balance_cents, 10_000);
+    proxy.control.remove("limit").await.unwrap();
+
+    let address = proxy.url.trim_start_matches("http://").to_owned();
+    let close_ms = |address: String| async move {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let started = Instant::now();
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        started.elapsed().as_secs_f64() * 1e3
+    };
+    let quick_ms = close_ms(address.clone()).await;
+    proxy
+        .add(FaultKind::SlowClose { delay_ms: 300 }, |f| {
+            f.direction = Some(overdraft_chaos::fault::Direction::Upstream);
+        })
+        .await;
+    let slow_ms = close_ms(address).await;
+    eprintln!("close to end of stream: {quick_ms:.1} ms, with slow_close 300 ms: {slow_ms:.1} ms");
+    assert!(
+        slow_ms >= 300.0,
+        "slow_close held the close {slow_ms:.1} ms"
+    );
+    assert!(
+        quick_ms < 300.0,
+        "without it the close took {quick_ms:.1} ms"
+    );
+}
+
 /// Goal: reset_peer surfaces as UNAVAILABLE (the connection was reset), and
 /// a silent timeout toxic as the client's deadline expiring; nothing is
 /// applied in either case. Method: one call under each toxic, then the
