@@ -6,6 +6,7 @@
 //! `SetMode` (a write lock) waits for operations in flight to finish in the
 //! mode they started in, and no two modes ever touch an account at once.
 
+use std::collections::HashSet;
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicU64, Ordering},
@@ -16,12 +17,12 @@ use tokio::sync::RwLock;
 
 use crate::{
     audit::{self, AuditReport, Recovery},
-    bank::{Account, AccountId, EntryKind, Leg},
+    bank::{Account, AccountId, EntryKind, Leg, RequestId},
     config::{Config, Durability, Idempotency, Mode, Settings},
     crash::CrashPoint,
     durability::GroupCommit,
     error::LedgerError,
-    journal::JournalEntry,
+    journal::{JournalEntry, RequestRecord},
     modes::{Applied, Request, actor, cas, mutex::MutexMode, replay, unprotected},
     race::RaceHook,
     stats::Stats,
@@ -101,6 +102,9 @@ pub struct Engine {
     durable: Option<GroupCommit>,
     /// What start repaired, reported with every audit.
     recovery: Recovery,
+    /// Request ids of unsafe transfers the last run left half-applied,
+    /// found at start; cleared by Reset.
+    half_applied: std::sync::Mutex<HashSet<RequestId>>,
 }
 
 impl Engine {
@@ -128,7 +132,10 @@ impl Engine {
             // Start-time nanoseconds make transfer ids unique across restarts.
             transfer_ids: AtomicU64::new(start_ns),
         });
-        let transfers_finished = actor::recover_in_flight(&core).await?;
+        let journal = core.store.journal()?;
+        let transfers_finished = actor::recover_in_flight(&core, &journal).await?;
+        let half_applied = unprotected::half_applied(&journal);
+        drop(journal);
         if transfers_finished > 0 {
             tracing::warn!(
                 transfers_finished,
@@ -151,6 +158,7 @@ impl Engine {
             mutex: MutexMode::default(),
             durable,
             recovery,
+            half_applied: std::sync::Mutex::new(half_applied),
         }))
     }
 
@@ -200,10 +208,26 @@ impl Engine {
         else {
             return Ok(None);
         };
+        let fingerprint = request.op.fingerprint();
         match self.core.store.request(id)? {
-            Some(record) => replay(record, &request.op.fingerprint()).map(Some),
+            Some(RequestRecord::InFlight {
+                fingerprint: original,
+            }) if original == fingerprint && self.was_half_applied(id) => {
+                Err(LedgerError::HalfApplied {
+                    request_id: id.as_str().to_owned(),
+                    fingerprint,
+                })
+            }
+            Some(record) => replay(record, &fingerprint).map(Some),
             None => Ok(None),
         }
+    }
+
+    fn was_half_applied(&self, id: &RequestId) -> bool {
+        self.half_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     fn count(&self, mode: Mode, outcome: &Result<Applied, LedgerError>) {
@@ -323,6 +347,10 @@ impl Engine {
     pub async fn reset(&self, accounts: Vec<(AccountId, i64)>) -> Result<usize, LedgerError> {
         let guard = self.mode.write().await;
         self.core.store.clear()?;
+        self.half_applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.mutex.clear();
         self.core.stats.reset();
         for (account, balance_cents) in &accounts {

@@ -58,6 +58,20 @@ pub enum LedgerError {
         /// Attempts made.
         attempts: u32,
     },
+    /// An unsafe-mode transfer with this request_id was cut between its two
+    /// commits when the ledger last stopped: its debit stands and nothing will
+    /// credit it. DATA_LOSS.
+    #[error(
+        "transfer {request_id} ({fingerprint}) is half-applied: the ledger stopped between its debit \
+         and its credit in unsafe mode; the debit stands and nothing will credit it \
+         (Admin/Audit lists it as a half-applied transfer)"
+    )]
+    HalfApplied {
+        /// The transfer's request_id.
+        request_id: String,
+        /// Its arguments.
+        fingerprint: String,
+    },
     /// An actor transfer with this request_id is between its debit and credit. UNAVAILABLE.
     #[error("transfer {0} is in flight; retry shortly")]
     InFlight(String),

@@ -58,6 +58,7 @@ pub fn status(error: LedgerError) -> Status {
         }
         LedgerError::LostAck(LostAckCode::Unavailable) => Code::Unavailable,
         LedgerError::LostAck(LostAckCode::DeadlineExceeded) => Code::DeadlineExceeded,
+        LedgerError::HalfApplied { .. } => Code::DataLoss,
         LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
     };
     if code == Code::Internal {

@@ -102,7 +102,10 @@ impl Ledger {
 /// destroyed), and the safe modes' transfers are all or nothing after
 /// restart. Method: per mode, arm the point, transfer between accounts of
 /// different actor owners, check the process died of SIGABRT, restart on
-/// the same directory, audit and read both balances.
+/// the same directory, audit and read both balances; then retry the
+/// transfer with its request_id: unsafe answers DATA_LOSS naming the
+/// half-applied transfer and debits nothing more, the safe modes end with
+/// the transfer applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_between_transfer_legs_half_applies_only_in_unsafe_mode() {
     let (from, to) = accounts_with_different_owners();
@@ -149,6 +152,33 @@ async fn crash_between_transfer_legs_half_applies_only_in_unsafe_mode() {
             // The debit was durable; recovery finished the credit.
             assert_eq!(balances, (OPENING_CENTS - AMOUNT_CENTS, AMOUNT_CENTS));
             assert_eq!(audit.recovery.unwrap().transfers_finished, 1);
+        }
+
+        let retry = ledger
+            .ledger()
+            .transfer(pb::TransferRequest {
+                from_account_id: from.clone(),
+                to_account_id: to.clone(),
+                amount_cents: AMOUNT_CENTS,
+                request_id: "rent".into(),
+            })
+            .await;
+        let after = (ledger.balance(&from).await, ledger.balance(&to).await);
+        if mode == "unsafe" {
+            let status = retry.expect_err("a half-applied transfer cannot be retried");
+            assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+            assert!(
+                status.message().contains("half-applied") && status.message().contains("rent"),
+                "{status:?}"
+            );
+            assert_eq!(after, balances, "unsafe: the retry moved money");
+        } else {
+            retry.unwrap_or_else(|status| panic!("{mode}: keyed retry failed: {status:?}"));
+            assert_eq!(
+                after,
+                (OPENING_CENTS - AMOUNT_CENTS, AMOUNT_CENTS),
+                "{mode}: the transfer applied other than once"
+            );
         }
     }
 }

@@ -334,10 +334,12 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
 /// credit: the server stopped between the legs. Runs at start, before
 /// serving. The unsafe mode's half-applied transfers are left as they are:
 /// nothing in that mode knows to finish them, which is its lesson.
-pub(crate) async fn recover_in_flight(core: &Arc<Core>) -> Result<usize, LedgerError> {
-    let journal = core.store.journal()?;
+pub(crate) async fn recover_in_flight(
+    core: &Arc<Core>,
+    journal: &[JournalEntry],
+) -> Result<usize, LedgerError> {
     let mut open: HashMap<&str, &JournalEntry> = HashMap::new();
-    for entry in &journal {
+    for entry in journal {
         let Some(transfer_id) = entry.transfer_id.as_deref() else {
             continue;
         };
