@@ -97,6 +97,16 @@ impl Ledger {
     }
 }
 
+/// The transfer the tests crash and retry, under request_id `rent`.
+fn rent(from: &str, to: &str) -> pb::TransferRequest {
+    pb::TransferRequest {
+        from_account_id: from.to_owned(),
+        to_account_id: to.to_owned(),
+        amount_cents: AMOUNT_CENTS,
+        request_id: "rent".into(),
+    }
+}
+
 /// Goal: a crash between a transfer's debit and credit shows as a
 /// half-applied transfer in unsafe mode (the audit names it and the money it
 /// destroyed), and the safe modes' transfers are all or nothing after
@@ -114,15 +124,7 @@ async fn crash_between_transfer_legs_half_applies_only_in_unsafe_mode() {
         let ledger = Ledger::start(dir.path(), mode).await;
         ledger.open(&[(&from, OPENING_CENTS), (&to, 0)]).await;
         ledger.arm(pb::CrashPoint::BetweenTransferLegs).await;
-        let outcome = ledger
-            .ledger()
-            .transfer(pb::TransferRequest {
-                from_account_id: from.clone(),
-                to_account_id: to.clone(),
-                amount_cents: AMOUNT_CENTS,
-                request_id: "rent".into(),
-            })
-            .await;
+        let outcome = ledger.ledger().transfer(rent(&from, &to)).await;
         assert!(outcome.is_err(), "{mode}: the transfer was acknowledged");
         ledger.expect_abort(mode).await;
 
@@ -154,15 +156,7 @@ async fn crash_between_transfer_legs_half_applies_only_in_unsafe_mode() {
             assert_eq!(audit.recovery.unwrap().transfers_finished, 1);
         }
 
-        let retry = ledger
-            .ledger()
-            .transfer(pb::TransferRequest {
-                from_account_id: from.clone(),
-                to_account_id: to.clone(),
-                amount_cents: AMOUNT_CENTS,
-                request_id: "rent".into(),
-            })
-            .await;
+        let retry = ledger.ledger().transfer(rent(&from, &to)).await;
         let after = (ledger.balance(&from).await, ledger.balance(&to).await);
         if mode == "unsafe" {
             let status = retry.expect_err("a half-applied transfer cannot be retried");
