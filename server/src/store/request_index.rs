@@ -30,7 +30,7 @@ const CHUNK_ENTRIES: usize = 256;
 /// for 4M pairs), shorter than the write queue takes to fill at 60,000
 /// commits a second, so committers do not stall behind it. Past the cap runs
 /// accumulate, one per 1M request ids, and a lookup reads one chunk from each
-/// (lookups are rare: the store's Bloom filter answers for new ids).
+/// (lookups are rare: the store's filter of seen ids answers for new ids).
 const MERGE_PAIRS_MAX: u64 = 1 << 20;
 
 /// The index's hash of a request id. Stored on disk, so it must never change:
