@@ -33,6 +33,7 @@
 
 use std::{
     collections::HashMap,
+    ops::ControlFlow,
     path::Path,
     sync::{Arc, Condvar, Mutex, MutexGuard, mpsc},
     thread,
@@ -709,23 +710,24 @@ impl Store for SledStore {
 
     fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
         let hash = hash_id(id.as_str());
-        let snapshot = || {
+        // The answer from memory, or the index to look in. The pending map
+        // and the index are read under one lock, and the writer publishes an
+        // index before it drops the pending records the index holds: a
+        // record is always in one or the other.
+        let from_memory = || {
             let requests = lock(&self.shared.requests);
             if let Some((_, pending)) = requests.pending.get(id.as_str()) {
-                return Err(Some(pending.clone()));
+                return ControlFlow::Break(Some(pending.clone()));
             }
             if !requests.seen.may_contain(hash) {
-                return Err(None);
+                return ControlFlow::Break(None);
             }
-            Ok(Arc::clone(&requests.index))
+            ControlFlow::Continue(Arc::clone(&requests.index))
         };
         for _ in 0..LOOKUP_ATTEMPTS {
-            // The pending map and the index are read under one lock, and the
-            // writer publishes an index before it drops the pending records
-            // the index holds: a record is always in one or the other.
-            let index = match snapshot() {
-                Ok(index) => index,
-                Err(answer) => return Ok(answer),
+            let index = match from_memory() {
+                ControlFlow::Continue(index) => index,
+                ControlFlow::Break(answer) => return Ok(answer),
             };
             match index.lookup(&self.trees.request_index, hash)? {
                 Lookup::Found(seqs) => {
