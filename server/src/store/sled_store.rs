@@ -810,6 +810,25 @@ impl Store for SledStore {
     }
 }
 
+/// Opens `dir` in a test that dropped a handle on it a moment ago: sled's IO
+/// threads can hold the directory's file lock a little past the drop, so a
+/// lock refusal is retried for up to 5 s (any other error is returned).
+#[cfg(test)]
+pub(super) fn open_when_unlocked(dir: &Path) -> Result<SledStore, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Sled(sled::Error::Io(error)))
+                if error.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -874,7 +893,7 @@ mod tests {
             version: 1,
         };
         {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = open_when_unlocked(dir.path()).unwrap();
             assert_eq!(store.commit(&commit(&account, &key, after)).unwrap(), Ok(0));
             let again = store.commit(&commit(&account, &key, after)).unwrap();
             assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
@@ -882,7 +901,7 @@ mod tests {
             let again = store.commit(&commit(&account, &key, after)).unwrap();
             assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open_when_unlocked(dir.path()).unwrap();
         assert_eq!(store.account(&account).unwrap(), Some(after));
         assert!(store.request(&key).unwrap().is_some());
         let other = RequestId::internal("other".into());
@@ -935,7 +954,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (account, key, after) = deposit_k();
         crash_after_segment(dir.path(), |_| {});
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open_when_unlocked(dir.path()).unwrap();
         assert_eq!(store.rolled_forward_commits(), 1);
         assert_eq!(store.account(&account).unwrap(), Some(after));
         assert!(
@@ -967,7 +986,7 @@ mod tests {
         };
         let mut n = 0;
         for round in 0..5u64 {
-            let store = SledStore::open(dir.path()).unwrap();
+            let store = open_when_unlocked(dir.path()).unwrap();
             assert_eq!(store.rolled_forward_commits(), 0, "round {round}");
             assert!(lock(&store.shared.requests).pending.is_empty());
             for earlier in 0..round {
@@ -986,7 +1005,7 @@ mod tests {
                 n += 1;
             }
         }
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open_when_unlocked(dir.path()).unwrap();
         let index = Arc::clone(&lock(&store.shared.requests).index);
         assert_eq!(index.len(), n);
         assert!(
@@ -1026,12 +1045,12 @@ mod tests {
                 .insert("acct", &encode_account(stale))
                 .unwrap();
         });
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open_when_unlocked(dir.path()).unwrap();
         assert_eq!(store.rolled_forward_commits(), 1);
         assert_eq!(store.account(&account).unwrap(), Some(after));
         assert!(store.request(&key).unwrap().is_some());
         drop(store);
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open_when_unlocked(dir.path()).unwrap();
         assert_eq!(store.rolled_forward_commits(), 0);
         assert_eq!(
             store.trees.request_index.len(),
@@ -1055,7 +1074,7 @@ mod tests {
                 .unwrap();
             db.flush().unwrap();
         }
-        let error = SledStore::open(dir.path()).unwrap_err().to_string();
+        let error = open_when_unlocked(dir.path()).unwrap_err().to_string();
         assert!(
             error.contains("older overdraft") && error.contains("--data-dir"),
             "{error}"

@@ -104,7 +104,7 @@ fn sled_keeps_commits_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let account = id(1);
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = sled_store::open_when_unlocked(dir.path()).unwrap();
         let new = Account {
             balance_cents: 42,
             version: 1,
@@ -120,7 +120,7 @@ fn sled_keeps_commits_across_reopen() {
             .unwrap();
         store.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = sled_store::open_when_unlocked(dir.path()).unwrap();
     assert_eq!(
         store.account(&account).unwrap().map(|a| a.balance_cents),
         Some(42)
