@@ -154,12 +154,15 @@ async fn serve_connection(
         return;
     };
     let reset = *close.borrow() == Close::Reset;
-    if reset {
+    // Whole again, the stream closes once: a dropped write half would send a
+    // FIN of its own first, and a client reading that end of stream before
+    // the RST sees "connection closed" instead of a reset.
+    if let Ok(client) = read_half.reunite(write_half)
+        && reset
+    {
         // Zero linger makes the close an RST: the client reads
         // "connection reset by peer", as Toxiproxy's reset_peer does.
-        let _ = AsRef::<TcpStream>::as_ref(&write_half).set_zero_linger();
+        let _ = client.set_zero_linger();
     }
-    drop(read_half);
-    drop(write_half);
     tracing::debug!(%peer, connection, reset, "client disconnected");
 }

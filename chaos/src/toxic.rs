@@ -62,6 +62,13 @@ impl Pump {
             };
             let length = match read {
                 Ok(0) | Err(_) => {
+                    // A toxic on the other pump may have ended the connection,
+                    // which ends this stream too: end it the toxic's way (a
+                    // reset must not become a graceful FIN first).
+                    let closing = *self.close.borrow();
+                    if closing != Close::Open {
+                        return closing;
+                    }
                     self.slow_close(&mut closed).await;
                     let _ = to.shutdown().await;
                     return Close::Graceful;
