@@ -39,10 +39,8 @@ impl LedgerFaults {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(CALL_TIMEOUT);
-        if let Some(token) = &self.token
-            && let Ok(value) = format!("Bearer {token}").parse()
-        {
-            request.metadata_mut().insert("authorization", value);
+        if let Some(token) = &self.token {
+            overdraft_proto::admin_token::attach(&mut request, token);
         }
         request
     }

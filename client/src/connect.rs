@@ -139,10 +139,8 @@ impl Clients {
     fn admin_request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(ADMIN_TIMEOUT);
-        if let Some(token) = &self.admin_token
-            && let Ok(value) = format!("Bearer {token}").parse()
-        {
-            request.metadata_mut().insert("authorization", value);
+        if let Some(token) = &self.admin_token {
+            overdraft_proto::admin_token::attach(&mut request, token);
         }
         request
     }

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`v1`]: messages, the `Ledger` and `Admin` clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
+//! - [`admin_token`]: how Admin and Chaos calls carry the admin token.
 
 /// Package `overdraft.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -14,3 +15,26 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet` of every overdraft proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/overdraft_descriptor.bin"));
+
+/// Admin and Chaos calls carry the admin token as `authorization: Bearer
+/// TOKEN`: both sides of that rule, for the clients and the ledger.
+pub mod admin_token {
+    /// The metadata key that carries the token.
+    pub const HEADER: &str = "authorization";
+
+    /// Puts `token` on `request`. A token that is not a valid header value
+    /// is left off, and the ledger refuses the call naming the header.
+    pub fn attach<T>(request: &mut tonic::Request<T>, token: &str) {
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.metadata_mut().insert(HEADER, value);
+        }
+    }
+
+    /// The token `metadata` carries, if any.
+    pub fn presented(metadata: &tonic::metadata::MetadataMap) -> Option<&str> {
+        metadata
+            .get(HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+    }
+}

@@ -41,12 +41,7 @@ impl Interceptor for AdminGuard {
                 "this ledger listens beyond loopback without --admin-token, so Admin and Chaos are closed; restart it with --admin-token (or OVERDRAFT_ADMIN_TOKEN)",
             ));
         };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        match presented {
+        match overdraft_proto::admin_token::presented(request.metadata()) {
             Some(presented) if same(presented.as_bytes(), token.as_bytes()) => Ok(request),
             _ => Err(Status::unauthenticated(
                 "Admin and Chaos need `authorization: Bearer <admin token>` when the ledger listens beyond loopback (the atm reads it from OVERDRAFT_ADMIN_TOKEN)",

@@ -107,6 +107,15 @@ fn rent(from: &str, to: &str) -> pb::TransferRequest {
     }
 }
 
+/// The deposit the tests crash and retry, under request_id `salary`.
+fn salary() -> pb::DepositRequest {
+    pb::DepositRequest {
+        account_id: "payroll".into(),
+        amount_cents: AMOUNT_CENTS,
+        request_id: "salary".into(),
+    }
+}
+
 /// Goal: a crash between a transfer's debit and credit shows as a
 /// half-applied transfer in unsafe mode (the audit names it and the money it
 /// destroyed), and the safe modes' transfers are all or nothing after
@@ -189,14 +198,7 @@ async fn crash_between_journal_and_balances_is_rolled_forward() {
         let ledger = Ledger::start(dir.path(), mode).await;
         ledger.open(&[("payroll", OPENING_CENTS)]).await;
         ledger.arm(pb::CrashPoint::JournalBeforeBalances).await;
-        let outcome = ledger
-            .ledger()
-            .deposit(pb::DepositRequest {
-                account_id: "payroll".into(),
-                amount_cents: AMOUNT_CENTS,
-                request_id: "salary".into(),
-            })
-            .await;
+        let outcome = ledger.ledger().deposit(salary()).await;
         assert!(outcome.is_err(), "{mode}: the deposit was acknowledged");
         ledger.expect_abort(mode).await;
 
@@ -227,17 +229,17 @@ async fn crash_before_the_ack_keeps_the_operation_and_a_keyed_retry_replays() {
         let ledger = Ledger::start(dir.path(), mode).await;
         ledger.open(&[("payroll", OPENING_CENTS)]).await;
         ledger.arm(pb::CrashPoint::BeforeAck).await;
-        let request = pb::DepositRequest {
-            account_id: "payroll".into(),
-            amount_cents: AMOUNT_CENTS,
-            request_id: "salary".into(),
-        };
-        let outcome = ledger.ledger().deposit(request.clone()).await;
+        let outcome = ledger.ledger().deposit(salary()).await;
         assert!(outcome.is_err(), "{mode}: the deposit was acknowledged");
         ledger.expect_abort(mode).await;
 
         let ledger = Ledger::start(dir.path(), mode).await;
-        let retry = ledger.ledger().deposit(request).await.unwrap().into_inner();
+        let retry = ledger
+            .ledger()
+            .deposit(salary())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(retry.replayed, "{mode}: the retry applied again");
         assert_eq!(
             ledger.balance("payroll").await,

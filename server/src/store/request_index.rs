@@ -92,13 +92,13 @@ fn decode_chunk(bytes: &[u8]) -> Result<Vec<(u64, u64)>, StoreError> {
         .collect())
 }
 
-/// Why a lookup could not finish: a chunk it was told about is gone, because
-/// a merge replaced its run after the caller took its copy of the index.
+/// What a lookup found.
 #[derive(Debug)]
 pub(super) enum Lookup {
     /// Candidate seqs, newest first.
     Found(Vec<u64>),
-    /// Take a fresh copy of the index and look again.
+    /// A chunk this copy of the index lists is gone, because a merge replaced
+    /// its run after the copy was taken: take a fresh copy and look again.
     Stale,
 }
 

@@ -128,21 +128,22 @@ impl Trees {
             .map(Option::unwrap_or_default)
     }
 
-    /// The segment that holds `seq`'s commit: the last one starting at or before it.
-    fn segment_of(&self, seq: u64) -> Result<Option<Vec<JournalRecord>>, StoreError> {
-        self.journal
+    /// The key and value of the segment that holds `seq`'s commit: the last
+    /// one starting at or before it.
+    fn segment_of(&self, seq: u64) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
+        Ok(self
+            .journal
             .range(..=seq.to_be_bytes())
             .next_back()
-            .transpose()?
-            .map(|(_, value)| decode_record("journal segment", &value))
-            .transpose()
+            .transpose()?)
     }
 
     /// The idempotency record that commit `seq` wrote under `id`, if it wrote one.
     fn request_at(&self, seq: u64, id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        let Some(segment) = self.segment_of(seq)? else {
+        let Some((_, value)) = self.segment_of(seq)? else {
             return Ok(None);
         };
+        let segment: Vec<JournalRecord> = decode_record("journal segment", &value)?;
         Ok(segment
             .into_iter()
             .find(|record| record.entry.seq == seq)
@@ -399,29 +400,23 @@ impl SledStore {
             last: Instant::now(),
         };
         // Replay what the checkpoint does not cover, from the segment that
-        // holds its first uncovered seq.
-        let from = trees
-            .journal
-            .range(..=checkpoint.covered.to_be_bytes())
-            .next_back()
-            .transpose()?
-            .map(|(key, _)| key);
-        let segments = match &from {
-            Some(key) => trees.journal.range(key.clone()..),
+        // holds its first uncovered seq to the last segment.
+        let segments = match trees.segment_of(checkpoint.covered)? {
+            Some((key, _)) => trees.journal.range(key..),
             None => trees.journal.range::<&[u8], _>(..),
         };
         let mut rolled_forward_commits = 0;
         for item in segments {
             let (_, value) = item?;
             let segment: Vec<JournalRecord> = decode_record("journal segment", &value)?;
+            if let Some(last) = segment.last() {
+                mirror.next_seq = last.entry.seq + 1;
+            }
             let uncovered: Vec<JournalRecord> = segment
                 .into_iter()
                 .filter(|record| record.entry.seq >= checkpoint.covered)
                 .collect();
             for record in &uncovered {
-                for leg in &record.entry.legs {
-                    mirror.accounts.insert(leg.account.clone(), leg.written);
-                }
                 if let Some((id, request)) = &record.request {
                     requests.seen.insert(hash_id(id.as_str()));
                     requests
@@ -432,10 +427,8 @@ impl SledStore {
             rolled_forward_commits += u64::try_from(uncovered.len()).unwrap_or(u64::MAX);
             views.fold(&uncovered);
         }
-        if let Some((_, value)) = trees.journal.last()? {
-            let segment: Vec<JournalRecord> = decode_record("journal segment", &value)?;
-            mirror.next_seq = segment.last().map_or(0, |record| record.entry.seq + 1);
-        }
+        // The fold kept each replayed account's last state.
+        mirror.accounts.extend(views.accounts.clone());
         mirror.next_seq = mirror.next_seq.max(views.covered);
         views.covered = mirror.next_seq;
         let shared = Arc::new(Shared {
