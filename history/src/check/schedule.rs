@@ -1,0 +1,556 @@
+//! Real time across the whole run: can every operation take effect at one
+//! instant inside its own interval, in the order the versions give?
+//!
+//! Each account's trunk is a chain of mutations, with its reads between the
+//! mutation whose state they returned and the next one. A transfer is one
+//! event on two chains where the ledger applies it at once, and two events
+//! in actor mode, where its legs commit apart. The chains make a graph; an
+//! order of instants exists exactly when, giving each event the earliest
+//! instant its predecessors allow (never before its invocation), none lands
+//! after its completion. The event whose invocation set a late instant is
+//! the witness: it began after the other completed, yet comes first.
+//!
+//! A refusal may have seen any state inside its interval whose balance
+//! could not cover it: it is placed in the earliest such slot that the
+//! earliest and latest instants of its neighbours leave open.
+
+use std::collections::VecDeque;
+
+use crate::{
+    check::{AnomalyKind, Finding, Role, account::Chain},
+    format::Policy,
+    read::Run,
+};
+
+/// Most operations named in a finding about an order that cannot exist.
+const CYCLE_OPERATIONS_LISTED_MAX: usize = 8;
+
+/// Most chain states named in a wrong-refusal finding.
+const REFUSAL_STATES_LISTED_MAX: usize = 4;
+
+/// Rounds of refusal placement across chains coupled by transfers: a
+/// conflict needs one round per chain it crosses, and rarely crosses more.
+const PLACEMENT_ROUNDS_MAX: usize = 4;
+
+const NONE: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EventKind {
+    Mutation,
+    Read,
+    Refusal,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Event {
+    op: u32,
+    account: u32,
+    kind: EventKind,
+    invoke_ns: u64,
+    /// u64::MAX for a mutation whose reply never came: it may have taken
+    /// effect any time after it was sent.
+    complete_ns: u64,
+}
+
+struct Graph {
+    events: Vec<Event>,
+    edges: Vec<(u32, u32)>,
+}
+
+impl Graph {
+    fn add(&mut self, event: Event) -> u32 {
+        self.events.push(event);
+        u32::try_from(self.events.len() - 1).unwrap_or(NONE)
+    }
+}
+
+/// The mutation events of one chain, slot by slot (`[0]`: the opening, NONE).
+struct ChainEvents {
+    mutations: Vec<u32>,
+}
+
+/// Checks real time over every chain; refusals are placed on the way.
+pub(crate) fn check(
+    run: &Run,
+    chains: &[(u32, &Chain)],
+    atomic_transfers: bool,
+    policy: &Policy,
+    findings: &mut Vec<Finding>,
+) {
+    let mut graph = Graph {
+        events: Vec::new(),
+        edges: Vec::new(),
+    };
+    let chain_events = add_chains(run, chains, atomic_transfers, &mut graph);
+    let (earliest, _, _) = propagate(&graph, None);
+    let latest = latest(&graph);
+    // Each chain's refusals are placed alone; a transfer couples two chains,
+    // so a placement on one can push the other's. Each round places again
+    // from the instants the last round's placements implied, until no
+    // refusal is in conflict; the round with fewest findings stands.
+    let (events_alone, edges_alone) = (graph.events.len(), graph.edges.len());
+    let mut bounds = earliest;
+    let mut best: Option<Vec<Finding>> = None;
+    for _ in 0..PLACEMENT_ROUNDS_MAX {
+        graph.events.truncate(events_alone);
+        graph.edges.truncate(edges_alone);
+        let placing = Placing {
+            run,
+            earliest: &bounds,
+            latest: &latest,
+            policy,
+        };
+        let mut attempt = Vec::new();
+        for ((account, chain), events) in chains.iter().zip(&chain_events) {
+            placing.place(*account, chain, events, &mut graph, &mut attempt);
+        }
+        propagate(&graph, Some((run, &mut attempt)));
+        let conflicted = attempt.iter().any(|f| f.kind == AnomalyKind::WrongRefusal);
+        if best.as_ref().is_none_or(|b| attempt.len() < b.len()) {
+            best = Some(attempt);
+        }
+        if !conflicted {
+            break;
+        }
+        let (pushed, _, _) = propagate(&graph, None);
+        bounds
+            .iter_mut()
+            .zip(pushed)
+            .for_each(|(bound, p)| *bound = (*bound).max(p));
+    }
+    findings.extend(best.unwrap_or_default());
+}
+
+/// What placing one chain's refusals needs from the graph without them.
+struct Placing<'a> {
+    run: &'a Run,
+    earliest: &'a [u64],
+    latest: &'a [u64],
+    policy: &'a Policy,
+}
+
+fn add_chains(
+    run: &Run,
+    chains: &[(u32, &Chain)],
+    atomic_transfers: bool,
+    graph: &mut Graph,
+) -> Vec<ChainEvents> {
+    // One event per transfer where both legs take effect at once.
+    let mut shared = vec![NONE; if atomic_transfers { run.ops.len() } else { 0 }];
+    let mut all = Vec::with_capacity(chains.len());
+    for (account, chain) in chains {
+        let mut mutations = vec![NONE];
+        for (position, &op_index) in chain.ops.iter().enumerate() {
+            let op = &run.ops[op_index as usize];
+            let event = Event {
+                op: op_index,
+                account: *account,
+                kind: EventKind::Mutation,
+                invoke_ns: op.invoke_ns,
+                complete_ns: if chain.inferred[position] {
+                    u64::MAX
+                } else {
+                    op.complete_ns
+                },
+            };
+            let id = if atomic_transfers && op.to_account().is_some() {
+                let slot = &mut shared[op_index as usize];
+                if *slot == NONE {
+                    *slot = graph.add(event);
+                }
+                *slot
+            } else {
+                graph.add(event)
+            };
+            if let Some(&previous) = mutations.last()
+                && previous != NONE
+            {
+                graph.edges.push((previous, id));
+            }
+            mutations.push(id);
+        }
+        for &(read, slot) in &chain.reads {
+            let op = &run.ops[read as usize];
+            let id = graph.add(Event {
+                op: read,
+                account: *account,
+                kind: EventKind::Read,
+                invoke_ns: op.invoke_ns,
+                complete_ns: op.complete_ns,
+            });
+            link_between(graph, &mutations, slot, id);
+        }
+        all.push(ChainEvents { mutations });
+    }
+    all
+}
+
+/// Edges putting `id` after the mutation of `slot` and before the next.
+fn link_between(graph: &mut Graph, mutations: &[u32], slot: usize, id: u32) {
+    if let Some(&before) = mutations.get(slot)
+        && before != NONE
+    {
+        graph.edges.push((before, id));
+    }
+    if let Some(&after) = mutations.get(slot + 1) {
+        graph.edges.push((id, after));
+    }
+}
+
+/// Successors in compressed rows.
+fn successors(graph: &Graph) -> (Vec<usize>, Vec<u32>) {
+    let count = graph.events.len();
+    let mut starts = vec![0usize; count + 1];
+    for &(from, _) in &graph.edges {
+        starts[from as usize + 1] += 1;
+    }
+    for i in 0..count {
+        starts[i + 1] += starts[i];
+    }
+    let mut fill = starts.clone();
+    let mut targets = vec![0u32; graph.edges.len()];
+    for &(from, to) in &graph.edges {
+        targets[fill[from as usize]] = to;
+        fill[from as usize] += 1;
+    }
+    (starts, targets)
+}
+
+/// Topological order (Kahn); events on a cycle come last, in invocation order.
+fn order(graph: &Graph, starts: &[usize], targets: &[u32]) -> (Vec<u32>, Vec<u32>) {
+    let count = graph.events.len();
+    let mut indegree = vec![0u32; count];
+    for &(_, to) in &graph.edges {
+        indegree[to as usize] += 1;
+    }
+    let mut queue: VecDeque<u32> = (0..count)
+        .filter(|&e| indegree[e] == 0)
+        .filter_map(|e| u32::try_from(e).ok())
+        .collect();
+    let mut sorted = Vec::with_capacity(count);
+    while let Some(event) = queue.pop_front() {
+        sorted.push(event);
+        for &next in &targets[starts[event as usize]..starts[event as usize + 1]] {
+            indegree[next as usize] -= 1;
+            if indegree[next as usize] == 0 {
+                queue.push_back(next);
+            }
+        }
+    }
+    let mut stuck: Vec<u32> = (0..count)
+        .filter(|&e| indegree[e] > 0)
+        .filter_map(|e| u32::try_from(e).ok())
+        .collect();
+    stuck.sort_unstable_by_key(|&e| graph.events[e as usize].invoke_ns);
+    sorted.extend(&stuck);
+    (sorted, stuck)
+}
+
+/// The earliest instant of every event, and which event's invocation set
+/// it. With `report`, an event pushed past its completion is a finding,
+/// and is then held at its completion so later events are judged alone.
+fn propagate(
+    graph: &Graph,
+    mut report: Option<(&Run, &mut Vec<Finding>)>,
+) -> (Vec<u64>, Vec<u32>, Vec<u32>) {
+    let (starts, targets) = successors(graph);
+    let (sorted, stuck) = order(graph, &starts, &targets);
+    if let Some((run, findings)) = report.as_mut()
+        && !stuck.is_empty()
+    {
+        findings.push(cycle(run, graph, &stuck));
+    }
+    let count = graph.events.len();
+    let mut earliest: Vec<u64> = graph.events.iter().map(|e| e.invoke_ns).collect();
+    let mut source: Vec<u32> = (0..count)
+        .map(|e| u32::try_from(e).unwrap_or(NONE))
+        .collect();
+    for &event in &sorted {
+        let e = event as usize;
+        let complete = graph.events[e].complete_ns;
+        if earliest[e] > complete {
+            if let Some((run, findings)) = report.as_mut() {
+                findings.push(violation(run, graph, e, source[e] as usize, earliest[e]));
+            }
+            earliest[e] = complete;
+            source[e] = event;
+        }
+        for &next in &targets[starts[e]..starts[e + 1]] {
+            let n = next as usize;
+            if earliest[e] > earliest[n] {
+                earliest[n] = earliest[e];
+                source[n] = source[e];
+            }
+        }
+    }
+    (earliest, source, sorted)
+}
+
+/// The latest instant of every event: its completion, or earlier if a
+/// successor must complete before.
+fn latest(graph: &Graph) -> Vec<u64> {
+    let (starts, targets) = successors(graph);
+    let (sorted, _) = order(graph, &starts, &targets);
+    let mut latest: Vec<u64> = graph.events.iter().map(|e| e.complete_ns).collect();
+    for &event in sorted.iter().rev() {
+        let e = event as usize;
+        for &next in &targets[starts[e]..starts[e + 1]] {
+            latest[e] = latest[e].min(latest[next as usize]);
+        }
+    }
+    latest
+}
+
+impl Placing<'_> {
+    /// Places a chain's refusals by one sweep over its mutations, choosing
+    /// each mutation's instant as early as its bounds allow, and later only
+    /// for a refusal that has no later slot left: one that must see the
+    /// state before this mutation holds it back. Keeping every instant as
+    /// early as possible leaves the most room to every later refusal, so
+    /// the sweep finds a placement whenever the chain has one.
+    fn place(
+        &self,
+        account: u32,
+        chain: &Chain,
+        events: &ChainEvents,
+        graph: &mut Graph,
+        findings: &mut Vec<Finding>,
+    ) {
+        if chain.refusals.is_empty() {
+            return;
+        }
+        let run = self.run;
+        let slots = chain.balances_cents.len();
+        // The earliest instant each slot can begin (its mutation's; 0 for
+        // the opening), and the latest its end can come (MAX past the last).
+        let begins: Vec<u64> = (0..slots)
+            .map(|s| match events.mutations[s] {
+                NONE => 0,
+                e => self.earliest[e as usize],
+            })
+            .collect();
+        let ends: Vec<u64> = (0..slots)
+            .map(|s| {
+                events
+                    .mutations
+                    .get(s + 1)
+                    .map_or(u64::MAX, |&e| self.latest[e as usize])
+            })
+            .collect();
+        let minimum = MinTree::new(&chain.balances_cents);
+        let threshold = |r: usize| {
+            let op = &run.ops[chain.refusals[r] as usize];
+            self.policy.refusal_threshold_cents(op.amount_cents)
+        };
+        // Each refusal waits at the next slot it could have seen.
+        let mut waiting: Vec<Vec<usize>> = vec![Vec::new(); slots];
+        for (r, &refusal) in chain.refusals.iter().enumerate() {
+            let op = &run.ops[refusal as usize];
+            let low = ends.partition_point(|&e| e < op.invoke_ns);
+            let high = begins.partition_point(|&b| b <= op.complete_ns);
+            match minimum.first_below(low, threshold(r)).filter(|&s| s < high) {
+                Some(slot) => waiting[slot].push(r),
+                None => findings.push(wrong_refusal(run, account, chain, refusal, low, high)),
+            }
+        }
+        let mut begin = 0u64;
+        for slot in 0..slots {
+            let here = std::mem::take(&mut waiting[slot]);
+            if here.is_empty() {
+                begin = begins.get(slot + 1).map_or(begin, |&b| b.max(begin));
+                continue;
+            }
+            let next_earliest = begins.get(slot + 1).map(|&b| b.max(begin));
+            let mut end = next_earliest.unwrap_or(u64::MAX);
+            let mut later = Vec::with_capacity(here.len());
+            for &r in &here {
+                let op = &run.ops[chain.refusals[r] as usize];
+                if begin > op.complete_ns {
+                    // Every slot from here on begins after it completed.
+                    findings.push(wrong_refusal(
+                        run,
+                        account,
+                        chain,
+                        chain.refusals[r],
+                        slot,
+                        slot,
+                    ));
+                    continue;
+                }
+                let next = minimum
+                    .first_below(slot + 1, threshold(r))
+                    .filter(|&s| begins[s].max(next_earliest.unwrap_or(0)) <= op.complete_ns);
+                if next.is_none() && next_earliest.is_some() {
+                    // Its last chance: the next mutation waits until it began.
+                    end = end.max(op.invoke_ns);
+                }
+                later.push((r, next));
+            }
+            for (r, next) in later {
+                let op = &run.ops[chain.refusals[r] as usize];
+                if end >= op.invoke_ns {
+                    let id = graph.add(Event {
+                        op: chain.refusals[r],
+                        account,
+                        kind: EventKind::Refusal,
+                        invoke_ns: op.invoke_ns,
+                        complete_ns: op.complete_ns,
+                    });
+                    link_between(graph, &events.mutations, slot, id);
+                } else if let Some(next) = next {
+                    waiting[next].push(r);
+                }
+            }
+            if next_earliest.is_some() {
+                begin = end;
+            }
+        }
+    }
+}
+
+fn wrong_refusal(
+    run: &Run,
+    account: u32,
+    chain: &Chain,
+    refusal: u32,
+    low: usize,
+    high: usize,
+) -> Finding {
+    let op = &run.ops[refusal as usize];
+    let mut finding = Finding::new(AnomalyKind::WrongRefusal, 0);
+    finding.accounts.push(account);
+    finding.add(refusal, Role::Refused);
+    let window = low..high.max(low);
+    for slot in window.clone().take(REFUSAL_STATES_LISTED_MAX) {
+        if slot > 0 {
+            finding.add(chain.ops[slot - 1], Role::Covered);
+        }
+    }
+    let balances: Vec<String> = window
+        .clone()
+        .take(REFUSAL_STATES_LISTED_MAX)
+        .map(|s| {
+            format!(
+                "{} at version {}",
+                chain.balances_cents[s], chain.versions[s]
+            )
+        })
+        .collect();
+    finding.detail = if window.is_empty() {
+        format!(
+            "{} was refused {} cents on {}, but no state of the account existed during its \
+             interval",
+            run.label(op),
+            op.amount_cents,
+            run.account_name(account)
+        )
+    } else {
+        format!(
+            "{} was refused {} cents on {}, yet every state it could have seen covered it ({})",
+            run.label(op),
+            op.amount_cents,
+            run.account_name(account),
+            balances.join(", ")
+        )
+    };
+    finding
+}
+
+fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) -> Finding {
+    let pushed = graph.events[late];
+    let setter = graph.events[early];
+    let kind = match (setter.kind, pushed.kind) {
+        (EventKind::Refusal, _) | (_, EventKind::Refusal) => AnomalyKind::WrongRefusal,
+        (EventKind::Read, _) => AnomalyKind::StaleRead,
+        _ => AnomalyKind::RealTimeViolation,
+    };
+    let mut finding = Finding::new(kind, 0);
+    finding.accounts.push(pushed.account);
+    if setter.account != pushed.account {
+        finding.accounts.push(setter.account);
+    }
+    finding.add(pushed.op, Role::CompletedFirst);
+    finding.add(setter.op, Role::OrderedFirst);
+    let name = |e: &Event| run.label(&run.ops[e.op as usize]);
+    finding.detail = match kind {
+        AnomalyKind::StaleRead => format!(
+            "{} read {} at a state that {} had already replaced: {} completed at {} ns, before \
+             the read began at {at_ns} ns",
+            name(&setter),
+            run.account_name(setter.account),
+            name(&pushed),
+            name(&pushed),
+            pushed.complete_ns,
+        ),
+        _ => format!(
+            "{} completed at {} ns, before {} began at {at_ns} ns, yet the versions on {} put {} \
+             first",
+            name(&pushed),
+            pushed.complete_ns,
+            name(&setter),
+            run.account_name(pushed.account),
+            name(&setter),
+        ),
+    };
+    finding
+}
+
+fn cycle(run: &Run, graph: &Graph, stuck: &[u32]) -> Finding {
+    let mut finding = Finding::new(AnomalyKind::RealTimeViolation, 0);
+    for &event in stuck.iter().take(CYCLE_OPERATIONS_LISTED_MAX) {
+        let e = graph.events[event as usize];
+        finding.add(e.op, Role::OrderedFirst);
+        if !finding.accounts.contains(&e.account) {
+            finding.accounts.push(e.account);
+        }
+    }
+    finding.detail = format!(
+        "{} operation(s) are ordered one way by the versions of one account and the other way by \
+         another's: no single order of the transfers exists",
+        stuck.len()
+    );
+    let _ = run;
+    finding
+}
+
+/// Range minimum over a chain's balances: the first slot at or after
+/// `from` whose balance is below a threshold, in O(log n).
+struct MinTree {
+    size: usize,
+    tree: Vec<i64>,
+}
+
+impl MinTree {
+    fn new(values: &[i64]) -> Self {
+        let size = values.len().next_power_of_two().max(1);
+        let mut tree = vec![i64::MAX; 2 * size];
+        tree[size..size + values.len()].copy_from_slice(values);
+        for node in (1..size).rev() {
+            tree[node] = tree[2 * node].min(tree[2 * node + 1]);
+        }
+        Self { size, tree }
+    }
+
+    fn first_below(&self, from: usize, threshold: i64) -> Option<usize> {
+        self.descend(1, 0, self.size, from, threshold)
+    }
+
+    fn descend(
+        &self,
+        node: usize,
+        low: usize,
+        high: usize,
+        from: usize,
+        threshold: i64,
+    ) -> Option<usize> {
+        if high <= from || self.tree[node] >= threshold {
+            return None;
+        }
+        if high - low == 1 {
+            return Some(low);
+        }
+        let middle = (low + high) / 2;
+        self.descend(2 * node, low, middle, from, threshold)
+            .or_else(|| self.descend(2 * node + 1, middle, high, from, threshold))
+    }
+}
