@@ -57,6 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let run = read_files(&[&path])?;
     let read = started.elapsed();
+    println!(
+        "after reading: RSS {} MB, {} bytes per operation",
+        rss_kb("VmRSS:") / 1024,
+        std::mem::size_of::<overdraft_history::read::Op>()
+    );
     let started = Instant::now();
     let report = check(&run, &Evidence::default(), Duration::from_secs(60));
     let checked = started.elapsed();
@@ -77,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.anomalies.len(),
         report.counts.unknown,
         report.counts.unknown_inferred_applied,
-        peak_rss_kb() / 1024
+        rss_kb("VmHWM:") / 1024
     );
     for anomaly in report.anomalies.iter().take(3) {
         println!("  {}: {}", anomaly.kind, anomaly.detail);
@@ -85,14 +90,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// VmHWM from /proc/self/status: the most memory this process held.
-fn peak_rss_kb() -> u64 {
+/// A memory figure from /proc/self/status (VmHWM: the most this process held).
+fn rss_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
         })
         .and_then(|kb| kb.parse().ok())

@@ -53,7 +53,9 @@ impl ReadError {
 #[derive(Debug, Default, Clone)]
 pub struct Strings {
     bytes: String,
-    ends: Vec<usize>,
+    /// Where each string ends in `bytes`. u64 rather than usize only for
+    /// the layout's sake: the arena may pass 4 GiB on very long runs.
+    ends: Vec<u64>,
 }
 
 /// An index into [`Strings`].
@@ -66,7 +68,7 @@ impl Strings {
     /// Stores `text`, returning its index.
     pub fn push(&mut self, text: &str) -> Sym {
         self.bytes.push_str(text);
-        self.ends.push(self.bytes.len());
+        self.ends.push(self.bytes.len() as u64);
         // More than four billion strings would need more than 2 GB of
         // operations first; saturate rather than wrap.
         u32::try_from(self.ends.len() - 1).unwrap_or(NO_SYM - 1)
@@ -80,8 +82,9 @@ impl Strings {
         if sym == NO_SYM || index >= self.ends.len() {
             return "";
         }
-        let start = if index == 0 { 0 } else { self.ends[index - 1] };
-        &self.bytes[start..self.ends[index]]
+        let at = |i: usize| usize::try_from(self.ends[i]).unwrap_or(usize::MAX);
+        let start = if index == 0 { 0 } else { at(index - 1) };
+        self.bytes.get(start..at(index)).unwrap_or("")
     }
 }
 

@@ -94,8 +94,6 @@ pub(crate) struct Chain {
     pub(crate) inferred: Vec<bool>,
     /// The balance at each slot: `[0]` the opening, `[k]` after `ops[k-1]`.
     pub(crate) balances_cents: Vec<i64>,
-    /// Versions at each slot.
-    pub(crate) versions: Vec<u64>,
     /// Reads with the slot whose state they returned.
     pub(crate) reads: Vec<(u32, usize)>,
     /// Refused debits, placed by the schedule.
@@ -801,7 +799,6 @@ fn build_chain(
     let legs = &input.applied;
     let mut chain = Chain {
         balances_cents: vec![root.map_or(0, |(_, b)| b)],
-        versions: vec![0],
         refusals: input.refusals.clone(),
         ..Chain::default()
     };
@@ -824,7 +821,6 @@ fn build_chain(
         chain.ops.push(leg.op);
         chain.inferred.push(leg.inferred);
         chain.balances_cents.push(leg.balance_cents);
-        chain.versions.push(leg.version);
         slot_of_state.insert(state_of(leg), chain.ops.len());
     }
     for &read in &input.reads {

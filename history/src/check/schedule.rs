@@ -41,15 +41,30 @@ enum EventKind {
     Refusal,
 }
 
+/// 12 bytes: the interval is read from the operation, so that ten million
+/// events stay small.
 #[derive(Clone, Copy, Debug)]
 struct Event {
     op: u32,
     account: u32,
     kind: EventKind,
-    invoke_ns: u64,
-    /// u64::MAX for a mutation whose reply never came: it may have taken
+    /// A mutation whose reply never came, found applied: it may have taken
     /// effect any time after it was sent.
-    complete_ns: u64,
+    open_ended: bool,
+}
+
+impl Event {
+    fn invoke_ns(&self, run: &Run) -> u64 {
+        run.ops[self.op as usize].invoke_ns
+    }
+
+    fn complete_ns(&self, run: &Run) -> u64 {
+        if self.open_ended {
+            u64::MAX
+        } else {
+            run.ops[self.op as usize].complete_ns
+        }
+    }
 }
 
 struct Graph {
@@ -82,29 +97,41 @@ pub(crate) fn check(
         edges: Vec::new(),
     };
     let chain_events = add_chains(run, chains, atomic_transfers, &mut graph);
-    let (earliest, _, _) = propagate(&graph, None);
-    let latest = latest(&graph);
     // Each chain's refusals are placed alone; a transfer couples two chains,
     // so a placement on one can push the other's. Each round places again
     // from the instants the last round's placements implied, until no
-    // refusal is in conflict; the round with fewest findings stands.
+    // refusal is in conflict; the round with fewest findings stands. The
+    // bounds are dropped before each full pass to keep the peak low.
     let (events_alone, edges_alone) = (graph.events.len(), graph.edges.len());
-    let mut bounds = earliest;
+    let mut pushed: Option<Vec<u64>> = None;
     let mut best: Option<Vec<Finding>> = None;
     for _ in 0..PLACEMENT_ROUNDS_MAX {
-        graph.events.truncate(events_alone);
-        graph.edges.truncate(edges_alone);
-        let placing = Placing {
-            run,
-            earliest: &bounds,
-            latest: &latest,
-            policy,
-        };
         let mut attempt = Vec::new();
-        for ((account, chain), events) in chains.iter().zip(&chain_events) {
-            placing.place(*account, chain, events, &mut graph, &mut attempt);
+        {
+            graph.events.truncate(events_alone);
+            graph.edges.truncate(edges_alone);
+            let compiled = Compiled::new(run, &graph);
+            let mut earliest = propagate(run, &graph, &compiled, None);
+            if let Some(pushed) = &pushed {
+                earliest
+                    .iter_mut()
+                    .zip(pushed)
+                    .for_each(|(bound, p)| *bound = (*bound).max(*p));
+            }
+            let latest = latest(run, &graph, &compiled);
+            drop(compiled);
+            let placing = Placing {
+                run,
+                earliest: &earliest,
+                latest: &latest,
+                policy,
+            };
+            for ((account, chain), events) in chains.iter().zip(&chain_events) {
+                placing.place(*account, chain, events, &mut graph, &mut attempt);
+            }
         }
-        propagate(&graph, Some((run, &mut attempt)));
+        let compiled = Compiled::new(run, &graph);
+        let instants = propagate(run, &graph, &compiled, Some(&mut attempt));
         let conflicted = attempt.iter().any(|f| f.kind == AnomalyKind::WrongRefusal);
         if best.as_ref().is_none_or(|b| attempt.len() < b.len()) {
             best = Some(attempt);
@@ -112,11 +139,7 @@ pub(crate) fn check(
         if !conflicted {
             break;
         }
-        let (pushed, _, _) = propagate(&graph, None);
-        bounds
-            .iter_mut()
-            .zip(pushed)
-            .for_each(|(bound, p)| *bound = (*bound).max(p));
+        pushed = Some(instants.into_iter().take(events_alone).collect());
     }
     findings.extend(best.unwrap_or_default());
 }
@@ -146,12 +169,7 @@ fn add_chains(
                 op: op_index,
                 account: *account,
                 kind: EventKind::Mutation,
-                invoke_ns: op.invoke_ns,
-                complete_ns: if chain.inferred[position] {
-                    u64::MAX
-                } else {
-                    op.complete_ns
-                },
+                open_ended: chain.inferred[position],
             };
             let id = if atomic_transfers && op.to_account().is_some() {
                 let slot = &mut shared[op_index as usize];
@@ -170,13 +188,11 @@ fn add_chains(
             mutations.push(id);
         }
         for &(read, slot) in &chain.reads {
-            let op = &run.ops[read as usize];
             let id = graph.add(Event {
                 op: read,
                 account: *account,
                 kind: EventKind::Read,
-                invoke_ns: op.invoke_ns,
-                complete_ns: op.complete_ns,
+                open_ended: false,
             });
             link_between(graph, &mutations, slot, id);
         }
@@ -197,104 +213,140 @@ fn link_between(graph: &mut Graph, mutations: &[u32], slot: usize, id: u32) {
     }
 }
 
-/// Successors in compressed rows.
-fn successors(graph: &Graph) -> (Vec<usize>, Vec<u32>) {
-    let count = graph.events.len();
-    let mut starts = vec![0usize; count + 1];
-    for &(from, _) in &graph.edges {
-        starts[from as usize + 1] += 1;
-    }
-    for i in 0..count {
-        starts[i + 1] += starts[i];
-    }
-    let mut fill = starts.clone();
-    let mut targets = vec![0u32; graph.edges.len()];
-    for &(from, to) in &graph.edges {
-        targets[fill[from as usize]] = to;
-        fill[from as usize] += 1;
-    }
-    (starts, targets)
+/// The graph in compressed rows, with a topological order: built once
+/// per shape of the graph and shared by every pass over it. Indices are
+/// u32 because ten million operations must be checked in under 2 GB.
+struct Compiled {
+    starts: Vec<u32>,
+    targets: Vec<u32>,
+    /// Every event, predecessors first; events on a cycle last.
+    sorted: Vec<u32>,
+    /// The events on a cycle, in invocation order.
+    stuck: Vec<u32>,
 }
 
-/// Topological order (Kahn); events on a cycle come last, in invocation order.
-fn order(graph: &Graph, starts: &[usize], targets: &[u32]) -> (Vec<u32>, Vec<u32>) {
-    let count = graph.events.len();
-    let mut indegree = vec![0u32; count];
-    for &(_, to) in &graph.edges {
-        indegree[to as usize] += 1;
+impl Compiled {
+    fn new(run: &Run, graph: &Graph) -> Self {
+        let count = graph.events.len();
+        let mut starts = vec![0u32; count + 1];
+        for &(from, _) in &graph.edges {
+            starts[from as usize + 1] += 1;
+        }
+        for i in 0..count {
+            starts[i + 1] += starts[i];
+        }
+        // Fill each row from its end, counting its start down to where it
+        // was: no second array of cursors.
+        let mut targets = vec![0u32; graph.edges.len()];
+        for &(from, to) in graph.edges.iter().rev() {
+            let row = &mut starts[from as usize + 1];
+            *row -= 1;
+            targets[*row as usize] = to;
+        }
+        // Each row's start now sits one place up: move it to its row.
+        for i in 0..count {
+            starts[i] = starts[i + 1];
+        }
+        starts[count] = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+        let mut compiled = Self {
+            starts,
+            targets,
+            sorted: Vec::new(),
+            stuck: Vec::new(),
+        };
+        compiled.order(run, graph);
+        compiled
     }
-    let mut queue: VecDeque<u32> = (0..count)
-        .filter(|&e| indegree[e] == 0)
-        .filter_map(|e| u32::try_from(e).ok())
-        .collect();
-    let mut sorted = Vec::with_capacity(count);
-    while let Some(event) = queue.pop_front() {
-        sorted.push(event);
-        for &next in &targets[starts[event as usize]..starts[event as usize + 1]] {
-            indegree[next as usize] -= 1;
-            if indegree[next as usize] == 0 {
-                queue.push_back(next);
+
+    fn next(&self, event: usize) -> &[u32] {
+        &self.targets[self.starts[event] as usize..self.starts[event + 1] as usize]
+    }
+
+    /// Kahn's algorithm.
+    fn order(&mut self, run: &Run, graph: &Graph) {
+        let count = graph.events.len();
+        let mut indegree = vec![0u32; count];
+        for &to in &self.targets {
+            indegree[to as usize] += 1;
+        }
+        let mut queue: VecDeque<u32> = (0..count)
+            .filter(|&e| indegree[e] == 0)
+            .filter_map(|e| u32::try_from(e).ok())
+            .collect();
+        let mut sorted = Vec::with_capacity(count);
+        while let Some(event) = queue.pop_front() {
+            sorted.push(event);
+            for &next in self.next(event as usize) {
+                indegree[next as usize] -= 1;
+                if indegree[next as usize] == 0 {
+                    queue.push_back(next);
+                }
             }
         }
+        let mut stuck: Vec<u32> = (0..count)
+            .filter(|&e| indegree[e] > 0)
+            .filter_map(|e| u32::try_from(e).ok())
+            .collect();
+        stuck.sort_unstable_by_key(|&e| graph.events[e as usize].invoke_ns(run));
+        sorted.extend(&stuck);
+        self.sorted = sorted;
+        self.stuck = stuck;
     }
-    let mut stuck: Vec<u32> = (0..count)
-        .filter(|&e| indegree[e] > 0)
-        .filter_map(|e| u32::try_from(e).ok())
-        .collect();
-    stuck.sort_unstable_by_key(|&e| graph.events[e as usize].invoke_ns);
-    sorted.extend(&stuck);
-    (sorted, stuck)
 }
 
-/// The earliest instant of every event, and which event's invocation set
-/// it. With `report`, an event pushed past its completion is a finding,
-/// and is then held at its completion so later events are judged alone.
+/// The earliest instant of every event. With `report`, an event pushed
+/// past its completion is a finding naming the event whose invocation set
+/// the instant; the event is then held at its completion so that later
+/// events are judged alone.
 fn propagate(
+    run: &Run,
     graph: &Graph,
-    mut report: Option<(&Run, &mut Vec<Finding>)>,
-) -> (Vec<u64>, Vec<u32>, Vec<u32>) {
-    let (starts, targets) = successors(graph);
-    let (sorted, stuck) = order(graph, &starts, &targets);
-    if let Some((run, findings)) = report.as_mut()
-        && !stuck.is_empty()
+    compiled: &Compiled,
+    mut report: Option<&mut Vec<Finding>>,
+) -> Vec<u64> {
+    if let Some(findings) = report.as_mut()
+        && !compiled.stuck.is_empty()
     {
-        findings.push(cycle(run, graph, &stuck));
+        findings.push(cycle(run, graph, &compiled.stuck));
     }
     let count = graph.events.len();
-    let mut earliest: Vec<u64> = graph.events.iter().map(|e| e.invoke_ns).collect();
-    let mut source: Vec<u32> = (0..count)
-        .map(|e| u32::try_from(e).unwrap_or(NONE))
-        .collect();
-    for &event in &sorted {
+    let mut earliest: Vec<u64> = graph.events.iter().map(|e| e.invoke_ns(run)).collect();
+    let mut source: Vec<u32> = match report {
+        Some(_) => (0..count)
+            .map(|e| u32::try_from(e).unwrap_or(NONE))
+            .collect(),
+        None => Vec::new(),
+    };
+    for &event in &compiled.sorted {
         let e = event as usize;
-        let complete = graph.events[e].complete_ns;
+        let complete = graph.events[e].complete_ns(run);
         if earliest[e] > complete {
-            if let Some((run, findings)) = report.as_mut() {
+            if let Some(findings) = report.as_mut() {
                 findings.push(violation(run, graph, e, source[e] as usize, earliest[e]));
+                source[e] = event;
             }
             earliest[e] = complete;
-            source[e] = event;
         }
-        for &next in &targets[starts[e]..starts[e + 1]] {
+        for &next in compiled.next(e) {
             let n = next as usize;
             if earliest[e] > earliest[n] {
                 earliest[n] = earliest[e];
-                source[n] = source[e];
+                if !source.is_empty() {
+                    source[n] = source[e];
+                }
             }
         }
     }
-    (earliest, source, sorted)
+    earliest
 }
 
 /// The latest instant of every event: its completion, or earlier if a
 /// successor must complete before.
-fn latest(graph: &Graph) -> Vec<u64> {
-    let (starts, targets) = successors(graph);
-    let (sorted, _) = order(graph, &starts, &targets);
-    let mut latest: Vec<u64> = graph.events.iter().map(|e| e.complete_ns).collect();
-    for &event in sorted.iter().rev() {
+fn latest(run: &Run, graph: &Graph, compiled: &Compiled) -> Vec<u64> {
+    let mut latest: Vec<u64> = graph.events.iter().map(|e| e.complete_ns(run)).collect();
+    for &event in compiled.sorted.iter().rev() {
         let e = event as usize;
-        for &next in &targets[starts[e]..starts[e + 1]] {
+        for &next in compiled.next(e) {
             latest[e] = latest[e].min(latest[next as usize]);
         }
     }
@@ -393,8 +445,7 @@ impl Placing<'_> {
                         op: chain.refusals[r],
                         account,
                         kind: EventKind::Refusal,
-                        invoke_ns: op.invoke_ns,
-                        complete_ns: op.complete_ns,
+                        open_ended: false,
                     });
                     link_between(graph, &events.mutations, slot, id);
                 } else if let Some(next) = next {
@@ -432,7 +483,8 @@ fn wrong_refusal(
         .map(|s| {
             format!(
                 "{} at version {}",
-                chain.balances_cents[s], chain.versions[s]
+                chain.balances_cents[s],
+                slot_version(run, account, chain, s)
             )
         })
         .collect();
@@ -454,6 +506,19 @@ fn wrong_refusal(
         )
     };
     finding
+}
+
+/// The version of a chain slot, as its mutation's reply gave it.
+fn slot_version(run: &Run, account: u32, chain: &Chain, slot: usize) -> String {
+    if slot == 0 {
+        return "0".to_owned();
+    }
+    chain
+        .ops
+        .get(slot - 1)
+        .and_then(|&op| run.ops[op as usize].returned(account))
+        .and_then(|(_, version)| version)
+        .map_or_else(|| "?".to_owned(), |v| v.to_string())
 }
 
 fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) -> Finding {
@@ -480,13 +545,13 @@ fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) ->
             run.account_name(setter.account),
             name(&pushed),
             name(&pushed),
-            pushed.complete_ns,
+            pushed.complete_ns(run),
         ),
         _ => format!(
             "{} completed at {} ns, before {} began at {at_ns} ns, yet the versions on {} put {} \
              first",
             name(&pushed),
-            pushed.complete_ns,
+            pushed.complete_ns(run),
             name(&setter),
             run.account_name(pushed.account),
             name(&setter),
