@@ -8,11 +8,12 @@ use overdraft_server::config::Mode;
 use serde::Serialize;
 
 use crate::{
+    check::{self, CheckArgs},
     compare,
     connect::ClientError,
     demo, embedded,
     load::{self, LoadArgs},
-    report,
+    report::{self, to_json},
     scenario::{
         BUILTIN, Scenario,
         run::{ModeOutcome, run_mode, run_mode_crashing},
@@ -106,6 +107,12 @@ pub enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Check histories against the bank model: name each anomaly, the
+    /// operations behind it and the money.
+    ///
+    /// Exit 0 valid, 1 anomalies, 2 usage or unreadable input (the file,
+    /// line and field named), 3 unknown (a search ran out of time).
+    Check(CheckArgs),
     /// Serve a ledger, exactly as the `ledger` binary does (same flags).
     /// Scenarios that crash the ledger run it as a child process this way.
     #[command(hide = true)]
@@ -116,9 +123,49 @@ pub enum Command {
     },
 }
 
-/// Runs a parsed command. `Ok(true)`: expectations held; `Ok(false)`: not.
-pub async fn run(cli: Cli) -> Result<bool, ClientError> {
+/// How a command ended, as the exit code says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Expectations held (exit 0).
+    Held,
+    /// They did not: anomalies, or a mode that misbehaved (exit 1).
+    Broken,
+    /// The check could not decide (exit 3).
+    Undecided,
+}
+
+impl Exit {
+    /// The process exit code.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Held => 0,
+            Exit::Broken => 1,
+            Exit::Undecided => 3,
+        }
+    }
+}
+
+impl From<bool> for Exit {
+    fn from(held: bool) -> Self {
+        if held { Exit::Held } else { Exit::Broken }
+    }
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
+    if let Command::Check(args) = &cli.command {
+        return Ok(match check::run(args)? {
+            overdraft_history::Verdict::Valid => Exit::Held,
+            overdraft_history::Verdict::Anomalies => Exit::Broken,
+            overdraft_history::Verdict::Unknown => Exit::Undecided,
+        });
+    }
+    run_held(cli).await.map(Exit::from)
+}
+
+async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
+        Command::Check(_) => Ok(true),
         Command::Demo { target, json, seed } => run_demo(target, json, seed).await,
         Command::ServeLedger { args } => {
             let config = overdraft_server::Config::try_parse_from(
@@ -182,11 +229,6 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
                 .all(|r| r.mode == "unsafe" || r.reconcile_mismatches == 0))
         }
     }
-}
-
-fn to_json<T: Serialize>(value: &T) -> String {
-    // Reports hold strings, numbers and maps with string keys: serializable.
-    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool, ClientError> {

@@ -1,105 +1,167 @@
-//! The history an ATM run leaves: one JSON object per line per operation.
+//! Writing a run's history: format 2 (docs/HISTORY.md), whose lines are
+//! defined once in `overdraft_history::format` and read back by `atm check`.
+//! The header and the `open` lines go first, then one line per operation
+//! as ATMs complete them, then the final reads of every account touched.
 //!
-//! Fields (documented in docs/HISTORY.md): `atm`, `op`, `account_id` or
-//! `from_account_id`/`to_account_id`, `amount_cents`, `request_id`,
-//! `invoke_ns`/`complete_ns` (monotonic, since the run started), `outcome`
-//! (`ok`, `fail` with `code`, or `unknown` when the reply never came), and
-//! the returned `balance_cents`/`version` (for a transfer, the `from`
-//! account's; `to_balance_cents`/`to_version` for the other), and a
-//! withdrawal's `fee_cents`.
+//! ATMs hand lines to a writer thread through a bounded queue, so a slow
+//! disk slows the run instead of growing memory.
 
 use std::{
     fs::File,
     io::{BufWriter, Write},
     path::Path,
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
+pub use overdraft_history::format::{Header, OpLine, OpenLine, Operation, Outcome, Policy};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-/// Records queued for the writer. When the disk falls behind, ATMs wait for
+use crate::connect::ClientError;
+
+/// Lines queued for the writer. When the disk falls behind, ATMs wait for
 /// room: the run slows rather than the queue growing without bound.
 const HISTORY_QUEUE_MAX: usize = 65_536;
 
-/// One operation as the ATM saw it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct HistoryRecord {
-    /// ATM index.
-    pub atm: u32,
-    /// `deposit`, `withdraw`, `transfer` or `balance`.
-    pub op: &'static str,
-    /// The account (all but transfer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_id: Option<String>,
-    /// Transfer source.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from_account_id: Option<String>,
-    /// Transfer destination.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to_account_id: Option<String>,
-    /// Amount (all but balance).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub amount_cents: Option<i64>,
-    /// Idempotency key sent.
-    pub request_id: String,
-    /// When the call was meant to start (open model) or started (closed), ns since the run began.
-    pub invoke_ns: u64,
-    /// When the reply arrived, ns since the run began.
-    pub complete_ns: u64,
-    /// `ok`, `fail` or `unknown`.
-    pub outcome: &'static str,
-    /// gRPC code name of a failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
-    /// Balance returned (the `from` account's for a transfer).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub balance_cents: Option<i64>,
-    /// Version returned.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub version: Option<u64>,
-    /// Withdrawal: the overdraft fee charged.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fee_cents: Option<i64>,
-    /// Transfer: the `to` account's balance.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to_balance_cents: Option<i64>,
-    /// Transfer: the `to` account's version.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub to_version: Option<u64>,
+/// The history's clock: time zero, as an instant for the ATMs and as wall
+/// clock for the header (which lines it up with the journal and faults).
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    zero: Instant,
+    wall_unix_ns_at_zero: u64,
 }
 
-/// Where ATMs send their records.
-#[derive(Clone, Debug)]
-pub struct HistorySink {
-    sender: mpsc::Sender<HistoryRecord>,
-}
+impl Clock {
+    /// Time zero is now.
+    pub fn start() -> Self {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        Self {
+            zero: Instant::now(),
+            wall_unix_ns_at_zero: wall,
+        }
+    }
 
-impl HistorySink {
-    /// Queues one record.
-    pub async fn record(&self, record: HistoryRecord) {
-        // The writer only stops when every sink is dropped, so a send cannot fail
-        // while a sink exists; if it did, the record is dropped, not the run.
-        let _ = self.sender.send(record).await;
+    /// The instant of time zero.
+    pub fn zero(&self) -> Instant {
+        self.zero
+    }
+
+    /// Wall clock at time zero, ns since the Unix epoch.
+    pub fn wall_unix_ns_at_zero(&self) -> u64 {
+        self.wall_unix_ns_at_zero
+    }
+
+    /// `at` in ns since time zero (0 before it).
+    pub fn since(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.zero).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Now, in ns since time zero.
+    pub fn now(&self) -> u64 {
+        self.since(Instant::now())
     }
 }
 
-/// Creates `path` and a writer thread; returns the sink and a handle that
-/// finishes when every sink is dropped and the file is flushed.
-pub fn open(
+/// Where ATMs send their lines.
+#[derive(Clone, Debug)]
+pub struct HistorySink {
+    sender: mpsc::Sender<OpLine>,
+}
+
+impl HistorySink {
+    /// Queues one line.
+    pub async fn record(&self, line: OpLine) {
+        // The writer only stops when every sink is dropped, so a send cannot fail
+        // while a sink exists; if it did, the line is dropped, not the run.
+        let _ = self.sender.send(line).await;
+    }
+}
+
+/// The file being written; [`HistoryFile::finish`] once every sink is dropped.
+#[derive(Debug)]
+pub struct HistoryFile {
+    writer: tokio::task::JoinHandle<std::io::Result<u64>>,
+    path: String,
+}
+
+impl HistoryFile {
+    /// Waits for the writer to flush; returns the lines written.
+    pub async fn finish(self) -> Result<u64, ClientError> {
+        self.writer
+            .await
+            .map_err(|e| ClientError::Internal(e.to_string()))?
+            .map_err(|e| {
+                ClientError::Internal(format!("writing the history {} failed: {e}", self.path))
+            })
+    }
+}
+
+/// Creates `path` with its header and `open` lines, and a writer thread for
+/// the rest.
+pub fn create(
     path: &Path,
-) -> std::io::Result<(HistorySink, tokio::task::JoinHandle<std::io::Result<u64>>)> {
-    let file = File::create(path)?;
-    let (sender, mut receiver) = mpsc::channel::<HistoryRecord>(HISTORY_QUEUE_MAX);
+    header: &Header,
+    opens: &[OpenLine],
+) -> Result<(HistorySink, HistoryFile), ClientError> {
+    let cannot = |e: std::io::Error| {
+        ClientError::Usage(format!("cannot write --history {}: {e}", path.display()))
+    };
+    let mut out = BufWriter::new(File::create(path).map_err(cannot)?);
+    write_line(&mut out, header).map_err(cannot)?;
+    for open in opens {
+        write_line(&mut out, open).map_err(cannot)?;
+    }
+    let (sender, mut receiver) = mpsc::channel::<OpLine>(HISTORY_QUEUE_MAX);
+    let written = 1 + opens.len() as u64;
     let writer = tokio::task::spawn_blocking(move || {
-        let mut out = BufWriter::new(file);
-        let mut lines = 0u64;
-        while let Some(record) = receiver.blocking_recv() {
-            serde_json::to_writer(&mut out, &record)?;
-            out.write_all(b"\n")?;
+        let mut lines = written;
+        while let Some(line) = receiver.blocking_recv() {
+            write_line(&mut out, &line)?;
             lines += 1;
         }
         out.flush()?;
         Ok(lines)
     });
-    Ok((HistorySink { sender }, writer))
+    Ok((
+        HistorySink { sender },
+        HistoryFile {
+            writer,
+            path: path.display().to_string(),
+        },
+    ))
+}
+
+fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
+    out.write_all(b"\n")
+}
+
+/// The header's form of the ledger's overdraft policy.
+pub fn policy_of(settings: &overdraft_proto::v1::Settings) -> Policy {
+    match &settings.overdraft {
+        Some(o) if o.allow => Policy::Fee {
+            fee_cents: o.fee_cents,
+            floor_cents: o.limit_cents.saturating_neg(),
+        },
+        _ => Policy::Reject,
+    }
+}
+
+/// What an ATM knows of an operation that failed with `code`: these codes
+/// mean the ledger decided and applied nothing; any other failure may have
+/// come after the ledger applied it. The one classification of the client.
+pub fn outcome_of(code: tonic::Code) -> Outcome {
+    use tonic::Code;
+    match code {
+        Code::Ok => Outcome::Ok,
+        Code::FailedPrecondition
+        | Code::Aborted
+        | Code::InvalidArgument
+        | Code::NotFound
+        | Code::AlreadyExists => Outcome::Fail,
+        _ => Outcome::Unknown,
+    }
 }

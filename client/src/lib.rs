@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the `atm` command line and what each subcommand prints.
+//! - [`check`]: `atm check`, histories judged by the checker.
 //! - [`connect`]: connecting to a ledger, with errors that say what to do.
 //! - [`scenario`]: scenario files (TOML), the built-ins, and the runner.
 //! - [`demo`]: the flagship scenarios in every mode, one table.
@@ -14,6 +15,7 @@
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.
 
+pub mod check;
 pub mod child;
 pub mod cli;
 pub mod compare;

@@ -103,3 +103,9 @@ pub fn verdict(row: &ModeOutcome) -> String {
     let _ = writeln!(out, "  final balances (cents): {}", balances.join(" "));
     out
 }
+
+/// Pretty JSON of a report. Reports hold strings, numbers and maps with
+/// string keys, which always serialize; the fallback names the error.
+pub fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+}

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Goal: compare prints the versioned JSON schema with a measured ceiling and
 /// one run per mode, and its HTML renders in headless Chromium with the
-/// three charts and a bar per mode and series. Method: a short seeded load
+/// three charts and a bar per mode and series. Operation: a short seeded load
 /// against an embedded ledger through the real binary; Chromium's DOM dump.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compare_json_schema_and_html_renders_in_chromium() {

@@ -7,7 +7,7 @@ use serde_json::Value;
 /// Goal: `atm demo --json` against its embedded ledger exits 0 and shows what
 /// it promises: unsafe overdraws in double-withdrawal and loses deposits in
 /// lost-deposit, while mutex, cas and actor show no anomaly anywhere.
-/// Method: run the real binary, parse its JSON.
+/// Operation: run the real binary, parse its JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_shows_unsafe_anomalies_and_clean_safe_modes() {
     let output = common::atm(&["demo", "--json"]).await;

@@ -20,7 +20,7 @@ fn assert_one_clean_line(stderr: &str) {
 }
 
 /// Goal: an unreachable or refused target gives exit 2 and one line saying
-/// what to do. Method: a port nothing listens on, and a malformed URL.
+/// what to do. Operation: a port nothing listens on, and a malformed URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_exits_2_with_one_line() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -114,7 +114,7 @@ async fn malformed_scenario_file_names_line_and_field() {
 }
 
 /// Goal: a scenario whose expectation does not hold exits 1 and says which.
-/// Method: the double withdrawal expecting the wrong balance in mutex mode.
+/// Operation: the double withdrawal expecting the wrong balance in mutex mode.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_expectation_exits_1() {
     let dir = tempfile::tempdir().unwrap();

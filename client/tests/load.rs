@@ -1,9 +1,17 @@
 //! `atm load`: a seeded load reconciles exactly in the safe modes, and the
-//! history it writes has one line per operation.
+//! history it writes (format 2) is judged valid by the checker alone; in
+//! unsafe mode the checker names the lost updates the audit names.
 
 mod common;
 
-use overdraft_client::load::{self, LoadArgs};
+use std::{collections::HashSet, time::Duration};
+
+use overdraft_client::{
+    connect::Clients,
+    load::{self, LoadArgs},
+};
+use overdraft_history::{AnomalyKind, Verdict, check::Evidence};
+use overdraft_proto::v1 as pb;
 use overdraft_server::config::Mode;
 
 /// An embedded ledger with the race window open up to `window_ms_max`.
@@ -43,8 +51,10 @@ fn args(history: Option<std::path::PathBuf>) -> LoadArgs {
 
 /// Goal: in each safe mode, with the race window open, the client's model
 /// of every balance (from acknowledged operations) equals the final
-/// balances, nothing is unknown, and the audit is clean. Method: 1,500
-/// skewed operations from 16 ATMs per mode; the history has 1,500 lines.
+/// balances, nothing is unknown, the audit is clean, and `atm check` finds
+/// the history valid on its own. Operation: 1,500 skewed operations from 16
+/// ATMs per mode; the history has a header, 12 opens, 1,500 operations and
+/// 12 final reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_load_reconciles_exactly_in_safe_modes() {
     let ledger = ledger_with_window_ms(2).await;
@@ -79,8 +89,21 @@ async fn seeded_load_reconciles_exactly_in_safe_modes() {
             "the mix overdraws sometimes"
         );
         let lines = std::fs::read_to_string(&history).unwrap();
-        assert_eq!(lines.lines().count(), 1_500);
-        for line in lines.lines().take(50) {
+        assert_eq!(lines.lines().count(), 1 + 12 + 1_500 + 12);
+        let header: serde_json::Value =
+            serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+        assert_eq!(header["schema"], 2);
+        assert_eq!(header["mode"], mode.as_str());
+        assert_eq!(header["overdraft"]["policy"], "reject");
+        let checked = check_history(&history);
+        assert_eq!(
+            checked.verdict,
+            Verdict::Valid,
+            "{mode}: {:?}",
+            checked.anomalies
+        );
+        assert_eq!(checked.counts.operations, 1_512);
+        for line in lines.lines().skip(13).take(50) {
             let record: serde_json::Value = serde_json::from_str(line).unwrap();
             assert!(
                 record["complete_ns"].as_u64() >= record["invoke_ns"].as_u64(),
@@ -96,11 +119,15 @@ async fn seeded_load_reconciles_exactly_in_safe_modes() {
 }
 
 /// Goal: the same load in unsafe mode with a wider window fails to
-/// reconcile, proving the check above can fail. Method: hot skew, 5 ms window.
+/// reconcile, and `atm check` on its history alone finds lost updates that
+/// the ledger's audit names too, with the same money: proving the checks
+/// above can fail. Operation: hot skew, 5 ms window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsafe_load_does_not_reconcile() {
+async fn unsafe_load_does_not_reconcile_and_the_checker_names_the_audits_lost_updates() {
     let ledger = ledger_with_window_ms(5).await;
-    let mut args = args(None);
+    let dir = tempfile::tempdir().unwrap();
+    let history = dir.path().join("unsafe.jsonl");
+    let mut args = args(Some(history.clone()));
     args.skew = "hot:0.8".parse().unwrap();
     args.ops = Some(600);
     let report = load::run(&ledger.url(), &args, Some(Mode::Unsafe), false)
@@ -109,5 +136,46 @@ async fn unsafe_load_does_not_reconcile() {
     assert!(!report.reconciliation.mismatched.is_empty());
     assert!(!report.audit.clean);
     assert!(report.audit.lost_updates > 0);
+    let audit = Clients::connect(&ledger.url())
+        .await
+        .unwrap()
+        .audit()
+        .await
+        .unwrap();
+    let checked = check_history(&history);
+    assert_eq!(checked.verdict, Verdict::Anomalies);
+    assert!(checked.count(AnomalyKind::LostUpdate) > 0);
+    assert_eq!(
+        checked.money.delta_cents,
+        i128::from(audit.money_delta_cents),
+        "the history alone accounts for the money the journal says was created or destroyed"
+    );
+    let named: HashSet<&str> = checked
+        .anomalies
+        .iter()
+        .filter(|a| a.kind == AnomalyKind::LostUpdate)
+        .flat_map(|a| a.operations.iter().map(|w| w.request_id.as_str()))
+        .collect();
+    let audit_lost: Vec<&pb::Finding> = audit
+        .findings
+        .iter()
+        .filter(|f| f.kind == pb::finding::Kind::LostUpdate as i32)
+        .collect();
+    assert!(!audit_lost.is_empty());
+    for finding in &audit_lost {
+        assert!(
+            finding
+                .request_ids
+                .iter()
+                .any(|id| named.contains(id.as_str())),
+            "the audit's lost update {:?} is among the checker's",
+            finding.request_ids
+        );
+    }
     ledger.stop().await.unwrap();
+}
+
+fn check_history(path: &std::path::Path) -> overdraft_history::Report {
+    let run = overdraft_history::read_files(&[path]).unwrap();
+    overdraft_history::check(&run, &Evidence::default(), Duration::from_secs(10))
 }

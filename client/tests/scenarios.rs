@@ -9,7 +9,7 @@ use overdraft_client::scenario::{
 
 /// Goal: the built-in catalogue is honest: each scenario meets its own
 /// expectations (unsafe shows its anomaly, safe modes none, business races
-/// land on a legal outcome, naive lock order is detected). Method: run every
+/// land on a legal outcome, naive lock order is detected). Operation: run every
 /// built-in in each of its modes against one embedded ledger; a scenario
 /// that crashes the ledger runs against a child ledger (the atm binary's
 /// `serve-ledger`), restarted after the crash.

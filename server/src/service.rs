@@ -187,6 +187,7 @@ impl Ledger for LedgerService {
             from: Some(state(from_id, *from_state)),
             to: Some(state(to_id, *to_state)),
             replayed: applied.replayed,
+            fee_cents: applied.fee_cents,
         }))
     }
 

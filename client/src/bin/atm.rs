@@ -1,6 +1,7 @@
 //! `atm`: the overdraft ATM. Parses the command line and hands over to
 //! [`overdraft_client::cli::run`]; exit 0 when expectations hold, 1 when
-//! they do not, 2 on usage or connection errors.
+//! they do not, 2 on usage or connection errors, 3 when a check could not
+//! decide.
 
 use clap::Parser;
 use overdraft_client::cli::{Cli, run};
@@ -18,8 +19,7 @@ async fn main() -> std::process::ExitCode {
         "warn",
     );
     match run(cli).await {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::from(1),
+        Ok(exit) => std::process::ExitCode::from(exit.code()),
         Err(error) => {
             eprintln!("atm: {error}");
             std::process::ExitCode::from(2)

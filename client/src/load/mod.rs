@@ -25,12 +25,14 @@ use overdraft_server::config::Mode;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use tokio::task::JoinSet;
-use tonic::{Code, transport::Channel};
+use tonic::transport::Channel;
 
-use self::workload::{AccountPicker, AmountRange, Method, Mix, Skew, account_id};
+use overdraft_history::format::Operation;
+
+use self::workload::{AccountPicker, AmountRange, Mix, Skew, account_id};
 use crate::{
     connect::{ClientError, Clients},
-    history::{self, HistoryRecord, HistorySink},
+    history::{self, Clock, Header, HistorySink, OpLine, OpenLine, Outcome},
     latency::Latency,
 };
 
@@ -255,7 +257,7 @@ pub struct LoadReport {
 /// One ATM's share of the results.
 #[derive(Debug, Default)]
 struct AtmResult {
-    latency: BTreeMap<Method, Latency>,
+    latency: BTreeMap<Operation, Latency>,
     statuses: BTreeMap<String, u64>,
     deltas: HashMap<u32, i64>,
     unknown: u64,
@@ -295,11 +297,14 @@ pub async fn run(
     for _ in 0..args.connections {
         channels.push(crate::connect::channel(url).await?);
     }
+    let clock = Clock::start();
     let (sink, writer) = match &args.history {
         Some(path) => {
-            let (sink, writer) = history::open(path).map_err(|e| {
-                ClientError::Usage(format!("cannot write --history {}: {e}", path.display()))
-            })?;
+            let header = history_header(&mut clients, url, args, &mode, &clock).await?;
+            let opens: Vec<OpenLine> = (0..args.accounts)
+                .map(|n| OpenLine::new(&account_id(n), args.opening_cents, 0))
+                .collect();
+            let (sink, writer) = history::create(path, &header, &opens)?;
             (Some(sink), Some(writer))
         }
         None => (None, None),
@@ -312,11 +317,10 @@ pub async fn run(
         .then(|| tokio::spawn(show(Arc::clone(&progress), args.run_duration(), args.ops)));
     let mut atms = JoinSet::new();
     for atm in 0..args.atms {
-        let plan = AtmPlan::new(args, atm, started);
+        let plan = AtmPlan::new(args, atm, started, clock);
         let channel = channels[atm as usize % channels.len()].clone();
         atms.spawn(run_atm(channel, plan, sink.clone(), Arc::clone(&progress)));
     }
-    drop(sink);
     let mut total = AtmResult::default();
     while let Some(joined) = atms.join_next().await {
         merge(
@@ -329,13 +333,52 @@ pub async fn run(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    if let Some(writer) = writer {
-        writer
-            .await
-            .map_err(|e| ClientError::Internal(e.to_string()))?
-            .map_err(|e| ClientError::Internal(format!("writing the history failed: {e}")))?;
+    if let (Some(sink), Some(writer)) = (sink, writer) {
+        record_final_reads(&mut clients, args, &sink, &clock).await?;
+        drop(sink);
+        writer.finish().await?;
     }
     finish(&mut clients, args, mode, total, elapsed, cpu_used).await
+}
+
+/// The history's header: what `atm check` needs to judge the file alone.
+async fn history_header(
+    clients: &mut Clients,
+    url: &str,
+    args: &LoadArgs,
+    mode: &str,
+    clock: &Clock,
+) -> Result<Header, ClientError> {
+    let settings = clients.configure(pb::ConfigureRequest::default()).await?;
+    let mut header = Header::new(
+        mode,
+        args.seed,
+        history::policy_of(&settings),
+        clock.wall_unix_ns_at_zero(),
+    );
+    header.source = Some("atm load".to_owned());
+    header.target = Some(url.to_owned());
+    header.atms = Some(args.atms);
+    header.idempotency = Some(settings.idempotency);
+    Ok(header)
+}
+
+/// A read of every account after the ATMs stopped: the state the run left.
+async fn record_final_reads(
+    clients: &mut Clients,
+    args: &LoadArgs,
+    sink: &HistorySink,
+    clock: &Clock,
+) -> Result<(), ClientError> {
+    for n in 0..args.accounts {
+        let id = account_id(n);
+        let invoke_ns = clock.now();
+        let state = clients.balance(&id).await?;
+        let mut line = OpLine::final_read(&id, invoke_ns, state.balance_cents, state.version);
+        line.complete_ns = clock.now();
+        sink.record(line).await;
+    }
+    Ok(())
 }
 
 async fn finish(
@@ -435,6 +478,7 @@ struct AtmPlan {
     amounts: AmountRange,
     picker: AccountPicker,
     started: Instant,
+    clock: Clock,
     deadline: Option<Instant>,
     quota: Option<u64>,
     /// Open model: this ATM's gap between intended sends.
@@ -442,7 +486,7 @@ struct AtmPlan {
 }
 
 impl AtmPlan {
-    fn new(args: &LoadArgs, atm: u32, started: Instant) -> Self {
+    fn new(args: &LoadArgs, atm: u32, started: Instant, clock: Clock) -> Self {
         let quota = args.ops.map(|ops| {
             let atms = u64::from(args.atms);
             ops / atms + u64::from(u64::from(atm) < ops % atms)
@@ -454,6 +498,7 @@ impl AtmPlan {
             amounts: args.amount_cents,
             picker: AccountPicker::new(args.accounts, args.skew),
             started,
+            clock,
             deadline: args.run_duration().map(|d| started + d),
             quota,
             interval: args
@@ -483,7 +528,7 @@ impl AtmPlan {
 /// One operation, drawn.
 #[derive(Debug)]
 struct Drawn {
-    method: Method,
+    method: Operation,
     first: u32,
     second: u32,
     amount_cents: i64,
@@ -513,8 +558,8 @@ async fn run_atm(
         let mut method = plan.mix.pick(&mut rng);
         let first = plan.picker.pick(&mut rng);
         let second = plan.picker.pick_other(&mut rng, first);
-        if method == Method::Transfer && second == first {
-            method = Method::Deposit;
+        if method == Operation::Transfer && second == first {
+            method = Operation::Deposit;
         }
         let drawn = Drawn {
             method,
@@ -532,21 +577,15 @@ async fn run_atm(
             .record(complete.saturating_duration_since(intended));
         account_outcome(&mut result, &drawn, &record);
         progress.operations.fetch_add(1, Ordering::Relaxed);
-        if record.outcome != "ok" {
+        if record.outcome != Some(Outcome::Ok) {
             progress.errors.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(sink) = &sink {
-            let since = |t: Instant| {
-                u64::try_from(t.saturating_duration_since(plan.started).as_nanos())
-                    .unwrap_or(u64::MAX)
-            };
-            sink.record(HistoryRecord {
-                atm: plan.atm,
-                invoke_ns: since(intended),
-                complete_ns: since(complete),
-                ..record
-            })
-            .await;
+            let mut line = record;
+            line.atm = Some(plan.atm);
+            line.invoke_ns = plan.clock.since(intended);
+            line.complete_ns = plan.clock.since(complete);
+            sink.record(line).await;
         }
         k += 1;
     }
@@ -554,26 +593,26 @@ async fn run_atm(
 }
 
 /// Folds one operation's outcome into the ATM's status counts and model.
-fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &HistoryRecord) {
+fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &OpLine) {
     let code = record.code.clone().unwrap_or_else(|| "Ok".to_owned());
     *result.statuses.entry(code).or_default() += 1;
     match record.outcome {
-        "ok" => {
+        Some(Outcome::Ok) => {
             let amount = drawn.amount_cents;
             match drawn.method {
-                Method::Deposit => *result.deltas.entry(drawn.first).or_default() += amount,
-                Method::Withdraw => {
+                Operation::Deposit => *result.deltas.entry(drawn.first).or_default() += amount,
+                Operation::Withdraw => {
                     let fee = record.fee_cents.unwrap_or_default();
                     *result.deltas.entry(drawn.first).or_default() -= amount + fee;
                 }
-                Method::Transfer => {
+                Operation::Transfer => {
                     *result.deltas.entry(drawn.first).or_default() -= amount;
                     *result.deltas.entry(drawn.second).or_default() += amount;
                 }
-                Method::Balance => {}
+                Operation::Balance => {}
             }
         }
-        "unknown" => result.unknown += 1,
+        Some(Outcome::Unknown) => result.unknown += 1,
         _ => {}
     }
 }
@@ -583,19 +622,18 @@ async fn call(
     ledger: &mut pb::ledger_client::LedgerClient<Channel>,
     drawn: &Drawn,
     request_id: String,
-) -> HistoryRecord {
+) -> OpLine {
     let account = account_id(drawn.first);
     let amount_cents = drawn.amount_cents;
-    let mut record = HistoryRecord {
-        op: drawn.method.as_str(),
+    let mut record = OpLine {
         request_id: request_id.clone(),
-        ..HistoryRecord::default()
+        ..OpLine::new(drawn.method)
     };
     let outcome = match drawn.method {
-        Method::Deposit | Method::Withdraw => {
+        Operation::Deposit | Operation::Withdraw => {
             record.account_id = Some(account.clone());
             record.amount_cents = Some(amount_cents);
-            let reply = if drawn.method == Method::Deposit {
+            let reply = if drawn.method == Operation::Deposit {
                 timed(ledger.deposit(pb::DepositRequest {
                     account_id: account,
                     amount_cents,
@@ -613,12 +651,12 @@ async fn call(
             reply.map(|r| {
                 record.balance_cents = Some(r.balance_cents);
                 record.version = Some(r.version);
-                if drawn.method == Method::Withdraw {
+                if drawn.method == Operation::Withdraw {
                     record.fee_cents = Some(r.fee_cents);
                 }
             })
         }
-        Method::Transfer => {
+        Operation::Transfer => {
             let to = account_id(drawn.second);
             record.from_account_id = Some(account.clone());
             record.to_account_id = Some(to.clone());
@@ -636,9 +674,10 @@ async fn call(
                 record.version = Some(from.version);
                 record.to_balance_cents = Some(to.balance_cents);
                 record.to_version = Some(to.version);
+                record.fee_cents = Some(r.fee_cents);
             })
         }
-        Method::Balance => {
+        Operation::Balance => {
             record.account_id = Some(account.clone());
             timed(ledger.get_balance(pb::GetBalanceRequest {
                 account_id: account,
@@ -651,19 +690,9 @@ async fn call(
         }
     };
     match outcome {
-        Ok(()) => record.outcome = "ok",
+        Ok(()) => record.outcome = Some(Outcome::Ok),
         Err(status) => {
-            // These codes mean the ledger decided and applied nothing; any
-            // other failure may have happened after the ledger applied it.
-            let decided = matches!(
-                status.code(),
-                Code::FailedPrecondition
-                    | Code::Aborted
-                    | Code::InvalidArgument
-                    | Code::NotFound
-                    | Code::AlreadyExists
-            );
-            record.outcome = if decided { "fail" } else { "unknown" };
+            record.outcome = Some(history::outcome_of(status.code()));
             record.code = Some(format!("{:?}", status.code()));
             record.balance_cents = None;
             record.version = None;

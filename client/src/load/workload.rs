@@ -1,57 +1,18 @@
 //! What the load generator sends: the operation mix, the amount range, the
 //! account skew, and the seeded choice among them.
 
-use std::{fmt, str::FromStr};
+use std::str::FromStr;
 
+use overdraft_history::format::Operation;
 use overdraft_server::bank::AMOUNT_CENTS_MAX;
 use rand::{Rng, rngs::StdRng};
 use rand_distr::{Distribution, Zipf};
 use serde::Serialize;
 
-/// Operation kinds in a load.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Method {
-    /// Ledger.Deposit
-    Deposit,
-    /// Ledger.Withdraw
-    Withdraw,
-    /// Ledger.Transfer
-    Transfer,
-    /// Ledger.GetBalance
-    Balance,
-}
-
-impl Method {
-    /// Every method, in report order.
-    pub const ALL: [Method; 4] = [
-        Method::Deposit,
-        Method::Withdraw,
-        Method::Transfer,
-        Method::Balance,
-    ];
-
-    /// The name in flags and reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Deposit => "deposit",
-            Method::Withdraw => "withdraw",
-            Method::Transfer => "transfer",
-            Method::Balance => "balance",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// `--mix deposit=40,withdraw=40,transfer=15,balance=5`: relative weights.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Mix {
-    weights: Vec<(Method, u32)>,
+    weights: Vec<(Operation, u32)>,
     total: u32,
 }
 
@@ -60,7 +21,7 @@ impl Default for Mix {
         "deposit=40,withdraw=40,transfer=15,balance=5"
             .parse()
             .unwrap_or(Self {
-                weights: vec![(Method::Deposit, 1)],
+                weights: vec![(Operation::Deposit, 1)],
                 total: 1,
             })
     }
@@ -75,7 +36,7 @@ impl FromStr for Mix {
             let (name, weight) = part
                 .split_once('=')
                 .ok_or_else(|| format!("expected METHOD=WEIGHT, got `{part}`"))?;
-            let method = Method::ALL
+            let method = Operation::ALL
                 .into_iter()
                 .find(|m| m.as_str() == name.trim())
                 .ok_or_else(|| {
@@ -104,7 +65,7 @@ impl FromStr for Mix {
 
 impl Mix {
     /// Draws a method.
-    pub fn pick(&self, rng: &mut StdRng) -> Method {
+    pub fn pick(&self, rng: &mut StdRng) -> Operation {
         let mut roll = rng.random_range(0..self.total);
         for (method, weight) in &self.weights {
             if roll < *weight {
@@ -112,14 +73,14 @@ impl Mix {
             }
             roll -= weight;
         }
-        Method::Deposit
+        Operation::Deposit
     }
 
     /// True when transfers can be drawn (they need two accounts).
     pub fn has_transfers(&self) -> bool {
         self.weights
             .iter()
-            .any(|(m, w)| *m == Method::Transfer && *w > 0)
+            .any(|(m, w)| *m == Operation::Transfer && *w > 0)
     }
 }
 

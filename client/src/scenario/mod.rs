@@ -8,6 +8,7 @@ pub mod run;
 
 use std::{collections::BTreeMap, path::Path};
 
+use overdraft_history::format::Operation;
 use overdraft_proto::v1 as pb;
 use overdraft_server::{
     bank::{AccountId, parse_amount, parse_opening_balance},
@@ -182,7 +183,7 @@ fn one() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// `deposit`, `withdraw`, `transfer` or `balance`.
-    pub op: StepOp,
+    pub op: Operation,
     /// The account (deposit, withdraw, balance).
     #[serde(default)]
     pub account: Option<String>,
@@ -207,20 +208,6 @@ pub struct Step {
     /// The ATM's deadline for this request (grpc-timeout), ms; none by default.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
-}
-
-/// Operation kinds a script may use.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StepOp {
-    /// Deposit.
-    Deposit,
-    /// Withdraw.
-    Withdraw,
-    /// Transfer.
-    Transfer,
-    /// Read a balance.
-    Balance,
 }
 
 /// What must hold after a mode's run. Unset fields are not checked.
@@ -458,10 +445,10 @@ impl Step {
             }
         };
         match self.op {
-            StepOp::Deposit | StepOp::Withdraw | StepOp::Balance => {
+            Operation::Deposit | Operation::Withdraw | Operation::Balance => {
                 account("account", &self.account)?
             }
-            StepOp::Transfer => {
+            Operation::Transfer => {
                 account("from", &self.from)?;
                 account("to", &self.to)?;
                 if self.from == self.to {
@@ -469,7 +456,7 @@ impl Step {
                 }
             }
         }
-        if self.op != StepOp::Balance {
+        if self.op != Operation::Balance {
             let amount = self
                 .amount_cents
                 .ok_or_else(|| format!("a {:?} step needs amount_cents", self.op).to_lowercase())?;

@@ -16,7 +16,9 @@ use tonic::{Code, transport::Channel};
 
 use overdraft_server::config::OverdraftPolicy;
 
-use super::{Expect, Presence, Scenario, Step, StepOp};
+use overdraft_history::format::Operation;
+
+use super::{Expect, Presence, Scenario, Step};
 use crate::{
     child::ChildLedger,
     connect::{ClientError, Clients},
@@ -420,7 +422,7 @@ async fn send(
     let account_id = step.account.clone().unwrap_or_default();
     let amount_cents = step.amount_cents.unwrap_or_default();
     match step.op {
-        StepOp::Deposit => ledger
+        Operation::Deposit => ledger
             .deposit(with_deadline(
                 pb::DepositRequest {
                     account_id,
@@ -431,7 +433,7 @@ async fn send(
             ))
             .await
             .map(drop),
-        StepOp::Withdraw => ledger
+        Operation::Withdraw => ledger
             .withdraw(with_deadline(
                 pb::WithdrawRequest {
                     account_id,
@@ -442,7 +444,7 @@ async fn send(
             ))
             .await
             .map(drop),
-        StepOp::Transfer => ledger
+        Operation::Transfer => ledger
             .transfer(with_deadline(
                 pb::TransferRequest {
                     from_account_id: step.from.clone().unwrap_or_default(),
@@ -454,7 +456,7 @@ async fn send(
             ))
             .await
             .map(drop),
-        StepOp::Balance => ledger
+        Operation::Balance => ledger
             .get_balance(with_deadline(pb::GetBalanceRequest { account_id }, step))
             .await
             .map(drop),
