@@ -12,6 +12,7 @@ use crate::{
     compare,
     connect::ClientError,
     demo, embedded,
+    journal::{self, JournalArgs},
     load::{self, LoadArgs},
     report::{self, to_json},
     scenario::{
@@ -113,6 +114,9 @@ pub enum Command {
     /// Exit 0 valid, 1 anomalies, 2 usage or unreadable input (the file,
     /// line and field named), 3 unknown (a search ran out of time).
     Check(CheckArgs),
+    /// Write the ledger's journal (what each applied operation read and
+    /// wrote) as JSON lines, streamed: for `atm check --journal`.
+    Journal(JournalArgs),
     /// Serve a ledger, exactly as the `ledger` binary does (same flags).
     /// Scenarios that crash the ledger run it as a child process this way.
     #[command(hide = true)]
@@ -166,6 +170,15 @@ pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
 async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
         Command::Check(_) => Ok(true),
+        Command::Journal(args) => {
+            let written = journal::export(&args.target, &args.output).await?;
+            eprintln!(
+                "atm journal: {written} entries from {} written to {}",
+                args.target,
+                args.output.display()
+            );
+            Ok(true)
+        }
         Command::Demo { target, json, seed } => run_demo(target, json, seed).await,
         Command::ServeLedger { args } => {
             let config = overdraft_server::Config::try_parse_from(

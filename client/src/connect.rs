@@ -261,6 +261,23 @@ impl Clients {
         .into_inner())
     }
 
+    /// Admin.ExportJournal: the journal as a stream, with no deadline (it
+    /// may hold millions of entries).
+    pub async fn export_journal(
+        &mut self,
+    ) -> Result<tonic::Streaming<pb::JournalRecord>, ClientError> {
+        let mut request = tonic::Request::new(pb::ExportJournalRequest {});
+        if let Some(token) = &self.admin_token {
+            overdraft_proto::admin_token::attach(&mut request, token);
+        }
+        Ok(self
+            .admin
+            .export_journal(request)
+            .await
+            .map_err(refused("ExportJournal"))?
+            .into_inner())
+    }
+
     /// Admin.Stats.
     pub async fn stats(&mut self) -> Result<pb::StatsReply, ClientError> {
         Ok({

@@ -10,7 +10,8 @@
 //! - [`demo`]: the flagship scenarios in every mode, one table.
 //! - [`load`]: the seeded load generator (closed or open model).
 //! - [`compare`]: the same load in each mode, with the transport ceiling; HTML.
-//! - [`history`]: the JSON-lines history of a run.
+//! - [`history`]: writing the history of a run (format 2).
+//! - [`journal`]: `atm journal`, the ledger's journal streamed to a file.
 //! - [`latency`], [`report`]: histograms and human-readable output.
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.
@@ -23,6 +24,7 @@ pub mod connect;
 pub mod demo;
 pub mod embedded;
 pub mod history;
+pub mod journal;
 pub mod latency;
 pub mod load;
 pub mod report;

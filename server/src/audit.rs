@@ -108,246 +108,326 @@ pub struct AuditReport {
     pub recovery: Recovery,
 }
 
+/// Most recent legs remembered per account, to name the commits a lost
+/// update wrote over: as many as a finding lists.
+const RECENT_LEGS_MAX: usize = REQUEST_IDS_PER_FINDING_MAX;
+
 /// Audits `journal` (in commit order) against `accounts` under `policy`.
 pub fn audit(
     journal: &[JournalEntry],
     accounts: &[(AccountId, Account)],
     policy: &OverdraftPolicy,
 ) -> AuditReport {
-    let mut report = AuditReport {
-        journal_entries: u64::try_from(journal.len()).unwrap_or(u64::MAX),
-        ..AuditReport::default()
-    };
-    let mut findings = Vec::new();
-    add_totals(&mut report, journal, accounts);
-    let mut lost_ids = Vec::new();
-    let mut last_written = BTreeMap::new();
-    for (account, legs) in legs_by_account(journal) {
-        let replay = replay_account(&account, &legs, policy);
-        report.lost_updates += replay.lost_updates;
-        report.overdrafts += replay.overdrafts;
-        for finding in &replay.findings {
-            if finding.kind == FindingKind::LostUpdate {
-                lost_ids.extend(finding.request_ids.iter().cloned());
-            }
-        }
-        findings.extend(replay.findings);
-        last_written.insert(account, replay.last_written);
+    let mut auditor = Auditor::new(*policy);
+    for entry in journal {
+        auditor.push(entry);
     }
-    if report.money_delta_cents != 0 {
-        lost_ids.sort();
-        lost_ids.dedup();
-        lost_ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
-        let verb = if report.money_delta_cents > 0 {
-            "created"
-        } else {
-            "destroyed"
-        };
-        findings.push(Finding {
-            kind: FindingKind::Conservation,
-            account: None,
-            request_ids: lost_ids,
-            cents: report.money_delta_cents,
-            detail: format!(
-                "money {verb}: balances plus money in flight are {} cents, but opening plus \
-                 deposits minus withdrawals and fees is {} cents",
-                report.balances_cents.saturating_add(report.in_flight_cents),
-                report
-                    .balances_cents
-                    .saturating_add(report.in_flight_cents)
-                    .saturating_sub(report.money_delta_cents),
-            ),
-        });
-    }
-    let half_applied = half_applied(journal);
-    report.half_applied_transfers = u64::try_from(half_applied.len()).unwrap_or(u64::MAX);
-    findings.extend(half_applied);
-    findings.extend(mismatches(&last_written, accounts));
-    report.clean = findings.is_empty();
-    findings.truncate(FINDINGS_MAX);
-    report.findings = findings;
-    report
+    auditor.finish(accounts)
 }
 
-fn add_totals(
-    report: &mut AuditReport,
-    journal: &[JournalEntry],
-    accounts: &[(AccountId, Account)],
-) {
-    // i128 so that no sum of bounded i64 values can overflow before it is reported.
-    let (mut opening, mut deposits, mut withdrawals, mut fees) = (0i128, 0i128, 0i128, 0i128);
-    let mut in_flight: HashMap<&str, i128> = HashMap::new();
-    for entry in journal {
+/// The audit as a fold over the journal in commit order: it keeps state
+/// per account (and per transfer still in flight), never the journal, so
+/// its memory does not grow with the journal's length.
+#[derive(Debug)]
+pub struct Auditor {
+    policy: OverdraftPolicy,
+    accounts: BTreeMap<AccountId, AccountAudit>,
+    /// Two-commit transfers whose debit has no credit yet: transfer_id ->
+    /// (the debit's label, from, to, amount, seq, mode).
+    open_transfers: HashMap<String, OpenTransfer>,
+    totals: Totals,
+    findings: Vec<Finding>,
+    lost_ids: Vec<String>,
+    report: AuditReport,
+}
+
+#[derive(Debug)]
+struct OpenTransfer {
+    label: String,
+    from: Option<AccountId>,
+    to: String,
+    amount_cents: i64,
+    seq: u64,
+    mode: crate::config::Mode,
+}
+
+/// Sums kept in i128 so that no sum of bounded i64 values can overflow
+/// before it is reported.
+#[derive(Debug, Default)]
+struct Totals {
+    opening: i128,
+    deposits: i128,
+    withdrawals: i128,
+    fees: i128,
+}
+
+/// One account's replay state: what the journal says was stored, what the
+/// money says, the recent legs, and an overdraft still gathering racers.
+#[derive(Debug, Default)]
+struct AccountAudit {
+    last_written: Option<Account>,
+    money: i128,
+    recent: std::collections::VecDeque<RecentLeg>,
+    /// The latest overdraft finding (index into findings) and the state its
+    /// culprit read: later legs that read the same state are its racers.
+    overdraft: Option<(usize, Account)>,
+}
+
+/// A leg remembered to name it in later findings.
+#[derive(Debug)]
+struct RecentLeg {
+    label: String,
+    read: Account,
+    written: Account,
+    opening: bool,
+}
+
+impl Auditor {
+    /// An auditor for a journal written under `policy`.
+    pub fn new(policy: OverdraftPolicy) -> Self {
+        Self {
+            policy,
+            accounts: BTreeMap::new(),
+            open_transfers: HashMap::new(),
+            totals: Totals::default(),
+            findings: Vec::new(),
+            lost_ids: Vec::new(),
+            report: AuditReport::default(),
+        }
+    }
+
+    /// Folds in the next entry (entries come in commit order).
+    pub fn push(&mut self, entry: &JournalEntry) {
+        self.report.journal_entries += 1;
+        self.add_totals(entry);
+        let label = entry.label();
+        for leg in &entry.legs {
+            self.replay_leg(&label, leg, entry.kind == EntryKind::Open);
+        }
+    }
+
+    fn add_totals(&mut self, entry: &JournalEntry) {
         let amount = i128::from(entry.amount_cents);
-        fees += i128::from(entry.fee_cents);
+        self.totals.fees += i128::from(entry.fee_cents);
         match entry.kind {
-            EntryKind::Open => opening += amount,
-            EntryKind::Deposit => deposits += amount,
-            EntryKind::Withdraw => withdrawals += amount,
+            EntryKind::Open => self.totals.opening += amount,
+            EntryKind::Deposit => self.totals.deposits += amount,
+            EntryKind::Withdraw => self.totals.withdrawals += amount,
             EntryKind::Transfer => {}
             EntryKind::TransferDebit => {
-                *in_flight.entry(transfer_key(entry)).or_default() += amount;
+                self.open_transfers.insert(
+                    transfer_key(entry).to_owned(),
+                    OpenTransfer {
+                        label: entry.label(),
+                        from: entry.legs.first().map(|leg| leg.account.clone()),
+                        to: entry
+                            .counterparty
+                            .as_ref()
+                            .map_or_else(|| "?".to_owned(), ToString::to_string),
+                        amount_cents: entry.amount_cents,
+                        seq: entry.seq,
+                        mode: entry.mode,
+                    },
+                );
             }
             EntryKind::TransferCredit => {
-                *in_flight.entry(transfer_key(entry)).or_default() -= amount;
+                self.open_transfers.remove(transfer_key(entry));
             }
         }
     }
-    let in_flight: i128 = in_flight.values().sum();
-    let balances: i128 = accounts
-        .iter()
-        .map(|(_, a)| i128::from(a.balance_cents))
-        .sum();
-    let expected = opening + deposits - withdrawals - fees;
-    let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
-    report.opening_cents = clamp(opening);
-    report.deposits_cents = clamp(deposits);
-    report.withdrawals_cents = clamp(withdrawals);
-    report.fees_cents = clamp(fees);
-    report.balances_cents = clamp(balances);
-    report.in_flight_cents = clamp(in_flight);
-    report.money_delta_cents = clamp(balances + in_flight - expected);
-}
 
-/// One finding per transfer whose debit has no credit.
-fn half_applied(journal: &[JournalEntry]) -> Vec<Finding> {
-    let mut open: BTreeMap<&str, &JournalEntry> = BTreeMap::new();
-    for entry in journal {
-        match entry.kind {
-            EntryKind::TransferDebit => {
-                open.insert(transfer_key(entry), entry);
+    fn replay_leg(&mut self, label: &str, leg: &crate::bank::Leg, opening: bool) {
+        let floor = i128::from(self.policy.floor_cents());
+        let state = self.accounts.entry(leg.account.clone()).or_default();
+        let before = state.money;
+        state.money += i128::from(leg.delta_cents);
+        if let Some((index, read)) = state.overdraft
+            && read == leg.read
+            && !opening
+        {
+            // A later leg that checked the same state: a racer of the overdraft.
+            let ids = &mut self.findings[index].request_ids;
+            if ids.len() < REQUEST_IDS_PER_FINDING_MAX {
+                ids.push(label.to_owned());
             }
-            EntryKind::TransferCredit => {
-                open.remove(transfer_key(entry));
+        }
+        if !opening && let Some(stored) = state.last_written.filter(|stored| *stored != leg.read) {
+            self.report.lost_updates += 1;
+            let finding = lost_update(&leg.account, label, leg, stored, &state.recent);
+            self.lost_ids.extend(finding.request_ids.iter().cloned());
+            self.lost_ids.sort();
+            self.lost_ids.dedup();
+            self.lost_ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
+            push_bounded(&mut self.findings, finding);
+        }
+        if state.money < floor && before >= floor {
+            self.report.overdrafts += 1;
+            let mut finding = overdraft(&leg.account, label, leg, state.money, floor);
+            // Racers that came before: recent legs that read the same state.
+            finding.request_ids.extend(
+                state
+                    .recent
+                    .iter()
+                    .filter(|recent| {
+                        !recent.opening && recent.read == leg.read && recent.label != label
+                    })
+                    .map(|recent| recent.label.clone()),
+            );
+            finding.request_ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
+            // Racers that come after are added as they are folded in.
+            if self.findings.len() < FINDINGS_MAX {
+                state.overdraft = Some((self.findings.len(), leg.read));
             }
-            _ => {}
+            push_bounded(&mut self.findings, finding);
+        }
+        state.last_written = Some(leg.written);
+        state.recent.push_back(RecentLeg {
+            label: label.to_owned(),
+            read: leg.read,
+            written: leg.written,
+            opening,
+        });
+        if state.recent.len() > RECENT_LEGS_MAX {
+            state.recent.pop_front();
         }
     }
-    open.into_iter()
-        .map(|(transfer_id, debit)| {
-            let from = debit.legs.first().map(|leg| leg.account.clone());
-            let to = debit
-                .counterparty
-                .as_ref()
-                .map_or_else(|| "?".to_owned(), ToString::to_string);
-            Finding {
+
+    /// The report, with the stored `accounts` held against the journal.
+    pub fn finish(mut self, accounts: &[(AccountId, Account)]) -> AuditReport {
+        let mut report = std::mem::take(&mut self.report);
+        let in_flight: i128 = self
+            .open_transfers
+            .values()
+            .map(|t| i128::from(t.amount_cents))
+            .sum();
+        let balances: i128 = accounts
+            .iter()
+            .map(|(_, a)| i128::from(a.balance_cents))
+            .sum();
+        let t = &self.totals;
+        let expected = t.opening + t.deposits - t.withdrawals - t.fees;
+        report.opening_cents = clamp(t.opening);
+        report.deposits_cents = clamp(t.deposits);
+        report.withdrawals_cents = clamp(t.withdrawals);
+        report.fees_cents = clamp(t.fees);
+        report.balances_cents = clamp(balances);
+        report.in_flight_cents = clamp(in_flight);
+        report.money_delta_cents = clamp(balances + in_flight - expected);
+        let mut findings = std::mem::take(&mut self.findings);
+        if report.money_delta_cents != 0 {
+            findings.push(conservation(&report, std::mem::take(&mut self.lost_ids)));
+        }
+        let half_applied = self.half_applied();
+        report.half_applied_transfers = u64::try_from(half_applied.len()).unwrap_or(u64::MAX);
+        findings.extend(half_applied);
+        let last_written: BTreeMap<AccountId, Option<Account>> = self
+            .accounts
+            .iter()
+            .map(|(id, state)| (id.clone(), state.last_written))
+            .collect();
+        findings.extend(mismatches(&last_written, accounts));
+        report.clean = findings.is_empty();
+        findings.truncate(FINDINGS_MAX);
+        report.findings = findings;
+        report
+    }
+
+    /// One finding per transfer whose debit has no credit.
+    fn half_applied(&self) -> Vec<Finding> {
+        let mut open: Vec<(&String, &OpenTransfer)> = self.open_transfers.iter().collect();
+        open.sort_by_key(|(id, _)| id.as_str());
+        open.into_iter()
+            .map(|(transfer_id, debit)| Finding {
                 kind: FindingKind::HalfAppliedTransfer,
                 detail: format!(
                     "transfer {transfer_id} ({}, {} mode) debited {} by {} cents at seq {} and \
-                     never credited {to}: the money left one account and reached none",
-                    debit.label(),
+                     never credited {}: the money left one account and reached none",
+                    debit.label,
                     debit.mode,
-                    from.as_ref()
+                    debit
+                        .from
+                        .as_ref()
                         .map_or_else(|| "?".to_owned(), ToString::to_string),
                     debit.amount_cents,
                     debit.seq,
+                    debit.to,
                 ),
-                account: from,
-                request_ids: vec![debit.label()],
+                account: debit.from.clone(),
+                request_ids: vec![debit.label.clone()],
                 cents: debit.amount_cents.saturating_neg(),
-            }
-        })
-        .collect()
+            })
+            .collect()
+    }
+}
+
+/// Keeps at most [`FINDINGS_MAX`] findings; the counters stay exact.
+fn push_bounded(findings: &mut Vec<Finding>, finding: Finding) {
+    if findings.len() < FINDINGS_MAX {
+        findings.push(finding);
+    }
+}
+
+fn clamp(value: i128) -> i64 {
+    i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+}
+
+fn conservation(report: &AuditReport, lost_ids: Vec<String>) -> Finding {
+    let verb = if report.money_delta_cents > 0 {
+        "created"
+    } else {
+        "destroyed"
+    };
+    Finding {
+        kind: FindingKind::Conservation,
+        account: None,
+        request_ids: lost_ids,
+        cents: report.money_delta_cents,
+        detail: format!(
+            "money {verb}: balances plus money in flight are {} cents, but opening plus \
+             deposits minus withdrawals and fees is {} cents",
+            report.balances_cents.saturating_add(report.in_flight_cents),
+            report
+                .balances_cents
+                .saturating_add(report.in_flight_cents)
+                .saturating_sub(report.money_delta_cents),
+        ),
+    }
 }
 
 fn transfer_key(entry: &JournalEntry) -> &str {
     entry.transfer_id.as_deref().unwrap_or("")
 }
 
-/// One account's legs: (entry label, read, written, delta) in commit order.
-struct AccountLeg {
-    label: String,
-    read: Account,
-    written: Account,
-    delta_cents: i64,
-    opening: bool,
-}
-
-fn legs_by_account(journal: &[JournalEntry]) -> BTreeMap<AccountId, Vec<AccountLeg>> {
-    let mut by_account: BTreeMap<AccountId, Vec<AccountLeg>> = BTreeMap::new();
-    for entry in journal {
-        for leg in &entry.legs {
-            by_account
-                .entry(leg.account.clone())
-                .or_default()
-                .push(AccountLeg {
-                    label: entry.label(),
-                    read: leg.read,
-                    written: leg.written,
-                    delta_cents: leg.delta_cents,
-                    opening: entry.kind == EntryKind::Open,
-                });
-        }
-    }
-    by_account
-}
-
-struct AccountReplay {
-    findings: Vec<Finding>,
-    lost_updates: u64,
-    overdrafts: u64,
-    last_written: Option<Account>,
-}
-
-fn replay_account(
+/// `leg` (of the entry `label`) read `leg.read` but the store held
+/// `stored`: every commit since the read was erased. `recent` holds the
+/// account's latest legs, to name them.
+fn lost_update(
     account: &AccountId,
-    legs: &[AccountLeg],
-    policy: &OverdraftPolicy,
-) -> AccountReplay {
-    let floor = policy.floor_cents();
-    let mut replay = AccountReplay {
-        findings: Vec::new(),
-        lost_updates: 0,
-        overdrafts: 0,
-        last_written: None,
-    };
-    let mut money: i128 = 0;
-    for (index, leg) in legs.iter().enumerate() {
-        let money_before = money;
-        money += i128::from(leg.delta_cents);
-        if !leg.opening
-            && let Some(stored) = replay.last_written.filter(|stored| *stored != leg.read)
-        {
-            replay.lost_updates += 1;
-            replay
-                .findings
-                .push(lost_update(account, legs, index, stored));
-        }
-        if money < i128::from(floor) && money_before >= i128::from(floor) {
-            replay.overdrafts += 1;
-            replay
-                .findings
-                .push(overdraft(account, legs, index, money, floor));
-        }
-        replay.last_written = Some(leg.written);
-    }
-    replay
-}
-
-/// The leg at `index` read `legs[index].read` but the store held `stored`:
-/// every commit since the read was erased.
-fn lost_update(account: &AccountId, legs: &[AccountLeg], index: usize, stored: Account) -> Finding {
-    let leg = &legs[index];
-    let read_at = legs[..index]
+    label: &str,
+    leg: &crate::bank::Leg,
+    stored: Account,
+    recent: &std::collections::VecDeque<RecentLeg>,
+) -> Finding {
+    let read_at = recent
         .iter()
         .rposition(|earlier| earlier.written == leg.read)
         .map_or(0, |position| position + 1);
-    let mut ids = vec![leg.label.clone()];
+    let mut ids = vec![label.to_owned()];
     ids.extend(
-        legs[read_at..index]
+        recent
             .iter()
+            .skip(read_at)
             .map(|erased| erased.label.clone()),
     );
-    let erased = index - read_at;
+    let erased = recent.len().saturating_sub(read_at);
     ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
     let cents = leg.read.balance_cents.saturating_sub(stored.balance_cents);
     Finding {
         kind: FindingKind::LostUpdate,
         account: Some(account.clone()),
         detail: format!(
-            "{} read {account} at version {} ({} cents) and wrote version {} over {erased} \
+            "{label} read {account} at version {} ({} cents) and wrote version {} over {erased} \
              commit(s) made since (the store held version {}, {} cents); {} cents {}",
-            leg.label,
             leg.read.version,
             leg.read.balance_cents,
             leg.written.version,
@@ -361,34 +441,26 @@ fn lost_update(account: &AccountId, legs: &[AccountLeg], index: usize, stored: A
     }
 }
 
-/// The money in `account` went below `floor` at the leg at `index`; name it
-/// with every operation that read the same version (the racers).
+/// The money in `account` went below `floor` at `leg`; racers that read
+/// the same state are added as the journal goes on.
 fn overdraft(
     account: &AccountId,
-    legs: &[AccountLeg],
-    index: usize,
+    label: &str,
+    leg: &crate::bank::Leg,
     money: i128,
-    floor: i64,
+    floor: i128,
 ) -> Finding {
-    let leg = &legs[index];
-    let mut ids = vec![leg.label.clone()];
-    ids.extend(
-        legs.iter()
-            .enumerate()
-            .filter(|(other, racer)| *other != index && !racer.opening && racer.read == leg.read)
-            .map(|(_, racer)| racer.label.clone()),
-    );
-    ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
     let money = i64::try_from(money).unwrap_or(i64::MIN);
+    let floor = i64::try_from(floor).unwrap_or(i64::MIN);
     Finding {
         kind: FindingKind::Overdraft,
         account: Some(account.clone()),
         detail: format!(
-            "{account} was overdrawn to {money} cents (floor {floor}) by {}, which checked a \
+            "{account} was overdrawn to {money} cents (floor {floor}) by {label}, which checked a \
              balance of {} cents at version {} that other operations had already spent",
-            leg.label, leg.read.balance_cents, leg.read.version,
+            leg.read.balance_cents, leg.read.version,
         ),
-        request_ids: ids,
+        request_ids: vec![label.to_owned()],
         cents: money.saturating_sub(floor),
     }
 }

@@ -368,12 +368,17 @@ impl Engine {
         let _quiet = self.mode.write().await;
         let store = Arc::clone(&self.core.store);
         let policy = self.core.settings().policy;
-        let read = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            Ok((store.journal()?, store.accounts()?))
+        // A fold over the journal: memory per account, not per entry.
+        let mut report = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut auditor = audit::Auditor::new(policy);
+            store.scan_journal(&mut |entry| {
+                auditor.push(&entry);
+                std::ops::ControlFlow::Continue(())
+            })?;
+            Ok(auditor.finish(&store.accounts()?))
         })
         .await
         .map_err(|e| LedgerError::Invariant(format!("audit task failed: {e}")))??;
-        let mut report = audit::audit(&read.0, &read.1, &policy);
         report.recovery = self.recovery;
         Ok(report)
     }

@@ -14,7 +14,8 @@
 //! - [`modes`]: the four modes and the read-check-write step they share.
 //! - [`engine`]: mode switching, idempotency, durable acks.
 //! - [`durability`]: group commit for `--durability sync`.
-//! - [`audit`]: anomalies found in the journal and balances.
+//! - [`audit`]: anomalies found in the journal and balances, as a fold.
+//! - [`export`]: the journal streamed on the wire (Admin.ExportJournal).
 //! - [`service`]: the gRPC services; the one place errors become `Status`.
 //! - [`auth`]: the admin token in front of Admin and Chaos beyond loopback.
 //! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes;
@@ -29,6 +30,7 @@ pub mod crash;
 pub(crate) mod durability;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod journal;
 pub mod modes;
 pub mod race;

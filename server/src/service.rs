@@ -283,6 +283,19 @@ impl Admin for LedgerService {
         Ok(Response::new(audit_reply(report)))
     }
 
+    type ExportJournalStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::JournalRecord, Status>>;
+
+    async fn export_journal(
+        &self,
+        _request: Request<pb::ExportJournalRequest>,
+    ) -> Result<Response<Self::ExportJournalStream>, Status> {
+        let store = std::sync::Arc::clone(&self.engine.core().store);
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            crate::export::stream(store),
+        )))
+    }
+
     #[tracing::instrument(level = "debug", skip_all)]
     async fn configure(
         &self,

@@ -99,6 +99,19 @@ impl Store for MemoryStore {
         Ok(self.state().journal.clone())
     }
 
+    fn scan_journal(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        // The memory store holds its journal anyway; a copy keeps the lock short.
+        for entry in self.journal()? {
+            if visit(entry).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn clear(&self) -> Result<(), StoreError> {
         let mut state = self.state();
         let next_seq = state.next_seq;

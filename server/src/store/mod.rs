@@ -113,6 +113,14 @@ pub trait Store: Send + Sync + 'static {
     /// The journal in commit order.
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError>;
 
+    /// Visits the journal in commit order, one entry at a time, without
+    /// holding it whole: the audit and the export of millions of entries.
+    /// `visit` returns `Break` to stop early.
+    fn scan_journal(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+
     /// Removes every account, journal entry and idempotency record.
     fn clear(&self) -> Result<(), StoreError>;
 

@@ -764,6 +764,23 @@ impl Store for SledStore {
         Ok(entries)
     }
 
+    fn scan_journal(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.drain()?;
+        // One segment (at most BATCH_COMMITS_MAX entries) in memory at a time.
+        for value in self.trees.journal.iter().values() {
+            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
+            for record in segment {
+                if visit(record.entry).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn clear(&self) -> Result<(), StoreError> {
         let mut mirror = self.mirror();
         self.drain()?;
