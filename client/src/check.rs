@@ -86,7 +86,7 @@ pub fn text(report: &Report, show: usize) -> String {
     let c = &report.counts;
     out.push_str(&format!(
         "{verdict}\n{} operations ({} ok, {} failed, {} unknown: {} resolved by the journal, {} \
-         found applied), {} replays, {} accounts; mode {}, seed {}; checked in {} ms\n",
+         found applied), {} replays, {} account(s); mode {}, seed {}; checked in {} ms\n",
         c.operations,
         c.ok,
         c.failed,

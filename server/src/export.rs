@@ -5,7 +5,8 @@
 use std::{ops::ControlFlow, sync::Arc};
 
 use overdraft_proto::v1 as pb;
-use tokio::sync::mpsc;
+// tokio itself, not the facade: tonic's stream is polled on the real runtime.
+use real_tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::{bank::EntryKind, journal::JournalEntry, store::Store};
@@ -18,7 +19,7 @@ pub const EXPORT_QUEUE_MAX: usize = 4_096;
 /// then ends (or yields one error status if the scan failed).
 pub fn stream(store: Arc<dyn Store>) -> mpsc::Receiver<Result<pb::JournalRecord, Status>> {
     let (sender, receiver) = mpsc::channel(EXPORT_QUEUE_MAX);
-    tokio::task::spawn_blocking(move || {
+    real_tokio::task::spawn_blocking(move || {
         let scanned = store.scan_journal(&mut |entry| {
             match sender.blocking_send(Ok(record(&entry))) {
                 Ok(()) => ControlFlow::Continue(()),

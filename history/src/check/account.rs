@@ -681,15 +681,22 @@ fn lost_update(
     } else {
         let over = &legs[overwriter as usize];
         finding.add(over.op, Role::Overwriter);
+        let over_label = run.label(&run.ops[over.op as usize]);
+        let whose = if members.len() == 1 {
+            format!("{lost}'s change")
+        } else {
+            format!(
+                "the changes of {lost} and {} operation(s) after it",
+                members.len() - 1
+            )
+        };
         format!(
-            "{} and {lost} both read {name} at version {read_version} ({read_balance} cents); \
-             {} wrote version {} last, erasing {} cents of changes ({} operation(s) on the lost \
-             branch)",
-            run.label(&run.ops[over.op as usize]),
-            run.label(&run.ops[over.op as usize]),
+            "{over_label} and {lost} both read {name} at version {read_version} ({read_balance} \
+             cents); {over_label} wrote version {} last, erasing {whose} ({} cents): {} cents {}",
             over.version,
             change(erased),
-            members.len()
+            cents.unsigned_abs(),
+            if cents >= 0 { "created" } else { "destroyed" },
         )
     };
     finding
