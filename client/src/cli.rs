@@ -48,6 +48,10 @@ pub enum Command {
         /// Seed of the embedded ledger's race hook.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Write each scenario and mode's history into this directory
+        /// (SCENARIO-MODE.jsonl, format 2) for `atm check`.
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
     /// Run a named incident scenario (or a TOML file) and give the verdict per mode.
     Scenario {
@@ -69,6 +73,10 @@ pub enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Write what the ATMs saw (format 2) for `atm check`: this file when
+        /// one mode runs, else a directory of SCENARIO-MODE.jsonl files.
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
     /// Send a seeded load and report latency, throughput, anomalies and reconciliation.
     Load {
@@ -179,7 +187,12 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             );
             Ok(true)
         }
-        Command::Demo { target, json, seed } => run_demo(target, json, seed).await,
+        Command::Demo {
+            target,
+            json,
+            seed,
+            history,
+        } => run_demo(target, json, seed, history).await,
         Command::ServeLedger { args } => {
             let config = overdraft_server::Config::try_parse_from(
                 std::iter::once("ledger".to_owned()).chain(args),
@@ -201,11 +214,12 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             mode,
             seed,
             json,
+            history,
             ..
         } => {
             let name = scenario.unwrap_or_default();
             let scenario = Scenario::load(&name).map_err(|e| ClientError::Usage(e.to_string()))?;
-            run_scenario(&name, scenario, target, mode, seed, json).await
+            run_scenario(&name, scenario, target, mode, seed, json, history).await
         }
         Command::Load {
             target,
@@ -244,7 +258,15 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     }
 }
 
-async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool, ClientError> {
+async fn run_demo(
+    target: Option<String>,
+    json: bool,
+    seed: u64,
+    history: Option<PathBuf>,
+) -> Result<bool, ClientError> {
+    if let Some(dir) = &history {
+        crate::history::create_dir(dir)?;
+    }
     let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
     let (url, label) = (ledger.url.clone(), ledger.label.clone());
     // Fail on an unreachable target before printing anything else.
@@ -255,7 +277,7 @@ async fn run_demo(target: Option<String>, json: bool, seed: u64) -> Result<bool,
             demo::DEMO_SCENARIOS.len()
         );
     }
-    let report = demo::run(&url, &label, seed, |row| {
+    let report = demo::run(&url, &label, seed, history.as_deref(), |row| {
         if !json {
             eprintln!(
                 "  {:<20} {:<7} {}",
@@ -311,6 +333,7 @@ async fn run_scenario(
     modes: Vec<Mode>,
     seed: u64,
     json: bool,
+    history: Option<PathBuf>,
 ) -> Result<bool, ClientError> {
     let has_target = target.is_some();
     let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
@@ -325,12 +348,27 @@ async fn run_scenario(
             "scenario {name} crashes the ledger and restarts it, so it starts a ledger of its own: drop --target"
         )));
     }
+    // One mode: the file itself (unless it names a directory); several: a
+    // directory of SCENARIO-MODE.jsonl files.
+    let in_directory = history
+        .as_ref()
+        .is_some_and(|path| modes.len() > 1 || path.is_dir());
+    if let (true, Some(dir)) = (in_directory, &history) {
+        crate::history::create_dir(dir)?;
+    }
     let mut runs = Vec::new();
     for mode in &modes {
+        let file = history.as_ref().map(|path| {
+            if in_directory {
+                crate::history::file_in(path, &scenario.name, *mode)
+            } else {
+                path.clone()
+            }
+        });
         let run = if scenario.crash.is_some() {
-            run_mode_crashing(&scenario, *mode, seed, None).await?
+            run_mode_crashing(&scenario, *mode, seed, None, file.as_deref()).await?
         } else {
-            run_mode(&url, &scenario, *mode).await?
+            run_mode(&url, &scenario, *mode, file.as_deref()).await?
         };
         runs.push(run);
     }

@@ -36,17 +36,20 @@ pub struct DemoReport {
 }
 
 /// Runs the demo against `url`; `progress` hears of each run as it ends.
+/// With `history`, each scenario and mode writes `DIR/SCENARIO-MODE.jsonl`.
 pub async fn run(
     url: &str,
     target_label: &str,
     seed: u64,
+    history: Option<&std::path::Path>,
     mut progress: impl FnMut(&ModeOutcome),
 ) -> Result<DemoReport, ClientError> {
     let mut runs = Vec::new();
     for name in DEMO_SCENARIOS {
         let scenario = Scenario::load(name).map_err(|e| ClientError::Internal(e.to_string()))?;
         for mode in scenario.modes() {
-            let outcome = run_mode(url, &scenario, mode).await?;
+            let file = history.map(|dir| crate::history::file_in(dir, name, mode));
+            let outcome = run_mode(url, &scenario, mode, file.as_deref()).await?;
             progress(&outcome);
             runs.push(outcome);
         }

@@ -165,3 +165,22 @@ pub fn outcome_of(code: tonic::Code) -> Outcome {
         _ => Outcome::Unknown,
     }
 }
+
+/// The history file of one scenario run in `dir`: `SCENARIO-MODE.jsonl`.
+pub fn file_in(
+    dir: &Path,
+    scenario: &str,
+    mode: overdraft_server::config::Mode,
+) -> std::path::PathBuf {
+    dir.join(format!("{scenario}-{}.jsonl", mode.as_str()))
+}
+
+/// Creates `dir` (and its parents) for the histories of several runs.
+pub fn create_dir(dir: &Path) -> Result<(), ClientError> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        ClientError::Usage(format!(
+            "cannot create the --history directory {}: {e}",
+            dir.display()
+        ))
+    })
+}

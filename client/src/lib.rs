@@ -6,6 +6,7 @@
 //! - [`cli`]: the `atm` command line and what each subcommand prints.
 //! - [`check`]: `atm check`, histories judged by the checker.
 //! - [`connect`]: connecting to a ledger, with errors that say what to do.
+//! - [`call`]: the one way an operation is sent and recorded.
 //! - [`scenario`]: scenario files (TOML), the built-ins, and the runner.
 //! - [`demo`]: the flagship scenarios in every mode, one table.
 //! - [`load`]: the seeded load generator (closed or open model).
@@ -16,6 +17,7 @@
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.
 
+pub mod call;
 pub mod check;
 pub mod child;
 pub mod cli;

@@ -26,11 +26,13 @@ async fn every_builtin_scenario_meets_its_expectations_in_every_mode() {
             );
             let outcome = if scenario.crash.is_some() {
                 let atm = env!("CARGO_BIN_EXE_atm").into();
-                run_mode_crashing(&scenario, mode, 1, Some(atm))
+                run_mode_crashing(&scenario, mode, 1, Some(atm), None)
                     .await
                     .unwrap()
             } else {
-                run_mode(&ledger.url(), &scenario, mode).await.unwrap()
+                run_mode(&ledger.url(), &scenario, mode, None)
+                    .await
+                    .unwrap()
             };
             if !outcome.passed {
                 failures.push(format!("{name} in {mode}: {:?}", outcome.failures));

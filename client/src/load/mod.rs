@@ -568,7 +568,17 @@ async fn run_atm(
             amount_cents: plan.amounts.pick(&mut rng),
         };
         let request_id = format!("load-{}-{}-{k}", plan.seed, plan.atm);
-        let record = call(&mut ledger, &drawn, request_id).await;
+        let first = account_id(drawn.first);
+        let second = (drawn.method == Operation::Transfer).then(|| account_id(drawn.second));
+        let request = crate::call::Request {
+            operation: drawn.method,
+            account: &first,
+            to: second.as_deref(),
+            amount_cents: drawn.amount_cents,
+            request_id,
+            deadline: None,
+        };
+        let (record, _) = crate::call::send(&mut ledger, request, OPERATION_TIMEOUT).await;
         let complete = Instant::now();
         result
             .latency
@@ -614,101 +624,6 @@ fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &OpLine) {
         }
         Some(Outcome::Unknown) => result.unknown += 1,
         _ => {}
-    }
-}
-
-/// Sends one operation and describes what came back.
-async fn call(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
-    drawn: &Drawn,
-    request_id: String,
-) -> OpLine {
-    let account = account_id(drawn.first);
-    let amount_cents = drawn.amount_cents;
-    let mut record = OpLine {
-        request_id: request_id.clone(),
-        ..OpLine::new(drawn.method)
-    };
-    let outcome = match drawn.method {
-        Operation::Deposit | Operation::Withdraw => {
-            record.account_id = Some(account.clone());
-            record.amount_cents = Some(amount_cents);
-            let reply = if drawn.method == Operation::Deposit {
-                timed(ledger.deposit(pb::DepositRequest {
-                    account_id: account,
-                    amount_cents,
-                    request_id,
-                }))
-                .await
-            } else {
-                timed(ledger.withdraw(pb::WithdrawRequest {
-                    account_id: account,
-                    amount_cents,
-                    request_id,
-                }))
-                .await
-            };
-            reply.map(|r| {
-                record.balance_cents = Some(r.balance_cents);
-                record.version = Some(r.version);
-                if drawn.method == Operation::Withdraw {
-                    record.fee_cents = Some(r.fee_cents);
-                }
-            })
-        }
-        Operation::Transfer => {
-            let to = account_id(drawn.second);
-            record.from_account_id = Some(account.clone());
-            record.to_account_id = Some(to.clone());
-            record.amount_cents = Some(amount_cents);
-            let request = pb::TransferRequest {
-                from_account_id: account,
-                to_account_id: to,
-                amount_cents,
-                request_id,
-            };
-            timed(ledger.transfer(request)).await.map(|r| {
-                let from = r.from.unwrap_or_default();
-                let to = r.to.unwrap_or_default();
-                record.balance_cents = Some(from.balance_cents);
-                record.version = Some(from.version);
-                record.to_balance_cents = Some(to.balance_cents);
-                record.to_version = Some(to.version);
-                record.fee_cents = Some(r.fee_cents);
-            })
-        }
-        Operation::Balance => {
-            record.account_id = Some(account.clone());
-            timed(ledger.get_balance(pb::GetBalanceRequest {
-                account_id: account,
-            }))
-            .await
-            .map(|r| {
-                record.balance_cents = Some(r.balance_cents);
-                record.version = Some(r.version);
-            })
-        }
-    };
-    match outcome {
-        Ok(()) => record.outcome = Some(Outcome::Ok),
-        Err(status) => {
-            record.outcome = Some(history::outcome_of(status.code()));
-            record.code = Some(format!("{:?}", status.code()));
-            record.balance_cents = None;
-            record.version = None;
-            record.to_balance_cents = None;
-            record.fee_cents = None;
-        }
-    }
-    record
-}
-
-async fn timed<T>(
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
-        Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 10 s")),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,6 +18,8 @@ use tonic::{Code, transport::Channel};
 use overdraft_server::config::OverdraftPolicy;
 
 use overdraft_history::format::Operation;
+
+use crate::history::{Clock, Header, HistoryFile, HistorySink, OpLine, OpenLine};
 
 use super::{Expect, Presence, Scenario, Step};
 use crate::{
@@ -182,11 +185,13 @@ impl Tally {
     }
 }
 
-/// Runs `scenario` in `mode` against the ledger at `url`.
+/// Runs `scenario` in `mode` against the ledger at `url`; with `history`,
+/// writes what the ATMs saw there (format 2).
 pub async fn run_mode(
     url: &str,
     scenario: &Scenario,
     mode: Mode,
+    history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
     if scenario.crash.is_some() {
         return Err(ClientError::Usage(format!(
@@ -196,7 +201,7 @@ pub async fn run_mode(
     }
     let mut clients = Clients::connect(url).await?;
     let previous = clients.configure(pb::ConfigureRequest::default()).await?;
-    let outcome = run_configured(url, &mut clients, scenario, mode, None).await;
+    let outcome = run_configured(url, &mut clients, scenario, mode, None, history).await;
     // Leave a shared ledger as we found it, whatever happened.
     clients.configure(restore_request(&previous)).await?;
     outcome
@@ -211,11 +216,20 @@ pub async fn run_mode_crashing(
     mode: Mode,
     seed: u64,
     program: Option<std::path::PathBuf>,
+    history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
     let mut child = ChildLedger::start(program, mode, seed).await?;
     let url = child.url.clone();
     let mut clients = Clients::connect(&url).await?;
-    let outcome = run_configured(&url, &mut clients, scenario, mode, Some(&mut child)).await;
+    let outcome = run_configured(
+        &url,
+        &mut clients,
+        scenario,
+        mode,
+        Some(&mut child),
+        history,
+    )
+    .await;
     child.stop().await;
     outcome
 }
@@ -226,6 +240,7 @@ async fn run_configured(
     scenario: &Scenario,
     mode: Mode,
     child: Option<&mut ChildLedger>,
+    history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
     let accounts = scenario
         .accounts
@@ -269,8 +284,15 @@ async fn run_configured(
         }
         clients.arm_crash(point).await?;
     }
+    let clock = Clock::start();
+    let recorder = match history {
+        Some(path) => Some(open_history(clients, path, scenario, mode, atm_total, &clock).await?),
+        None => None,
+    };
+    let sink = recorder.as_ref().map(|(sink, _)| sink.clone());
     let barrier = Arc::new(Barrier::new(atm_total));
     let mut atms = JoinSet::new();
+    let mut atm_index = 0u32;
     for spec in &scenario.atms {
         for copy in 0..spec.count {
             let channel = crate::connect::channel(url).await?;
@@ -282,7 +304,13 @@ async fn run_configured(
             let script = spec.script.clone();
             let repeat = spec.repeat;
             let barrier = scenario.barrier.then(|| Arc::clone(&barrier));
-            atms.spawn(run_atm(channel, name, script, repeat, barrier));
+            let recording = sink.clone().map(|sink| Recording {
+                sink,
+                clock,
+                atm: atm_index,
+            });
+            atm_index += 1;
+            atms.spawn(run_atm(channel, name, script, repeat, barrier, recording));
         }
     }
     let started = Instant::now();
@@ -309,10 +337,20 @@ async fn run_configured(
         .map_or(0, |m| m.retries);
     let mut balances = BTreeMap::new();
     for account in &scenario.accounts {
-        balances.insert(
-            account.id.clone(),
-            clients.balance(&account.id).await?.balance_cents,
-        );
+        let invoke_ns = clock.now();
+        let state = clients.balance(&account.id).await?;
+        if let Some(sink) = &sink {
+            let mut line =
+                OpLine::final_read(&account.id, invoke_ns, state.balance_cents, state.version);
+            line.complete_ns = clock.now();
+            sink.record(line).await;
+        }
+        balances.insert(account.id.clone(), state.balance_cents);
+    }
+    drop(sink);
+    if let Some((sink, file)) = recorder {
+        drop(sink);
+        file.finish().await?;
     }
     let mut outcome = ModeOutcome {
         scenario: scenario.name.clone(),
@@ -351,12 +389,20 @@ async fn run_configured(
     Ok(outcome)
 }
 
+/// Where one ATM records what it saw.
+struct Recording {
+    sink: HistorySink,
+    clock: Clock,
+    atm: u32,
+}
+
 async fn run_atm(
     channel: Channel,
     name: String,
     script: Vec<Step>,
     repeat: u32,
     barrier: Option<Arc<Barrier>>,
+    recording: Option<Recording>,
 ) -> Tally {
     let mut ledger = pb::ledger_client::LedgerClient::new(channel);
     let mut tally = Tally::default();
@@ -370,8 +416,12 @@ async fn run_atm(
                 Some("none") => String::new(),
                 Some(fixed) => fixed.to_owned(),
             };
+            // Every attempt of this step is one customer intent: a resend
+            // without a key that applies twice is a double application.
+            let intent = format!("{name}#{round}-{index}");
             let started = Instant::now();
-            let mut outcome = send_once(&mut ledger, step, &request_id).await;
+            let mut outcome =
+                send_once(&mut ledger, step, &request_id, &name, &intent, &recording).await;
             for _ in 0..step.retries {
                 match &outcome {
                     // A lost or late reply, or an ABORTED (CAS contention,
@@ -383,7 +433,9 @@ async fn run_atm(
                         ) =>
                     {
                         tally.resends += 1;
-                        outcome = send_once(&mut ledger, step, &request_id).await;
+                        outcome =
+                            send_once(&mut ledger, step, &request_id, &name, &intent, &recording)
+                                .await;
                     }
                     _ => break,
                 }
@@ -398,78 +450,62 @@ async fn send_once(
     ledger: &mut pb::ledger_client::LedgerClient<Channel>,
     step: &Step,
     request_id: &str,
+    atm_name: &str,
+    intent: &str,
+    recording: &Option<Recording>,
 ) -> Result<(), tonic::Status> {
-    let call = send(ledger, step, request_id.to_owned());
-    match tokio::time::timeout(OPERATION_TIMEOUT, call).await {
-        // tonic reports its own client-side deadline as CANCELLED; to the
-        // ATM it is what it is: the deadline passed without a reply.
-        Ok(Err(status)) if status.code() == Code::Cancelled && step.timeout_ms.is_some() => {
-            Err(tonic::Status::deadline_exceeded(format!(
-                "no reply within {} ms",
-                step.timeout_ms.unwrap_or(0)
-            )))
-        }
-        Ok(outcome) => outcome,
-        Err(_) => Err(tonic::Status::deadline_exceeded("no reply within 30 s")),
+    let (account, to) = match step.op {
+        Operation::Transfer => (step.from.clone().unwrap_or_default(), step.to.clone()),
+        _ => (step.account.clone().unwrap_or_default(), None),
+    };
+    let request = crate::call::Request {
+        operation: step.op,
+        account: &account,
+        to: to.as_deref(),
+        amount_cents: step.amount_cents.unwrap_or_default(),
+        request_id: request_id.to_owned(),
+        deadline: step.timeout_ms.map(Duration::from_millis),
+    };
+    let invoke_ns = recording.as_ref().map(|r| r.clock.now());
+    let (mut line, outcome) = crate::call::send(ledger, request, OPERATION_TIMEOUT).await;
+    if let (Some(recording), Some(invoke_ns)) = (recording, invoke_ns) {
+        line.atm = Some(recording.atm);
+        line.atm_name = Some(atm_name.to_owned());
+        line.intent = Some(intent.to_owned());
+        line.invoke_ns = invoke_ns;
+        line.complete_ns = recording.clock.now();
+        recording.sink.record(line).await;
     }
+    outcome
 }
 
-async fn send(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
-    step: &Step,
-    request_id: String,
-) -> Result<(), tonic::Status> {
-    let account_id = step.account.clone().unwrap_or_default();
-    let amount_cents = step.amount_cents.unwrap_or_default();
-    match step.op {
-        Operation::Deposit => ledger
-            .deposit(with_deadline(
-                pb::DepositRequest {
-                    account_id,
-                    amount_cents,
-                    request_id,
-                },
-                step,
-            ))
-            .await
-            .map(drop),
-        Operation::Withdraw => ledger
-            .withdraw(with_deadline(
-                pb::WithdrawRequest {
-                    account_id,
-                    amount_cents,
-                    request_id,
-                },
-                step,
-            ))
-            .await
-            .map(drop),
-        Operation::Transfer => ledger
-            .transfer(with_deadline(
-                pb::TransferRequest {
-                    from_account_id: step.from.clone().unwrap_or_default(),
-                    to_account_id: step.to.clone().unwrap_or_default(),
-                    amount_cents,
-                    request_id,
-                },
-                step,
-            ))
-            .await
-            .map(drop),
-        Operation::Balance => ledger
-            .get_balance(with_deadline(pb::GetBalanceRequest { account_id }, step))
-            .await
-            .map(drop),
-    }
-}
-
-/// The request, with the step's deadline (grpc-timeout) when it sets one.
-fn with_deadline<T>(message: T, step: &Step) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(timeout_ms) = step.timeout_ms {
-        request.set_timeout(Duration::from_millis(timeout_ms));
-    }
-    request
+/// The history file of one scenario run, with its header and openings.
+async fn open_history(
+    clients: &mut Clients,
+    path: &Path,
+    scenario: &Scenario,
+    mode: Mode,
+    atms: usize,
+    clock: &Clock,
+) -> Result<(HistorySink, HistoryFile), ClientError> {
+    let settings = clients.configure(pb::ConfigureRequest::default()).await?;
+    let mut header = Header::new(
+        mode.as_str(),
+        0,
+        crate::history::policy_of(&settings),
+        clock.wall_unix_ns_at_zero(),
+    );
+    header.source = Some("atm scenario".to_owned());
+    header.scenario = Some(scenario.name.clone());
+    header.atms = u32::try_from(atms).ok();
+    header.idempotency = Some(settings.idempotency);
+    header.replay = Some(format!("atm scenario {} --mode {mode}", scenario.name));
+    let opens: Vec<OpenLine> = scenario
+        .accounts
+        .iter()
+        .map(|a| OpenLine::new(&a.id, a.opening_cents, 0))
+        .collect();
+    crate::history::create(path, &header, &opens)
 }
 
 fn configure_request(scenario: &Scenario) -> pb::ConfigureRequest {
