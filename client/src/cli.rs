@@ -77,6 +77,11 @@ pub enum Command {
         /// one mode runs, else a directory of SCENARIO-MODE.jsonl files.
         #[arg(long)]
         history: Option<PathBuf>,
+        /// Write a postmortem (SCENARIO-MODE.md and .html) into this
+        /// directory for each mode whose history shows an anomaly, with the
+        /// other modes' runs as its resolution; the histories go there too.
+        #[arg(long, conflicts_with = "history")]
+        postmortem: Option<PathBuf>,
     },
     /// Send a seeded load and report latency, throughput, anomalies and reconciliation.
     Load {
@@ -122,6 +127,12 @@ pub enum Command {
     /// Exit 0 valid, 1 anomalies, 2 usage or unreadable input (the file,
     /// line and field named), 3 unknown (a search ran out of time).
     Check(CheckArgs),
+    /// Write a checked run up as an incident postmortem (Markdown, and an
+    /// HTML page with swimlanes): summary, impact, root cause, trigger,
+    /// detection, resolution, timeline, action items, lessons.
+    ///
+    /// Exit codes as for `atm check`.
+    Postmortem(crate::postmortem::PostmortemArgs),
     /// Write the ledger's journal (what each applied operation read and
     /// wrote) as JSON lines, streamed: for `atm check --journal`.
     Journal(JournalArgs),
@@ -165,8 +176,17 @@ impl From<bool> for Exit {
 
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
-    if let Command::Check(args) = &cli.command {
-        return Ok(match check::run(args)? {
+    let verdict = match &cli.command {
+        Command::Check(args) => Some(check::run(args)?),
+        Command::Postmortem(args) => {
+            let verdict = crate::postmortem::run(args)?;
+            eprintln!("atm postmortem: wrote {}", args.output.display());
+            Some(verdict)
+        }
+        _ => None,
+    };
+    if let Some(verdict) = verdict {
+        return Ok(match verdict {
             overdraft_history::Verdict::Valid => Exit::Held,
             overdraft_history::Verdict::Anomalies => Exit::Broken,
             overdraft_history::Verdict::Unknown => Exit::Undecided,
@@ -177,7 +197,7 @@ pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
 
 async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
-        Command::Check(_) => Ok(true),
+        Command::Check(_) | Command::Postmortem(_) => Ok(true),
         Command::Journal(args) => {
             let written = journal::export(&args.target, &args.output).await?;
             eprintln!(
@@ -215,11 +235,17 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             seed,
             json,
             history,
+            postmortem,
             ..
         } => {
             let name = scenario.unwrap_or_default();
             let scenario = Scenario::load(&name).map_err(|e| ClientError::Usage(e.to_string()))?;
-            run_scenario(&name, scenario, target, mode, seed, json, history).await
+            let outputs = Outputs {
+                json,
+                history,
+                postmortem,
+            };
+            run_scenario(&name, scenario, target, mode, seed, outputs).await
         }
         Command::Load {
             target,
@@ -326,15 +352,24 @@ struct ScenarioReport<'a> {
     runs: &'a [ModeOutcome],
 }
 
+/// Where `atm scenario` writes, besides its verdict.
+struct Outputs {
+    json: bool,
+    history: Option<PathBuf>,
+    postmortem: Option<PathBuf>,
+}
+
 async fn run_scenario(
     name: &str,
     scenario: Scenario,
     target: Option<String>,
     modes: Vec<Mode>,
     seed: u64,
-    json: bool,
-    history: Option<PathBuf>,
+    outputs: Outputs,
 ) -> Result<bool, ClientError> {
+    let json = outputs.json;
+    let postmortem = outputs.postmortem.clone();
+    let history = outputs.history.or_else(|| postmortem.clone());
     let has_target = target.is_some();
     let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
     let url = ledger.url.clone();
@@ -350,9 +385,10 @@ async fn run_scenario(
     }
     // One mode: the file itself (unless it names a directory); several: a
     // directory of SCENARIO-MODE.jsonl files.
-    let in_directory = history
-        .as_ref()
-        .is_some_and(|path| modes.len() > 1 || path.is_dir());
+    let in_directory = postmortem.is_some()
+        || history
+            .as_ref()
+            .is_some_and(|path| modes.len() > 1 || path.is_dir());
     if let (true, Some(dir)) = (in_directory, &history) {
         crate::history::create_dir(dir)?;
     }
@@ -374,6 +410,14 @@ async fn run_scenario(
     }
     let label = ledger.label.clone();
     ledger.stop().await?;
+    if let Some(dir) = &postmortem {
+        let written = write_postmortems(dir, &scenario.name, &runs)?;
+        if !json {
+            for path in written {
+                eprintln!("atm scenario: postmortem {}", path.display());
+            }
+        }
+    }
     let passed = runs.iter().all(|r| r.passed);
     if json {
         let report = ScenarioReport {
@@ -403,6 +447,63 @@ async fn run_scenario(
         mode_flag.join(",")
     );
     Ok(passed)
+}
+
+/// One postmortem per mode whose history shows an anomaly; the other
+/// modes' runs are its resolution. Returns the reports written.
+fn write_postmortems(
+    dir: &std::path::Path,
+    scenario: &str,
+    runs: &[ModeOutcome],
+) -> Result<Vec<PathBuf>, ClientError> {
+    let mut written = Vec::new();
+    let checked: Vec<(Mode, overdraft_history::Run, overdraft_history::Report)> = runs
+        .iter()
+        .map(|run| {
+            let path = crate::history::file_in(dir, scenario, run.mode);
+            let history = overdraft_history::read_files(&[&path])
+                .map_err(|e| ClientError::Internal(e.to_string()))?;
+            let report = overdraft_history::check(
+                &history,
+                &overdraft_history::check::Evidence::default(),
+                std::time::Duration::from_secs(60),
+            );
+            Ok((run.mode, history, report))
+        })
+        .collect::<Result<_, ClientError>>()?;
+    for (mode, history, report) in &checked {
+        if report.verdict != overdraft_history::Verdict::Anomalies {
+            continue;
+        }
+        let resolutions = runs
+            .iter()
+            .zip(&checked)
+            .filter(|(run, _)| run.mode != *mode)
+            .map(|(run, (_, _, other))| crate::postmortem::Resolution {
+                mode: run.mode.as_str().to_owned(),
+                verdict: format!(
+                    "scenario expectations {}; atm check: {} ({} anomalies)",
+                    if run.passed { "held" } else { "NOT met" },
+                    serde_json::to_string(&other.verdict)
+                        .unwrap_or_default()
+                        .trim_matches('"'),
+                    other.anomalies.len()
+                ),
+            })
+            .collect();
+        let incident = crate::postmortem::Incident {
+            run: history,
+            report,
+            journal: None,
+            faults: None,
+            resolutions,
+        };
+        let base = dir.join(format!("{scenario}-{}", mode.as_str()));
+        let markdown = base.with_extension("md");
+        crate::postmortem::write(&incident, &markdown, Some(&base.with_extension("html")))?;
+        written.push(markdown);
+    }
+    Ok(written)
 }
 
 fn print_load(report: &load::LoadReport, json: bool) {

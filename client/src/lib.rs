@@ -13,6 +13,7 @@
 //! - [`compare`]: the same load in each mode, with the transport ceiling; HTML.
 //! - [`history`]: writing the history of a run (format 2).
 //! - [`journal`]: `atm journal`, the ledger's journal streamed to a file.
+//! - [`postmortem`]: `atm postmortem`, a checked run as an incident report.
 //! - [`latency`], [`report`]: histograms and human-readable output.
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.
@@ -29,5 +30,6 @@ pub mod history;
 pub mod journal;
 pub mod latency;
 pub mod load;
+pub mod postmortem;
 pub mod report;
 pub mod scenario;

@@ -499,7 +499,7 @@ async fn open_history(
     header.scenario = Some(scenario.name.clone());
     header.atms = u32::try_from(atms).ok();
     header.idempotency = Some(settings.idempotency);
-    header.replay = Some(format!("atm scenario {} --mode {mode}", scenario.name));
+    header.replay = Some(format!("atm scenario {}", scenario.name));
     let opens: Vec<OpenLine> = scenario
         .accounts
         .iter()
