@@ -133,6 +133,14 @@ pub enum Command {
     ///
     /// Exit codes as for `atm check`.
     Postmortem(crate::postmortem::PostmortemArgs),
+    /// A Wheel-of-Misfortune exercise: a scenario runs in a mode you are not
+    /// told; you see only the symptoms, answer three questions (the mode,
+    /// the operations behind it, the money), are graded, then see the
+    /// checker's answer and the postmortem.
+    ///
+    /// Interactive on a terminal; --answers FILE for scripts. Exit 0 when
+    /// every answer is right, 1 otherwise.
+    Drill(crate::drill::DrillArgs),
     /// Write the ledger's journal (what each applied operation read and
     /// wrote) as JSON lines, streamed: for `atm check --journal`.
     Journal(JournalArgs),
@@ -198,6 +206,7 @@ pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
 async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
         Command::Check(_) | Command::Postmortem(_) => Ok(true),
+        Command::Drill(args) => crate::drill::run(&args).await,
         Command::Journal(args) => {
             let written = journal::export(&args.target, &args.output).await?;
             eprintln!(

@@ -14,6 +14,7 @@
 //! - [`history`]: writing the history of a run (format 2).
 //! - [`journal`]: `atm journal`, the ledger's journal streamed to a file.
 //! - [`postmortem`]: `atm postmortem`, a checked run as an incident report.
+//! - [`drill`]: `atm drill`, symptoms, questions, grades, then the answer.
 //! - [`latency`], [`report`]: histograms and human-readable output.
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod compare;
 pub mod connect;
 pub mod demo;
+pub mod drill;
 pub mod embedded;
 pub mod history;
 pub mod journal;
