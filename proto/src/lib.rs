@@ -5,6 +5,7 @@
 //! - [`v1`]: messages, the `Ledger` and `Admin` clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`admin_token`]: how Admin and Chaos calls carry the admin token.
+//! - [`error_reason`]: why a call was refused or aborted, as a structured detail.
 
 /// Package `overdraft.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]
@@ -36,5 +37,40 @@ pub mod admin_token {
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
+    }
+}
+
+/// Why the ledger refused or aborted a call, carried in the status as a
+/// `google.rpc.ErrorInfo` detail (domain [`error_reason::DOMAIN`]) so that
+/// clients need not match the message's prose: both sides of that rule.
+pub mod error_reason {
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    /// The ErrorInfo domain of overdraft's reasons.
+    pub const DOMAIN: &str = "overdraft.v1";
+    /// A lock wait past the bound while holding a lock: a detected deadlock (ABORTED).
+    pub const DEADLOCK: &str = "DEADLOCK";
+    /// A lock wait past the bound with nothing held (ABORTED).
+    pub const LOCK_TIMEOUT: &str = "LOCK_TIMEOUT";
+    /// Compare-and-swap retries exhausted (ABORTED).
+    pub const CAS_CONTENTION: &str = "CAS_CONTENTION";
+    /// The bank's rules refused the debit (FAILED_PRECONDITION).
+    pub const REFUSED: &str = "REFUSED";
+
+    /// A status with `code`, `message` and the reason as an ErrorInfo detail.
+    pub fn status(code: tonic::Code, message: String, reason: &str) -> tonic::Status {
+        tonic::Status::with_error_details(
+            code,
+            message,
+            ErrorDetails::with_error_info(reason, DOMAIN, std::collections::HashMap::new()),
+        )
+    }
+
+    /// The overdraft reason a status carries, if any.
+    pub fn of(status: &tonic::Status) -> Option<String> {
+        status
+            .get_details_error_info()
+            .filter(|info| info.domain == DOMAIN)
+            .map(|info| info.reason)
     }
 }

@@ -64,7 +64,18 @@ pub fn status(error: LedgerError) -> Status {
     if code == Code::Internal {
         tracing::error!(%error, "internal error");
     }
-    Status::new(code, error.to_string())
+    use overdraft_proto::error_reason as reason;
+    let reason = match &error {
+        LedgerError::Deadlock { .. } => Some(reason::DEADLOCK),
+        LedgerError::LockTimeout { .. } => Some(reason::LOCK_TIMEOUT),
+        LedgerError::Contention { .. } => Some(reason::CAS_CONTENTION),
+        LedgerError::Refused(_) => Some(reason::REFUSED),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => reason::status(code, error.to_string(), reason),
+        None => Status::new(code, error.to_string()),
+    }
 }
 
 fn invalid(error: InvalidArgument) -> Status {

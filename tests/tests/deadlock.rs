@@ -45,6 +45,11 @@ async fn naive_lock_order_deadlock_is_detected_and_aborted() {
             if let Err(status) = outcome {
                 assert_eq!(status.code(), Code::Aborted, "{status:?}");
                 assert!(status.message().contains("deadlock detected"), "{status:?}");
+                assert_eq!(
+                    overdraft_proto::error_reason::of(&status).as_deref(),
+                    Some(overdraft_proto::error_reason::DEADLOCK),
+                    "the deadlock is marked in a structured detail: {status:?}"
+                );
                 assert!(status.message().contains("alice") && status.message().contains("bob"));
                 deadlocks += 1;
             }

@@ -170,7 +170,8 @@ impl Tally {
                 Code::Unavailable | Code::DeadlineExceeded => self.unknown += 1,
                 Code::Aborted => {
                     self.aborted += 1;
-                    if status.message().contains("deadlock") {
+                    let reason = overdraft_proto::error_reason::of(&status);
+                    if reason.as_deref() == Some(overdraft_proto::error_reason::DEADLOCK) {
                         self.deadlocks += 1;
                     }
                 }
