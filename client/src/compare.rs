@@ -302,27 +302,47 @@ pub fn html(report: &CompareReport) -> String {
         ],
         None,
     );
-    let table = escape(&table(report));
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>overdraft: mode comparison</title>\n\
-         <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}}\
-         pre{{background:#f4f4f4;padding:1em;overflow-x:auto}}svg{{display:block;margin:1em 0}}</style></head><body>\n\
-         <h1>overdraft: the same load in each mode</h1>\n\
-         <p>{} ATMs, {} accounts, mix {:?}, seed {}. Ratios are to the transport ceiling measured in the same run.</p>\n\
-         {throughput}\n{latency}\n{anomalies}\n<h2>Figures</h2>\n<pre>{table}</pre>\n</body></html>\n",
-        report.workload.atms, report.workload.accounts, report.workload.mix, report.workload.seed,
-    )
+    let figures = table(report);
+    let page = maud::html! {
+        (maud::DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "overdraft: mode comparison" }
+                style { (maud::PreEscaped(PAGE_STYLE)) }
+            }
+            body {
+                h1 { "overdraft: the same load in each mode" }
+                p {
+                    (report.workload.atms) " ATMs, " (report.workload.accounts) " accounts, mix "
+                    (format!("{:?}", report.workload.mix)) ", seed " (report.workload.seed)
+                    ". Ratios are to the transport ceiling measured in the same run."
+                }
+                (throughput)
+                (latency)
+                (anomalies)
+                h2 { "Figures" }
+                pre { (figures) }
+            }
+        }
+    };
+    page.into_string()
 }
+
+const PAGE_STYLE: &str = "body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}\
+pre{background:#f4f4f4;padding:1em;overflow-x:auto}svg{display:block;margin:1em 0}";
 
 const COLORS: [&str; 3] = ["#3b6ea8", "#d9822b", "#7a4fa3"];
 
+/// A grouped bar chart, one group per mode, as SVG markup (maud escapes
+/// every text and attribute).
 fn bar_chart(
     id: &str,
     title: &str,
     modes: &[&str],
     series: &[(&str, Vec<f64>)],
     line: Option<f64>,
-) -> String {
+) -> maud::Markup {
     let (width, height, left, bottom) = (720.0, 260.0, 70.0, 40.0);
     let plot_height = height - bottom - 30.0;
     let max = series
@@ -333,66 +353,48 @@ fn bar_chart(
         .max(1.0);
     let group_width = (width - left - 10.0) / modes.len().max(1) as f64;
     let bar_width = group_width * 0.8 / series.len().max(1) as f64;
-    let mut svg = format!(
-        "<h2>{}</h2>\n<svg id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" role=\"img\" aria-label=\"{}\">\n",
-        escape(title),
-        escape(title)
-    );
-    let _ = writeln!(
-        svg,
-        "<text x=\"5\" y=\"20\" font-size=\"12\">{}</text>",
-        format_number(max)
-    );
-    let _ = writeln!(
-        svg,
-        "<line x1=\"{left}\" y1=\"30\" x2=\"{left}\" y2=\"{}\" stroke=\"#888\"/>",
-        height - bottom
-    );
-    for (m, mode) in modes.iter().enumerate() {
-        let group_x = left + 5.0 + group_width * m as f64;
-        for (s, (name, values)) in series.iter().enumerate() {
-            let value = values.get(m).copied().unwrap_or(0.0);
-            let bar_height = plot_height * value / max;
-            let x = group_x + bar_width * s as f64;
-            let y = height - bottom - bar_height;
-            let _ = writeln!(
-                svg,
-                "<rect class=\"bar\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{bar_height:.1}\" fill=\"{}\"><title>{mode} {name}: {}</title></rect>",
-                bar_width * 0.95,
-                COLORS[s % COLORS.len()],
-                format_number(value)
-            );
+    let bars: Vec<(f64, f64, f64, &str, String)> = modes
+        .iter()
+        .enumerate()
+        .flat_map(|(m, mode)| {
+            series.iter().enumerate().map(move |(s, (name, values))| {
+                let value = values.get(m).copied().unwrap_or(0.0);
+                let bar_height = plot_height * value / max;
+                let x = left + 5.0 + group_width * m as f64 + bar_width * s as f64;
+                (
+                    x,
+                    height - bottom - bar_height,
+                    bar_height,
+                    COLORS[s % COLORS.len()],
+                    format!("{mode} {name}: {}", format_number(value)),
+                )
+            })
+        })
+        .collect();
+    let line_y = line.map(|line| height - bottom - plot_height * line / max);
+    maud::html! {
+        h2 { (title) }
+        svg id=(id) xmlns="http://www.w3.org/2000/svg" width=(width) height=(height) role="img" aria-label=(title) {
+            text x="5" y="20" font-size="12" { (format_number(max)) }
+            line x1=(left) y1="30" x2=(left) y2=(height - bottom) stroke="#888" {}
+            @for (x, y, bar_height, color, label) in &bars {
+                rect class="bar" x=(format!("{x:.1}")) y=(format!("{y:.1}")) width=(format!("{:.1}", bar_width * 0.95))
+                    height=(format!("{bar_height:.1}")) fill=(color) { title { (label) } }
+            }
+            @for (m, mode) in modes.iter().enumerate() {
+                text x=(format!("{:.1}", left + 5.0 + group_width * m as f64 + group_width * 0.4)) y=(height - bottom + 18.0)
+                    font-size="13" text-anchor="middle" { (mode) }
+            }
+            @if let Some(y) = line_y {
+                line x1=(left) y1=(format!("{y:.1}")) x2=(width - 5.0) y2=(format!("{y:.1}")) stroke="#c00" stroke-dasharray="6 4" {}
+            }
+            @for (s, (name, _)) in series.iter().enumerate() {
+                @let x = left + 10.0 + 110.0 * s as f64;
+                rect x=(x) y=(height - 12.0) width="10" height="10" fill=(COLORS[s % COLORS.len()]) {}
+                text x=(x + 14.0) y=(height - 3.0) font-size="12" { (name) }
+            }
         }
-        let _ = writeln!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"13\" text-anchor=\"middle\">{}</text>",
-            group_x + group_width * 0.4,
-            height - bottom + 18.0,
-            escape(mode)
-        );
     }
-    if let Some(line) = line {
-        let y = height - bottom - plot_height * line / max;
-        let _ = writeln!(
-            svg,
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#c00\" stroke-dasharray=\"6 4\"/>",
-            width - 5.0
-        );
-    }
-    for (s, (name, _)) in series.iter().enumerate() {
-        let x = left + 10.0 + 110.0 * s as f64;
-        let _ = writeln!(
-            svg,
-            "<rect x=\"{x}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>",
-            height - 12.0,
-            COLORS[s % COLORS.len()],
-            x + 14.0,
-            height - 3.0,
-            escape(name)
-        );
-    }
-    svg.push_str("</svg>");
-    svg
 }
 
 fn format_number(value: f64) -> String {
@@ -401,11 +403,4 @@ fn format_number(value: f64) -> String {
     } else {
         format!("{value:.2}")
     }
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
