@@ -254,10 +254,9 @@ pub fn symptoms(scenario: &Scenario, run: &Run, report: &Report) -> String {
         }
         let status = match op.outcome {
             Outcome::Ok => "OK".to_owned(),
-            _ => op.code().map_or_else(
-                || op.outcome.as_str().to_owned(),
-                |c| run.strings.get(c).to_owned(),
-            ),
+            _ => run
+                .code(op)
+                .map_or_else(|| op.outcome.as_str().to_owned(), str::to_owned),
         };
         *statuses.entry(status).or_default() += 1;
         if op.outcome == Outcome::Ok {

@@ -120,9 +120,7 @@ fn step(run: &Run, state: &State, op: &Op) -> Option<State> {
 
 fn is_refusal(run: &Run, op: &Op) -> bool {
     matches!(op.operation, Operation::Withdraw | Operation::Transfer)
-        && op
-            .code()
-            .is_some_and(|c| run.strings.get(c) == "FailedPrecondition")
+        && run.code(op) == Some("FailedPrecondition")
 }
 
 fn keys(run: &Run, op: &Op) -> Vec<String> {
@@ -149,7 +147,7 @@ fn apply(run: &Run, state: &State, op: &Op, acknowledged: bool) -> Option<State>
         if !replays {
             return None;
         }
-        if acknowledged && !matches_reply(op, first) {
+        if acknowledged && !matches_reply(run, op, first) {
             return None;
         }
         return Some(state.clone());
@@ -184,10 +182,10 @@ fn apply(run: &Run, state: &State, op: &Op, acknowledged: bool) -> Option<State>
         Operation::Balance => return Some(next),
     }
     if acknowledged {
-        if !matches_reply(op, &written) {
+        if !matches_reply(run, op, &written) {
             return None;
         }
-        if op.fee_cents != fee {
+        if op.fee_cents() != fee {
             return None;
         }
     }
@@ -197,7 +195,7 @@ fn apply(run: &Run, state: &State, op: &Op, acknowledged: bool) -> Option<State>
     Some(next)
 }
 
-fn matches_reply(op: &Op, written: &[(i64, u64)]) -> bool {
+fn matches_reply(run: &Run, op: &Op, written: &[(i64, u64)]) -> bool {
     let first = written.first().copied();
     let second = written.get(1).copied();
     let fits = |balance: Option<i64>, version: Option<u64>, state: Option<(i64, u64)>| match (
@@ -208,5 +206,5 @@ fn matches_reply(op: &Op, written: &[(i64, u64)]) -> bool {
         (Some(_), None) => false,
     };
     fits(op.balance_cents(), op.version(), first)
-        && fits(op.to_balance_cents(), op.to_version(), second)
+        && fits(run.to_balance_cents(op), run.to_version(op), second)
 }

@@ -21,6 +21,9 @@ use crate::format::{Header, KIND, Operation, Outcome, Policy, SCHEMA};
 /// this long is not a history and must not be buffered whole.
 pub const LINE_BYTES_MAX: usize = 64 * 1024;
 
+/// Most distinct `code` values: gRPC has 17 codes; room for other names.
+const CODES_MAX: usize = 256;
+
 /// Most files merged into one run.
 pub const FILES_MAX: usize = 4_096;
 
@@ -53,9 +56,9 @@ impl ReadError {
 #[derive(Debug, Default, Clone)]
 pub struct Strings {
     bytes: String,
-    /// Where each string ends in `bytes`. u64 rather than usize only for
-    /// the layout's sake: the arena may pass 4 GiB on very long runs.
-    ends: Vec<u64>,
+    /// Where each string ends in `bytes`: u32, which bounds the arena at
+    /// 4 GiB (a history that needs more is refused when read).
+    ends: Vec<u32>,
 }
 
 /// An index into [`Strings`].
@@ -65,13 +68,15 @@ pub type Sym = u32;
 pub const NO_SYM: Sym = u32::MAX;
 
 impl Strings {
-    /// Stores `text`, returning its index.
-    pub fn push(&mut self, text: &str) -> Sym {
+    /// Stores `text`, returning its index, or None when the arena is full.
+    pub fn push(&mut self, text: &str) -> Option<Sym> {
+        let end = u32::try_from(self.bytes.len() + text.len()).ok()?;
+        let sym = u32::try_from(self.ends.len())
+            .ok()
+            .filter(|&s| s < NO_SYM)?;
         self.bytes.push_str(text);
-        self.ends.push(self.bytes.len() as u64);
-        // More than four billion strings would need more than 2 GB of
-        // operations first; saturate rather than wrap.
-        u32::try_from(self.ends.len() - 1).unwrap_or(NO_SYM - 1)
+        self.ends.push(end);
+        Some(sym)
     }
 
     /// The string at `sym` ("" for [`NO_SYM`]).
@@ -117,13 +122,17 @@ pub struct Op {
     pub complete_ns: u64,
     balance_cents: i64,
     version: u64,
-    to_balance_cents: i64,
-    to_version: u64,
-    /// The overdraft fee a debit (withdrawal, transfer) paid (0 when none or not reported).
-    pub fee_cents: i64,
+    /// A transfer's reply for its `to` account: an index into
+    /// [`Run::to_replies`] (NONE otherwise), so that the 85% of operations
+    /// that are not transfers do not carry 16 empty bytes each.
+    to_reply: u32,
+    /// The overdraft fee a debit paid; i32 because fees are bounded far
+    /// below it (a longer one is refused when read).
+    fee_cents: i32,
     request_id: Sym,
     intent: Sym,
-    code: Sym,
+    /// Index into [`Run::codes`] (u16::MAX: none).
+    code: u16,
     /// The reply was the replay of an earlier application.
     pub replayed: bool,
     /// A read taken after every ATM stopped.
@@ -155,16 +164,6 @@ impl Op {
         (self.version != ABSENT_U64).then_some(self.version)
     }
 
-    /// A transfer's `to` balance.
-    pub fn to_balance_cents(&self) -> Option<i64> {
-        (self.to_balance_cents != ABSENT_I64).then_some(self.to_balance_cents)
-    }
-
-    /// A transfer's `to` version.
-    pub fn to_version(&self) -> Option<u64> {
-        (self.to_version != ABSENT_U64).then_some(self.to_version)
-    }
-
     /// The request_id symbol, if it carried one.
     pub fn request_id(&self) -> Option<Sym> {
         (self.request_id != NO_SYM).then_some(self.request_id)
@@ -175,9 +174,9 @@ impl Op {
         (self.intent != NO_SYM).then_some(self.intent)
     }
 
-    /// The gRPC code symbol of a failure.
-    pub fn code(&self) -> Option<Sym> {
-        (self.code != NO_SYM).then_some(self.code)
+    /// The overdraft fee a debit (withdrawal, transfer) paid (0 when none or not reported).
+    pub fn fee_cents(&self) -> i64 {
+        i64::from(self.fee_cents)
     }
 
     /// The accounts it touches with the change it means to make to each:
@@ -186,23 +185,13 @@ impl Op {
         let amount = self.amount_cents;
         let first = match self.operation {
             Operation::Deposit => Some((self.account, amount)),
-            Operation::Withdraw => Some((self.account, -amount.saturating_add(self.fee_cents))),
-            Operation::Transfer => Some((self.account, -amount.saturating_add(self.fee_cents))),
+            Operation::Withdraw | Operation::Transfer => {
+                Some((self.account, -amount.saturating_add(self.fee_cents())))
+            }
             Operation::Balance => None,
         };
         let second = self.to_account().map(|to| (to, amount));
         first.into_iter().chain(second)
-    }
-
-    /// The state the reply reported for `account` (balance, version).
-    pub fn returned(&self, account: AccountIx) -> Option<(i64, Option<u64>)> {
-        if self.to_account() == Some(account) {
-            self.to_balance_cents().map(|b| (b, self.to_version()))
-        } else if self.account == account {
-            self.balance_cents().map(|b| (b, self.version()))
-        } else {
-            None
-        }
     }
 }
 
@@ -231,10 +220,51 @@ pub struct Run {
     pub ops: Vec<Op>,
     /// Request ids, intents and codes.
     pub strings: Strings,
+    /// Transfers' replies for their `to` account: (balance, version), absent as sentinels.
+    to_replies: Vec<(i64, u64)>,
+    /// The gRPC code names seen, by index.
+    codes: Vec<String>,
     account_index: HashMap<String, AccountIx>,
 }
 
 impl Run {
+    /// The gRPC code name of a failed operation.
+    pub fn code(&self, op: &Op) -> Option<&str> {
+        self.codes.get(usize::from(op.code)).map(String::as_str)
+    }
+
+    /// A transfer's `to` balance.
+    pub fn to_balance_cents(&self, op: &Op) -> Option<i64> {
+        self.to_reply(op)
+            .map(|(balance, _)| balance)
+            .filter(|&b| b != ABSENT_I64)
+    }
+
+    /// A transfer's `to` version.
+    pub fn to_version(&self, op: &Op) -> Option<u64> {
+        self.to_reply(op)
+            .map(|(_, version)| version)
+            .filter(|&v| v != ABSENT_U64)
+    }
+
+    fn to_reply(&self, op: &Op) -> Option<(i64, u64)> {
+        usize::try_from(op.to_reply)
+            .ok()
+            .and_then(|index| self.to_replies.get(index))
+            .copied()
+    }
+
+    /// The state `op`'s reply reported for `account` (balance, version).
+    pub fn returned(&self, op: &Op, account: AccountIx) -> Option<(i64, Option<u64>)> {
+        if op.to_account() == Some(account) {
+            self.to_balance_cents(op).map(|b| (b, self.to_version(op)))
+        } else if op.account == account {
+            op.balance_cents().map(|b| (b, op.version()))
+        } else {
+            None
+        }
+    }
+
     /// The account's name.
     pub fn account_name(&self, account: AccountIx) -> &str {
         usize::try_from(account)
@@ -612,10 +642,44 @@ fn read_op(
             next
         })
     };
-    let mut sym = |text: Option<Cow<'_, str>>| match text.as_deref() {
-        Some(t) if !t.is_empty() => run.strings.push(t),
-        _ => NO_SYM,
+    let fee_cents = i32::try_from(raw.fee_cents.unwrap_or(0).max(0))
+        .map_err(|_| at.error(Some("fee_cents"), "larger than any fee the ledger charges"))?;
+    let code = match raw.code.as_deref().filter(|c| !c.is_empty()) {
+        None => u16::MAX,
+        Some(name) => match run.codes.iter().position(|c| c == name) {
+            Some(index) => u16::try_from(index).unwrap_or(u16::MAX),
+            None if run.codes.len() < CODES_MAX => {
+                run.codes.push(name.to_owned());
+                u16::try_from(run.codes.len() - 1).unwrap_or(u16::MAX)
+            }
+            None => {
+                return Err(at.error(
+                    Some("code"),
+                    format!("more than {CODES_MAX} distinct codes: not gRPC code names"),
+                ));
+            }
+        },
     };
+    let to_reply = if raw.to_balance_cents.is_some() || raw.to_version.is_some() {
+        run.to_replies.push((
+            raw.to_balance_cents.unwrap_or(ABSENT_I64),
+            raw.to_version.unwrap_or(ABSENT_U64),
+        ));
+        u32::try_from(run.to_replies.len() - 1).unwrap_or(u32::MAX)
+    } else {
+        u32::MAX
+    };
+    let mut sym = |field: &str, text: Option<Cow<'_, str>>| match text.as_deref() {
+        Some(t) if !t.is_empty() => run.strings.push(t).ok_or_else(|| {
+            at.error(
+                Some(field),
+                "the run's request ids and intents pass 4 GiB: split it",
+            )
+        }),
+        _ => Ok(NO_SYM),
+    };
+    let request_id = sym("request_id", raw.request_id)?;
+    let intent = sym("intent", raw.intent)?;
     Ok(Op {
         atm,
         operation,
@@ -627,12 +691,11 @@ fn read_op(
         complete_ns,
         balance_cents: raw.balance_cents.unwrap_or(ABSENT_I64),
         version: raw.version.unwrap_or(ABSENT_U64),
-        to_balance_cents: raw.to_balance_cents.unwrap_or(ABSENT_I64),
-        to_version: raw.to_version.unwrap_or(ABSENT_U64),
-        fee_cents: raw.fee_cents.unwrap_or(0).max(0),
-        request_id: sym(raw.request_id),
-        intent: sym(raw.intent),
-        code: sym(raw.code),
+        to_reply,
+        fee_cents,
+        request_id,
+        intent,
+        code,
         replayed: raw.replayed,
         final_read: raw.final_read,
         file: at.file,

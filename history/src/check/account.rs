@@ -249,7 +249,7 @@ pub(crate) fn check(
     verdict.flows_cents = flows(run, account, legs);
     verdict.final_cents = input
         .final_read
-        .and_then(|index| op(index).returned(account))
+        .and_then(|index| run.returned(op(index), account))
         .map(|(balance, _)| balance);
     verdict.chain = build_chain(run, account, &input, &on_trunk, root, &mut verdict.findings);
     verdict
@@ -277,8 +277,8 @@ fn wrong_fees(
             // overdraft this leaves.
             continue;
         };
-        if fee != op.fee_cents || after != leg.balance_cents {
-            let mut finding = Finding::new(AnomalyKind::BalanceMismatch, fee - op.fee_cents);
+        if fee != op.fee_cents() || after != leg.balance_cents {
+            let mut finding = Finding::new(AnomalyKind::BalanceMismatch, fee - op.fee_cents());
             finding.accounts.push(account);
             finding.add(leg.op, Role::Observer);
             finding.detail = format!(
@@ -286,7 +286,7 @@ fn wrong_fees(
                 run.label(op),
                 op.amount_cents,
                 run.account_name(account),
-                op.fee_cents,
+                op.fee_cents(),
             );
             findings.push(finding);
         }
@@ -355,7 +355,7 @@ fn required_states(
         .filter(|(state, _)| state.0 > 0 || root.is_some())
         .collect();
     for &read in &input.reads {
-        if let Some((balance, Some(version))) = run.ops[read as usize].returned(account) {
+        if let Some((balance, Some(version))) = run.returned(&run.ops[read as usize], account) {
             required.push(((version, balance), read));
         }
     }
@@ -526,7 +526,7 @@ fn tip_of(
     root: Option<State>,
 ) -> Option<u32> {
     if let Some(final_read) = input.final_read
-        && let Some((balance, Some(version))) = run.ops[final_read as usize].returned(account)
+        && let Some((balance, Some(version))) = run.returned(&run.ops[final_read as usize], account)
     {
         if Some((version, balance)) == root {
             return None;
@@ -831,7 +831,7 @@ fn build_chain(
         slot_of_state.insert(state_of(leg), chain.ops.len());
     }
     for &read in &input.reads {
-        let Some((balance, Some(version))) = run.ops[read as usize].returned(account) else {
+        let Some((balance, Some(version))) = run.returned(&run.ops[read as usize], account) else {
             continue;
         };
         if let Some(&slot) = slot_of_state.get(&(version, balance)) {

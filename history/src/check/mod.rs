@@ -14,11 +14,15 @@
 //! 4. Bank-wide: conservation against the final reads, and request_ids or
 //!    intents applied more than once.
 //!
+//! An account whose replies carry no versions is searched instead
+//! ([`search`]), within the time budget.
+//!
 //! Each step judges from the state the ledger actually reached, so one
 //! anomaly is one finding and the operations after it are judged alone.
 
 mod account;
 mod schedule;
+mod search;
 
 use std::{
     collections::HashMap,
@@ -370,9 +374,22 @@ pub fn check(run: &Run, evidence: &Evidence<'_>, time_budget: Duration) -> Repor
     let mut findings = Vec::new();
     let mut undecided = Vec::new();
     let mut verdicts = Vec::with_capacity(inputs.len());
+    let versionless = versionless_accounts(run);
     for (account, input) in inputs.drain(..).enumerate() {
+        let index = account;
         let account = u32::try_from(account).unwrap_or(u32::MAX);
         let opening = run.openings.get(account as usize).copied().flatten();
+        if versionless[index] {
+            match search::check(run, account, opening, &budget) {
+                search::Searched::Valid => {}
+                search::Searched::Invalid(finding) => findings.push(finding),
+                search::Searched::Undecided(reason) => undecided.push(reason),
+            }
+            // Judged by the search alone: no chain, and no conservation
+            // from legs the version tree never saw.
+            verdicts.push(account::AccountVerdict::default());
+            continue;
+        }
         let mut verdict = account::check(run, account, input, opening, &run.policy, &budget);
         findings.append(&mut verdict.findings);
         undecided.extend(verdict.undecided.take());
@@ -398,6 +415,32 @@ pub fn check(run: &Run, evidence: &Evidence<'_>, time_budget: Duration) -> Repor
         findings.push(finding);
     }
     report(run, evidence, findings, money, counts, undecided, started)
+}
+
+/// Accounts some acknowledged reply (a mutation's or a read's) left
+/// without a version: the version tree cannot place it, so the account is
+/// searched instead.
+fn versionless_accounts(run: &Run) -> Vec<bool> {
+    let mut versionless = vec![false; run.accounts.len()];
+    for op in &run.ops {
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let accounts: Vec<u32> = if op.operation.is_mutation() {
+            op.legs().map(|(account, _)| account).collect()
+        } else {
+            vec![op.account]
+        };
+        for account in accounts {
+            if run
+                .returned(op, account)
+                .is_none_or(|(_, version)| version.is_none())
+            {
+                versionless[account as usize] = true;
+            }
+        }
+    }
+    versionless
 }
 
 /// Decides each operation's fate; unknown outcomes found in the journal
@@ -493,8 +536,8 @@ fn replays(run: &Run) -> Vec<bool> {
     let same_reply = |a: &Op, b: &Op| {
         a.balance_cents() == b.balance_cents()
             && a.version() == b.version()
-            && a.to_balance_cents() == b.to_balance_cents()
-            && a.to_version() == b.to_version()
+            && run.to_balance_cents(a) == run.to_balance_cents(b)
+            && run.to_version(a) == run.to_version(b)
     };
     for group in keyed.chunk_by(|a, b| a.0 == b.0) {
         for (position, &(_, _, index)) in group.iter().enumerate().skip(1) {
@@ -531,8 +574,7 @@ fn gather(
                 }
             }
             (Operation::Withdraw | Operation::Transfer, Outcome::Fail, _)
-                if run.strings.get(op.code().unwrap_or(crate::read::NO_SYM))
-                    == "FailedPrecondition" =>
+                if run.code(op) == Some("FailedPrecondition") =>
             {
                 inputs[input_of(op.account)].refusals.push(index);
             }
@@ -550,7 +592,7 @@ fn gather(
                 }
                 None => {
                     for (account, delta) in op.legs() {
-                        if let Some((balance, Some(version))) = op.returned(account) {
+                        if let Some((balance, Some(version))) = run.returned(op, account) {
                             inputs[input_of(account)].applied.push(AppliedLeg {
                                 op: index,
                                 delta_cents: delta,

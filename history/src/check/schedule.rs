@@ -516,7 +516,7 @@ fn slot_version(run: &Run, account: u32, chain: &Chain, slot: usize) -> String {
     chain
         .ops
         .get(slot - 1)
-        .and_then(|&op| run.ops[op as usize].returned(account))
+        .and_then(|&op| run.returned(&run.ops[op as usize], account))
         .and_then(|(_, version)| version)
         .map_or_else(|| "?".to_owned(), |v| v.to_string())
 }
