@@ -119,10 +119,11 @@ fn the_search_agrees_with_brute_force_on_histories_without_versions() {
             .iter()
             .map(|line| {
                 let mut value: serde_json::Value = serde_json::from_str(line).unwrap();
-                if value["op"] != "open" && value.get("schema").is_none() {
-                    if let Some(object) = value.as_object_mut() {
-                        object.remove("version");
-                    }
+                if value["op"] != "open"
+                    && value.get("schema").is_none()
+                    && let Some(object) = value.as_object_mut()
+                {
+                    object.remove("version");
                 }
                 value.to_string()
             })
