@@ -110,3 +110,33 @@ fn the_checker_names_each_known_anomaly_and_passes_each_correct_history() {
         "every anomaly kind has a history in the corpus: {kinds_covered:?}"
     );
 }
+
+/// Goal: each anomaly lists the faults active while it happened, lined up
+/// by wall clock, and only those. Method: double-withdrawal (its operations
+/// 1-53 us after 2025-12-01T00:00:00Z) with a fault log holding a latency
+/// fault applied 1 s before and removed 1 s after, and a drop_response
+/// applied 100 s later.
+#[test]
+fn anomalies_name_the_faults_active_at_the_time() {
+    let run = read_files(&[corpus_dir().join("bad/double-withdrawal.jsonl")]).unwrap();
+    let log = overdraft_history::evidence::FaultLog::read(&corpus_dir().join("faults/storm.jsonl"))
+        .unwrap();
+    assert_eq!(log.spans.len(), 2);
+    let evidence = Evidence {
+        journal: None,
+        faults: Some(&log),
+    };
+    let report = check(&run, &evidence, Duration::from_secs(5));
+    assert_eq!(report.verdict, Verdict::Anomalies);
+    for anomaly in &report.anomalies {
+        let ids: Vec<&str> = anomaly.faults.iter().map(|f| f.fault_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            vec!["latency-1"],
+            "{:?}: {:?}",
+            anomaly.kind,
+            anomaly.faults
+        );
+        assert_eq!(anomaly.faults[0].phase.as_deref(), Some("storm"));
+    }
+}
