@@ -92,25 +92,27 @@ pub(crate) fn check(
     policy: &Policy,
     findings: &mut Vec<Finding>,
 ) {
-    let mut graph = Graph {
-        events: Vec::new(),
-        edges: Vec::new(),
-    };
-    let chain_events = add_chains(run, chains, atomic_transfers, &mut graph);
     // Each chain's refusals are placed alone; a transfer couples two chains,
     // so a placement on one can push the other's. Each round places again
     // from the instants the last round's placements implied, until no
-    // refusal is in conflict; the round with fewest findings stands. The
-    // bounds are dropped before each full pass to keep the peak low.
-    let (events_alone, edges_alone) = (graph.events.len(), graph.edges.len());
+    // refusal is in conflict; the round with fewest findings stands.
+    //
+    // Memory: the edge list is dropped once compiled into rows, and rebuilt
+    // (cheaply, in the same order) when the graph changes shape, so that
+    // edges, rows and instants are never all held at once.
     let mut pushed: Option<Vec<u64>> = None;
     let mut best: Option<Vec<Finding>> = None;
     for _ in 0..PLACEMENT_ROUNDS_MAX {
         let mut attempt = Vec::new();
+        let mut graph = Graph {
+            events: Vec::new(),
+            edges: Vec::new(),
+        };
+        let chain_events = add_chains(run, chains, atomic_transfers, &mut graph);
+        let events_alone = graph.events.len();
         {
-            graph.events.truncate(events_alone);
-            graph.edges.truncate(edges_alone);
             let compiled = Compiled::new(run, &graph);
+            graph.edges = Vec::new();
             let mut earliest = propagate(run, &graph, &compiled, None);
             if let Some(pushed) = &pushed {
                 earliest
@@ -120,6 +122,9 @@ pub(crate) fn check(
             }
             let latest = latest(run, &graph, &compiled);
             drop(compiled);
+            // The same chains again, for their edges; then the refusals.
+            graph.events.clear();
+            add_chains(run, chains, atomic_transfers, &mut graph);
             let placing = Placing {
                 run,
                 earliest: &earliest,
@@ -130,7 +135,9 @@ pub(crate) fn check(
                 placing.place(*account, chain, events, &mut graph, &mut attempt);
             }
         }
+        drop(chain_events);
         let compiled = Compiled::new(run, &graph);
+        graph.edges = Vec::new();
         let instants = propagate(run, &graph, &compiled, Some(&mut attempt));
         let conflicted = attempt.iter().any(|f| f.kind == AnomalyKind::WrongRefusal);
         if best.as_ref().is_none_or(|b| attempt.len() < b.len()) {
