@@ -238,7 +238,15 @@ impl Auditor {
 
     fn replay_leg(&mut self, label: &str, leg: &crate::bank::Leg, opening: bool) {
         let floor = i128::from(self.policy.floor_cents());
-        let state = self.accounts.entry(leg.account.clone()).or_default();
+        // Look up before inserting: cloning the id for every leg would
+        // allocate once per journal entry.
+        if !self.accounts.contains_key(&leg.account) {
+            self.accounts
+                .insert(leg.account.clone(), AccountAudit::default());
+        }
+        let Some(state) = self.accounts.get_mut(&leg.account) else {
+            return;
+        };
         let before = state.money;
         state.money += i128::from(leg.delta_cents);
         if let Some((index, read)) = state.overdraft
@@ -281,15 +289,24 @@ impl Auditor {
             push_bounded(&mut self.findings, finding);
         }
         state.last_written = Some(leg.written);
-        state.recent.push_back(RecentLeg {
-            label: label.to_owned(),
+        // A full ring recycles its oldest entry, and with it the label's buffer.
+        let mut recent = if state.recent.len() >= RECENT_LEGS_MAX {
+            state.recent.pop_front()
+        } else {
+            None
+        }
+        .unwrap_or(RecentLeg {
+            label: String::new(),
             read: leg.read,
             written: leg.written,
             opening,
         });
-        if state.recent.len() > RECENT_LEGS_MAX {
-            state.recent.pop_front();
-        }
+        recent.label.clear();
+        recent.label.push_str(label);
+        recent.read = leg.read;
+        recent.written = leg.written;
+        recent.opening = opening;
+        state.recent.push_back(recent);
     }
 
     /// The report, with the stored `accounts` held against the journal.
