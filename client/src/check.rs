@@ -42,26 +42,52 @@ pub struct CheckArgs {
     pub show: usize,
 }
 
+/// A run read back with the evidence beside it: what `atm check` and
+/// `atm postmortem` both start from.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The merged histories.
+    pub run: overdraft_history::Run,
+    /// The ledger's journal, when given.
+    pub journal: Option<Journal>,
+    /// The fault log, when given.
+    pub faults: Option<FaultLog>,
+}
+
+impl Loaded {
+    /// Reads `histories` and the optional journal and fault log; an
+    /// unreadable one is a usage error naming the file, line and field.
+    pub fn read(
+        histories: &[PathBuf],
+        journal: Option<&std::path::Path>,
+        fault_log: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
+        let usage = |e: overdraft_history::read::ReadError| ClientError::Usage(e.to_string());
+        Ok(Self {
+            run: read_files(histories).map_err(usage)?,
+            journal: journal.map(Journal::read).transpose().map_err(usage)?,
+            faults: fault_log.map(FaultLog::read).transpose().map_err(usage)?,
+        })
+    }
+
+    /// The checker's report on the run, with the evidence.
+    pub fn check(&self, time_budget: Duration) -> Report {
+        let evidence = Evidence {
+            journal: self.journal.as_ref(),
+            faults: self.faults.as_ref(),
+        };
+        check(&self.run, &evidence, time_budget)
+    }
+}
+
 /// Reads the evidence and checks the run.
 pub fn load_and_check(args: &CheckArgs) -> Result<Report, ClientError> {
-    let run = read_files(&args.histories).map_err(|e| ClientError::Usage(e.to_string()))?;
-    let journal = args
-        .journal
-        .as_deref()
-        .map(Journal::read)
-        .transpose()
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let faults = args
-        .fault_log
-        .as_deref()
-        .map(FaultLog::read)
-        .transpose()
-        .map_err(|e| ClientError::Usage(e.to_string()))?;
-    let evidence = Evidence {
-        journal: journal.as_ref(),
-        faults: faults.as_ref(),
-    };
-    Ok(check(&run, &evidence, args.time_budget))
+    let loaded = Loaded::read(
+        &args.histories,
+        args.journal.as_deref(),
+        args.fault_log.as_deref(),
+    )?;
+    Ok(loaded.check(args.time_budget))
 }
 
 /// `atm check`: prints the verdict and returns it.

@@ -794,31 +794,17 @@ pub struct PostmortemArgs {
 pub fn run(
     args: &PostmortemArgs,
 ) -> Result<overdraft_history::Verdict, crate::connect::ClientError> {
-    use crate::connect::ClientError;
-    let usage = |e: overdraft_history::read::ReadError| ClientError::Usage(e.to_string());
-    let run = overdraft_history::read_files(&args.histories).map_err(usage)?;
-    let journal = args
-        .journal
-        .as_deref()
-        .map(Journal::read)
-        .transpose()
-        .map_err(usage)?;
-    let faults = args
-        .fault_log
-        .as_deref()
-        .map(FaultLog::read)
-        .transpose()
-        .map_err(usage)?;
-    let evidence = overdraft_history::check::Evidence {
-        journal: journal.as_ref(),
-        faults: faults.as_ref(),
-    };
-    let report = overdraft_history::check(&run, &evidence, args.time_budget);
+    let loaded = crate::check::Loaded::read(
+        &args.histories,
+        args.journal.as_deref(),
+        args.fault_log.as_deref(),
+    )?;
+    let report = loaded.check(args.time_budget);
     let incident = Incident {
-        run: &run,
+        run: &loaded.run,
         report: &report,
-        journal: journal.as_ref(),
-        faults: faults.as_ref(),
+        journal: loaded.journal.as_ref(),
+        faults: loaded.faults.as_ref(),
         resolutions: Vec::new(),
     };
     write(&incident, &args.output, args.html.as_deref())?;
