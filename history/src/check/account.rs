@@ -18,12 +18,10 @@
 use std::collections::HashMap;
 
 use crate::{
-    check::{Budget, Finding, Role},
+    check::finding::{AnomalyKind, Budget, Finding, Role},
     format::Policy,
     read::{Op, Run},
 };
-
-use super::AnomalyKind;
 
 /// Most mutations with unknown outcomes chained to explain one gap: each
 /// more multiplies the search.

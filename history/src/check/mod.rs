@@ -21,6 +21,7 @@
 //! anomaly is one finding and the operations after it are judged alone.
 
 mod account;
+mod finding;
 mod schedule;
 mod search;
 
@@ -38,6 +39,8 @@ use crate::{
 };
 
 use account::{AccountInput, AppliedLeg, Candidate};
+use finding::Finding;
+pub use finding::{AnomalyKind, Budget, Role};
 
 /// The report's schema; bumped when a field changes meaning.
 pub const REPORT_SCHEMA: u32 = 1;
@@ -47,139 +50,6 @@ pub const ANOMALIES_LISTED_MAX: usize = 10_000;
 
 /// Most operations named in one bank-wide finding.
 const BANK_OPERATIONS_LISTED_MAX: usize = 32;
-
-/// What kind of anomaly a finding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyKind {
-    /// An acknowledged change was written over: its effect is gone.
-    LostUpdate,
-    /// The money in an account went below the policy's floor.
-    Overdraft,
-    /// The bank holds more than its flows explain.
-    MoneyCreated,
-    /// The bank holds less than its flows explain.
-    MoneyDestroyed,
-    /// One request_id (or one customer intent) applied more than once.
-    DoubleApplication,
-    /// A read returned a state already replaced before it began.
-    StaleRead,
-    /// An operation that completed before another began is ordered after it.
-    RealTimeViolation,
-    /// A debit was refused though every state it could have seen covered it.
-    WrongRefusal,
-    /// A returned balance no operation in the history explains.
-    BalanceMismatch,
-}
-
-impl AnomalyKind {
-    /// Every kind, in report order.
-    pub const ALL: [AnomalyKind; 9] = [
-        AnomalyKind::LostUpdate,
-        AnomalyKind::Overdraft,
-        AnomalyKind::MoneyCreated,
-        AnomalyKind::MoneyDestroyed,
-        AnomalyKind::DoubleApplication,
-        AnomalyKind::StaleRead,
-        AnomalyKind::RealTimeViolation,
-        AnomalyKind::WrongRefusal,
-        AnomalyKind::BalanceMismatch,
-    ];
-
-    /// The name used in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AnomalyKind::LostUpdate => "lost_update",
-            AnomalyKind::Overdraft => "overdraft",
-            AnomalyKind::MoneyCreated => "money_created",
-            AnomalyKind::MoneyDestroyed => "money_destroyed",
-            AnomalyKind::DoubleApplication => "double_application",
-            AnomalyKind::StaleRead => "stale_read",
-            AnomalyKind::RealTimeViolation => "real_time_violation",
-            AnomalyKind::WrongRefusal => "wrong_refusal",
-            AnomalyKind::BalanceMismatch => "balance_mismatch",
-        }
-    }
-}
-
-impl std::fmt::Display for AnomalyKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What an operation did in an anomaly.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Its change was written over.
-    Erased,
-    /// It wrote over another's change.
-    Overwriter,
-    /// It took the balance below the floor.
-    Overdrew,
-    /// It read the same state as the one that overdrew.
-    Racer,
-    /// It saw the state in question.
-    Observer,
-    /// It was refused.
-    Refused,
-    /// It wrote a state that covered the refused debit.
-    Covered,
-    /// It completed before the other began.
-    CompletedFirst,
-    /// It began after the other completed, yet is ordered first.
-    OrderedFirst,
-    /// One of several applications of one request.
-    Application,
-}
-
-/// A finding inside the checker: operations by index.
-#[derive(Clone, Debug)]
-pub(crate) struct Finding {
-    kind: AnomalyKind,
-    accounts: Vec<u32>,
-    operations: Vec<(u32, Role)>,
-    cents: i64,
-    detail: String,
-}
-
-impl Finding {
-    pub(crate) fn new(kind: AnomalyKind, cents: i64) -> Self {
-        Self {
-            kind,
-            accounts: Vec::new(),
-            operations: Vec::new(),
-            cents,
-            detail: String::new(),
-        }
-    }
-
-    pub(crate) fn add(&mut self, op: u32, role: Role) {
-        if !self.operations.iter().any(|(o, _)| *o == op) {
-            self.operations.push((op, role));
-        }
-    }
-}
-
-/// How long a search may take before the answer is "unknown".
-#[derive(Debug)]
-pub struct Budget {
-    deadline: Instant,
-}
-
-impl Budget {
-    /// A budget of `time` from now.
-    pub fn new(time: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + time,
-        }
-    }
-
-    pub(crate) fn exhausted(&self) -> bool {
-        Instant::now() >= self.deadline
-    }
-}
 
 /// What the checker may use besides the histories.
 #[derive(Debug, Default)]

@@ -17,7 +17,10 @@
 use std::collections::VecDeque;
 
 use crate::{
-    check::{AnomalyKind, Finding, Role, account::Chain},
+    check::{
+        account::Chain,
+        finding::{AnomalyKind, Finding, Role},
+    },
     format::Policy,
     read::Run,
 };

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use crate::{
-    check::{AnomalyKind, Budget, Finding, Role},
+    check::finding::{AnomalyKind, Budget, Finding, Role},
     format::{Operation, Outcome, Policy},
     read::Run,
 };
