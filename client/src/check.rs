@@ -129,11 +129,16 @@ pub fn text(report: &Report, show: usize) -> String {
     ));
     let m = &report.money;
     out.push_str(&format!(
-        "money: opening {} + deposits {} - withdrawals {} - fees {} = {}; final reads {} ({}){}\n",
+        "money: opening {} + deposits {} - withdrawals {} - fees {}{} = {}; final reads {} ({}){}\n",
         m.opening_cents,
         m.deposits_cents,
         m.withdrawals_cents,
         m.fees_cents,
+        if m.transfers_net_cents == 0 {
+            String::new()
+        } else {
+            format!(" + transfers from unjudged accounts {}", m.transfers_net_cents)
+        },
         m.final_cents - m.delta_cents,
         m.final_cents,
         signed(m.delta_cents),

@@ -399,6 +399,13 @@ async fn run_scenario(
             .as_ref()
             .is_some_and(|path| modes.len() > 1 || path.is_dir());
     if let (true, Some(dir)) = (in_directory, &history) {
+        if dir.extension().is_some_and(|e| e == "jsonl") && !dir.is_dir() {
+            return Err(ClientError::Usage(format!(
+                "--history {} names a file, but {} modes run: give a directory (one SCENARIO-MODE.jsonl per mode) or one --mode",
+                dir.display(),
+                modes.len()
+            )));
+        }
         crate::history::create_dir(dir)?;
     }
     let mut runs = Vec::new();

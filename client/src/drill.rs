@@ -28,6 +28,12 @@ use crate::{
 /// The report's schema.
 pub const DRILL_SCHEMA: u32 = 1;
 
+/// Times a question is asked before the drill gives up on the trainee.
+const ASKS_MAX: usize = 3;
+
+/// The checker's search budget in a drill: scenarios are small.
+const CHECK_BUDGET: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `atm drill` arguments.
 #[derive(Debug, Args)]
 pub struct DrillArgs {
@@ -125,11 +131,7 @@ pub async fn run(args: &DrillArgs) -> Result<bool, ClientError> {
     ledger.stop().await?;
     let history = overdraft_history::read_files(&[&path])
         .map_err(|e| ClientError::Internal(e.to_string()))?;
-    let report = overdraft_history::check(
-        &history,
-        &Evidence::default(),
-        std::time::Duration::from_secs(60),
-    );
+    let report = overdraft_history::check(&history, &Evidence::default(), CHECK_BUDGET);
     let expected = expected_answers(&report, mode);
     let answers = match &args.answers {
         Some(file) => read_answers(file)?,
@@ -224,20 +226,44 @@ fn ask() -> Result<Answers, ClientError> {
             .map_err(|e| ClientError::Internal(e.to_string()))?;
         Ok(answer.trim().to_owned())
     };
-    let mode = line("\n1. Which mode was the ledger running (unsafe, mutex, cas, actor)?")?;
+    // Each question is asked again until its answer fits, a few times at most.
+    let until_valid =
+        |question: &str, valid: &dyn Fn(&str) -> bool| -> Result<String, ClientError> {
+            for _ in 0..ASKS_MAX {
+                let answer = line(question)?;
+                if valid(&answer) {
+                    return Ok(answer);
+                }
+                println!("   (that does not fit the question; try again)");
+            }
+            Err(ClientError::Usage(format!(
+                "no usable answer after {ASKS_MAX} tries"
+            )))
+        };
+    let mode = until_valid(
+        "\n1. Which mode was the ledger running (unsafe, mutex, cas, actor)?",
+        &|answer| {
+            Mode::ALL
+                .iter()
+                .any(|m| m.as_str() == answer.to_ascii_lowercase())
+        },
+    )?;
     let operations = line(
         "2. Which operations caused it? request_ids, comma-separated (none if nothing went wrong):",
     )?;
-    let cents = line("3. How much money moved wrongly, in cents (0 if none)?")?;
+    let cents = until_valid(
+        "3. How much money moved wrongly, in cents (0 if none)?",
+        &|answer| answer.parse::<u64>().is_ok(),
+    )?;
     Ok(Answers {
-        mode,
+        mode: mode.to_ascii_lowercase(),
         operations: operations
             .split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty() && *s != "none")
             .map(str::to_owned)
             .collect(),
-        cents: cents.trim_start_matches('-').parse().unwrap_or(-1),
+        cents: cents.parse().unwrap_or(0),
     })
 }
 

@@ -13,6 +13,10 @@ use serde::Deserialize;
 
 use crate::{format::JournalLine, read::ReadError};
 
+/// Longest journal line accepted: an entry is a few hundred bytes, a
+/// transfer's two legs included.
+const JOURNAL_LINE_BYTES_MAX: usize = 64 * 1024;
+
 /// Most journal entries kept per request_id: a request applied more often
 /// than this is reported with this many.
 const APPLICATIONS_PER_REQUEST_MAX: usize = 16;
@@ -37,6 +41,14 @@ impl Journal {
         for (index, line) in BufReader::new(file).lines().enumerate() {
             let number = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
             let line = line.map_err(|e| error(&name, number, None, format!("read failed: {e}")))?;
+            if line.len() > JOURNAL_LINE_BYTES_MAX {
+                return Err(error(
+                    &name,
+                    number,
+                    None,
+                    format!("line longer than {JOURNAL_LINE_BYTES_MAX} bytes"),
+                ));
+            }
             if line.trim().is_empty() {
                 continue;
             }
@@ -117,6 +129,14 @@ impl FaultLog {
         for (index, line) in BufReader::new(file).lines().enumerate() {
             let number = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
             let line = line.map_err(|e| error(&name, number, None, format!("read failed: {e}")))?;
+            if line.len() > crate::read::LINE_BYTES_MAX {
+                return Err(error(
+                    &name,
+                    number,
+                    None,
+                    format!("line longer than {} bytes", crate::read::LINE_BYTES_MAX),
+                ));
+            }
             if line.trim().is_empty() {
                 continue;
             }
@@ -153,6 +173,7 @@ impl FaultLog {
 
     /// The faults active at some time in `[from, until]` (ns since the Unix epoch).
     pub fn active(&self, from_unix_ns: u64, until_unix_ns: u64) -> Vec<FaultSpan> {
+        // Spans are in ms, histories in ns: compare in ms.
         let from_ms = from_unix_ns / 1_000_000;
         let until_ms = until_unix_ns.div_ceil(1_000_000);
         self.spans

@@ -2,7 +2,7 @@
 //! merged into one [`Run`] on one clock, each line validated with the file,
 //! the line and the field named when it is wrong.
 //!
-//! Operations are kept compact (about 100 bytes each, strings in one arena)
+//! Operations are kept compact (80 bytes each, strings in one arena)
 //! because a run of ten million operations must be checked in under 2 GB.
 
 use std::{
@@ -466,6 +466,9 @@ fn read_one(
             line: line_number,
         };
         if raw.schema.is_some() {
+            if offsets.iter().any(|(f, _)| *f == file) {
+                return Err(at.error(Some("schema"), "one header per file, on its first line"));
+            }
             let header = read_header(text, &at)?;
             offsets.push((file, header.wall_unix_ns_at_zero));
             merge_header(run, header, &at)?;
@@ -556,7 +559,6 @@ fn merge_header(run: &mut Run, header: Header, at: &Place<'_>) -> Result<(), Rea
         run.mode = Some(header.mode.clone()).filter(|m| m != "unknown");
         run.seed = Some(header.seed);
     }
-    let _ = at.file;
     run.headers.push(header);
     Ok(())
 }
@@ -570,6 +572,12 @@ fn read_open(run: &mut Run, raw: &RawLine<'_>, at: &Place<'_>) -> Result<(), Rea
     let balance = raw
         .balance_cents
         .ok_or_else(|| at.error(Some("balance_cents"), "an open line gives the balance"))?;
+    if raw.version.is_some_and(|v| v != 0) {
+        return Err(at.error(
+            Some("version"),
+            "must be 0: a run starts from accounts as opened (Reset or OpenAccount)",
+        ));
+    }
     let index = run.account(account);
     let slot = &mut run.openings[usize::try_from(index).unwrap_or(usize::MAX)];
     match slot {
@@ -642,7 +650,11 @@ fn read_op(
             next
         })
     };
-    let fee_cents = i32::try_from(raw.fee_cents.unwrap_or(0).max(0))
+    let fee = raw.fee_cents.unwrap_or(0);
+    if fee < 0 {
+        return Err(at.error(Some("fee_cents"), "must be zero or more"));
+    }
+    let fee_cents = i32::try_from(fee)
         .map_err(|_| at.error(Some("fee_cents"), "larger than any fee the ledger charges"))?;
     let code = match raw.code.as_deref().filter(|c| !c.is_empty()) {
         None => u16::MAX,

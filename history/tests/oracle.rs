@@ -39,7 +39,7 @@ fn small(seed: u64, rng: &mut StdRng) -> Config {
 
 /// Goal: the fast checker says valid exactly when some order of the
 /// operations (and some fate of each unknown outcome) fits the bank model.
-/// Method: 4,000 seeded histories from a simulated correct ledger, half of
+/// Method: 40,000 seeded histories from a simulated correct ledger, half of
 /// them corrupted one of seven ways; each judged by both checkers.
 #[test]
 fn fast_checker_agrees_with_brute_force_on_small_histories() {

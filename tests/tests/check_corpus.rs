@@ -19,6 +19,8 @@ struct Corpus {
 #[derive(Deserialize)]
 struct Entry {
     files: Vec<String>,
+    #[serde(default)]
+    journal: Option<String>,
     story: String,
     verdict: String,
     #[serde(default)]
@@ -50,7 +52,15 @@ fn the_checker_names_each_known_anomaly_and_passes_each_correct_history() {
     for entry in &corpus.history {
         let paths: Vec<PathBuf> = entry.files.iter().map(|f| corpus_dir().join(f)).collect();
         let run = read_files(&paths).unwrap_or_else(|e| panic!("{:?}: {e}", entry.files));
-        let report = check(&run, &Evidence::default(), Duration::from_secs(5));
+        let journal = entry
+            .journal
+            .as_ref()
+            .map(|j| overdraft_history::evidence::Journal::read(&corpus_dir().join(j)).unwrap());
+        let evidence = Evidence {
+            journal: journal.as_ref(),
+            faults: None,
+        };
+        let report = check(&run, &evidence, Duration::from_secs(5));
         let context = format!(
             "{:?} ({}): {:#?}",
             entry.files,
@@ -139,4 +149,20 @@ fn anomalies_name_the_faults_active_at_the_time() {
         );
         assert_eq!(anomaly.faults[0].phase.as_deref(), Some("storm"));
     }
+}
+
+/// Goal: a gap the search cannot settle in its budget makes the verdict
+/// unknown: never valid, and never a false anomaly. Method: the history with
+/// a lost reply that fills a gap, checked with a budget of zero and then
+/// with one second (a negative control: valid).
+#[test]
+fn a_search_past_its_budget_is_unknown_never_valid_nor_an_anomaly() {
+    let run = read_files(&[corpus_dir().join("good/unknown-outcomes.jsonl")]).unwrap();
+    let starved = check(&run, &Evidence::default(), Duration::ZERO);
+    assert_eq!(starved.verdict, Verdict::Unknown, "{:?}", starved.anomalies);
+    assert!(starved.anomalies.is_empty());
+    assert_eq!(starved.undecided.len(), 1, "{:?}", starved.undecided);
+    assert_eq!(starved.verdict.exit_code(), 3);
+    let fed = check(&run, &Evidence::default(), Duration::from_secs(1));
+    assert_eq!(fed.verdict, Verdict::Valid);
 }

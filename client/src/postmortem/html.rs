@@ -22,6 +22,13 @@ const LANE_HEIGHT: f64 = 24.0;
 /// Most lanes drawn: the anomaly's ATMs first.
 const LANES_MAX: usize = 32;
 
+/// The shortest window drawn around an anomaly: 1 ms, so that a race of
+/// microseconds still shows its neighbours.
+const WINDOW_NS_MIN: u64 = 1_000_000;
+
+/// The window drawn for a run without anomalies: its first 5 ms.
+const WINDOW_NS_CLEAN: u64 = 5_000_000;
+
 /// Most operations drawn (the window around the anomaly).
 const BARS_MAX: usize = 2_000;
 
@@ -61,8 +68,17 @@ pub fn page(incident: &Incident<'_>) -> String {
     markup.into_string()
 }
 
+/// The sections' Markdown as HTML. Names in it come from the history (an
+/// untrusted file): raw HTML is rendered as text, so no name can inject
+/// markup or script into the page.
 fn markdown_html(text: &str) -> String {
-    let parser = pulldown_cmark::Parser::new_ext(text, pulldown_cmark::Options::ENABLE_TABLES);
+    use pulldown_cmark::Event;
+    let parser = pulldown_cmark::Parser::new_ext(text, pulldown_cmark::Options::ENABLE_TABLES).map(
+        |event| match event {
+            Event::Html(raw) | Event::InlineHtml(raw) => Event::Text(raw),
+            other => other,
+        },
+    );
     let mut out = String::new();
     pulldown_cmark::html::push_html(&mut out, parser);
     out
@@ -74,7 +90,7 @@ fn swimlanes(incident: &Incident<'_>) -> Markup {
     let lead = incident.lead();
     let (from, until) = match lead {
         Some(a) => {
-            let span = a.until_ns.saturating_sub(a.from_ns).max(1_000_000);
+            let span = a.until_ns.saturating_sub(a.from_ns).max(WINDOW_NS_MIN);
             (
                 a.from_ns.saturating_sub(span / 2),
                 a.until_ns.saturating_add(span / 2),
@@ -82,7 +98,7 @@ fn swimlanes(incident: &Incident<'_>) -> Markup {
         }
         None => {
             let first = run.ops.iter().map(|o| o.invoke_ns).min().unwrap_or(0);
-            (first, first.saturating_add(5_000_000))
+            (first, first.saturating_add(WINDOW_NS_CLEAN))
         }
     };
     let witnesses: Vec<u32> = lead
@@ -123,10 +139,13 @@ fn swimlanes(incident: &Incident<'_>) -> Markup {
             .spans
             .iter()
             .filter_map(|s| {
-                let start = (s.from_unix_ms * 1_000_000).saturating_sub(zero);
+                let start = s
+                    .from_unix_ms
+                    .saturating_mul(1_000_000)
+                    .saturating_sub(zero);
                 let end = s
                     .until_unix_ms
-                    .map_or(until, |u| (u * 1_000_000).saturating_sub(zero));
+                    .map_or(until, |u| u.saturating_mul(1_000_000).saturating_sub(zero));
                 (end >= from && start <= until).then(|| {
                     (
                         x(start),

@@ -638,14 +638,17 @@ fn timeline(incident: &Incident<'_>) -> String {
     }
     if let (Some(log), Some(zero)) = (incident.faults, incident.run.wall_unix_ns_at_zero) {
         for span in log.spans.iter().take(TIMELINE_ROWS_MAX / 3) {
-            let at = (span.from_unix_ms * 1_000_000).saturating_sub(zero);
+            let at = span
+                .from_unix_ms
+                .saturating_mul(1_000_000)
+                .saturating_sub(zero);
             rows.push((
                 at,
                 format!("fault {} ({}) applied", span.fault_id, span.kind),
             ));
             if let Some(until) = span.until_unix_ms {
                 rows.push((
-                    (until * 1_000_000).saturating_sub(zero),
+                    until.saturating_mul(1_000_000).saturating_sub(zero),
                     format!("fault {} removed", span.fault_id),
                 ));
             }
@@ -721,7 +724,7 @@ fn action_items(incident: &Incident<'_>) -> String {
 
 fn lessons(incident: &Incident<'_>) -> String {
     let r = incident.report;
-    let mut well = vec!["The history was complete enough to judge without the ledger: every acknowledged reply carried its version.".to_owned()];
+    let mut well = vec!["The history was complete enough to judge without the ledger.".to_owned()];
     if r.counts.unknown_resolved_by_journal > 0 {
         well.push(format!(
             "The journal resolved {} unknown outcome(s).",

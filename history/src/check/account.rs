@@ -221,6 +221,14 @@ pub(crate) fn check(
                     state.0
                 ));
             }
+            Explained::TooDeep => {
+                verdict.undecided = Some(format!(
+                    "{}: version {} is more than {GAP_OPERATIONS_MAX} versions past any state \
+                     the history holds; the unknown outcomes between are not searched",
+                    run.account_name(account),
+                    state.0
+                ));
+            }
         }
     }
     if !filled.is_empty() {
@@ -250,6 +258,15 @@ pub(crate) fn check(
         .and_then(|index| run.returned(op(index), account))
         .map(|(balance, _)| balance);
     verdict.chain = build_chain(run, account, &input, &on_trunk, root, &mut verdict.findings);
+    if verdict.undecided.is_some() {
+        // A gap the search could not settle leaves the trunk in doubt: no
+        // finding, no chain for the schedule, no conservation. Unknown,
+        // never a false anomaly and never valid.
+        verdict.findings.clear();
+        verdict.chain = Chain::default();
+        verdict.opening_cents = None;
+        verdict.final_cents = None;
+    }
     verdict
 }
 
@@ -280,7 +297,7 @@ fn wrong_fees(
             finding.accounts.push(account);
             finding.add(leg.op, Role::Observer);
             finding.detail = format!(
-                "{} debited {} cents from {read} cents on {} and charged a fee of {} cents; the                  policy charges {fee} cents there",
+                "{} debited {} cents from {read} cents on {} and charged a fee of {} cents; the policy charges {fee} cents there",
                 run.label(op),
                 op.amount_cents,
                 run.account_name(account),
@@ -366,6 +383,8 @@ enum Explained {
     Chain(Vec<AppliedLeg>),
     No,
     OutOfTime,
+    /// The gap is longer than the search goes: neither explained nor not.
+    TooDeep,
 }
 
 /// Searches for unknown-outcome mutations that lead from a state the
@@ -391,11 +410,14 @@ fn explain(
         return Explained::No;
     }
     let depth_max = GAP_OPERATIONS_MAX.min(usable.len());
+    let mut anchored = false;
     for depth in 1..=depth_max {
         let Some(anchor_version) = target.0.checked_sub(depth as u64) else {
             break;
         };
-        for anchor in known.states_at(anchor_version) {
+        let anchors = known.states_at(anchor_version);
+        anchored |= !anchors.is_empty();
+        for anchor in anchors {
             let mut search = Sequence {
                 input,
                 policy,
@@ -425,6 +447,9 @@ fn explain(
                 Search::None => {}
             }
         }
+    }
+    if !anchored && usable.len() > GAP_OPERATIONS_MAX {
+        return Explained::TooDeep;
     }
     Explained::No
 }

@@ -130,9 +130,13 @@ pub struct Budget {
 impl Budget {
     /// A budget of `time` from now.
     pub fn new(time: Duration) -> Self {
-        Self {
-            deadline: Instant::now() + time,
-        }
+        let now = Instant::now();
+        // A budget past what the clock can hold means no deadline at all:
+        // a century is as good.
+        let deadline = now
+            .checked_add(time)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        Self { deadline }
     }
 
     pub(crate) fn exhausted(&self) -> bool {

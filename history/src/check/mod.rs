@@ -265,13 +265,23 @@ pub fn check(run: &Run, evidence: &Evidence<'_>, time_budget: Duration) -> Repor
         undecided.extend(verdict.undecided.take());
         verdicts.push(verdict);
     }
-    let atomic_transfers = run.mode.as_deref() != Some("actor");
+    // Mutex and cas write a transfer's two legs in one commit; actor and
+    // unsafe write them apart, and an unstated mode gets the weaker rule.
+    let atomic_transfers = matches!(run.mode.as_deref(), Some("mutex" | "cas"));
     let chains: Vec<(u32, &account::Chain)> = verdicts
         .iter()
         .enumerate()
         .map(|(a, v)| (u32::try_from(a).unwrap_or(u32::MAX), &v.chain))
         .collect();
-    schedule::check(run, &chains, atomic_transfers, &run.policy, &mut findings);
+    let first_attempts = first_attempts(run, &fates);
+    schedule::check(
+        run,
+        &chains,
+        atomic_transfers,
+        &first_attempts,
+        &run.policy,
+        &mut findings,
+    );
     let mut inferred = vec![false; run.ops.len()];
     for verdict in &verdicts {
         for &op in &verdict.inferred_applied {
@@ -285,6 +295,36 @@ pub fn check(run: &Run, evidence: &Evidence<'_>, time_budget: Duration) -> Repor
         findings.push(finding);
     }
     report(run, evidence, findings, money, counts, undecided, started)
+}
+
+/// Applied replies flagged as replays: they stand for an attempt whose own
+/// reply was lost, which may have taken effect from the first attempt's
+/// invocation on. op -> that invocation.
+fn first_attempts(run: &Run, fates: &[Fate]) -> HashMap<u32, u64> {
+    let flagged: HashMap<&str, u32> = run
+        .ops
+        .iter()
+        .enumerate()
+        .filter(|(index, op)| op.replayed && fates[*index] == Fate::Applied)
+        .filter_map(|(index, op)| {
+            let id = run.strings.get(op.request_id()?);
+            Some((id, u32::try_from(index).ok()?))
+        })
+        .collect();
+    let mut first: HashMap<u32, u64> = HashMap::new();
+    if flagged.is_empty() {
+        return first;
+    }
+    for op in &run.ops {
+        let Some(id) = op.request_id().map(|sym| run.strings.get(sym)) else {
+            continue;
+        };
+        if let Some(&replay) = flagged.get(id) {
+            let earliest = first.entry(replay).or_insert(u64::MAX);
+            *earliest = (*earliest).min(op.invoke_ns);
+        }
+    }
+    first
 }
 
 /// Accounts some acknowledged reply (a mutation's or a read's) left
@@ -323,6 +363,9 @@ fn fates(
 ) -> Vec<Fate> {
     let mut fates = Vec::with_capacity(run.ops.len());
     let replays = replays(run);
+    let acknowledged = journal
+        .map(|_| acknowledged_states(run))
+        .unwrap_or_default();
     let account_index: HashMap<&str, u32> = run
         .accounts
         .iter()
@@ -347,9 +390,11 @@ fn fates(
             Outcome::Unknown => match (journal, op.request_id()) {
                 (Some(journal), Some(sym)) => {
                     counts.unknown_resolved_by_journal += 1;
-                    match journal.applied(run.strings.get(sym)) {
+                    let id = run.strings.get(sym);
+                    let seen = acknowledged.get(id).map_or(&[][..], Vec::as_slice);
+                    match unclaimed(run, journal.applied(id).unwrap_or_default(), seen) {
                         Some(entries) => {
-                            overrides.insert(index, journal_legs(entries, &account_index));
+                            overrides.insert(index, journal_legs(&entries, &account_index));
                             Fate::Applied
                         }
                         None => Fate::NotApplied,
@@ -361,6 +406,54 @@ fn fates(
         fates.push(fate);
     }
     fates
+}
+
+/// For each request_id that some unknown outcome carries, the states
+/// (account, version) its acknowledged attempts reported: the journal
+/// entries they stand for are not the unknown attempt's.
+fn acknowledged_states(run: &Run) -> HashMap<&str, Vec<(u32, u64)>> {
+    let unknown: std::collections::HashSet<&str> = run
+        .ops
+        .iter()
+        .filter(|op| op.outcome == Outcome::Unknown)
+        .filter_map(|op| op.request_id().map(|sym| run.strings.get(sym)))
+        .collect();
+    let mut states: HashMap<&str, Vec<(u32, u64)>> = HashMap::new();
+    for op in &run.ops {
+        let Some(id) = op.request_id().map(|sym| run.strings.get(sym)) else {
+            continue;
+        };
+        if op.outcome != Outcome::Ok || !unknown.contains(id) {
+            continue;
+        }
+        for (account, _) in op.legs() {
+            if let Some((_, Some(version))) = run.returned(op, account) {
+                states.entry(id).or_default().push((account, version));
+            }
+        }
+    }
+    states
+}
+
+/// The journal entries of a request_id that no acknowledged attempt
+/// reported (a keyed retry's replay names the entry of the attempt whose
+/// reply was lost): what an unknown attempt applied, if anything. The
+/// legs of one transfer written as two commits stay together.
+fn unclaimed(
+    run: &Run,
+    entries: &[crate::format::JournalLine],
+    acknowledged: &[(u32, u64)],
+) -> Option<Vec<crate::format::JournalLine>> {
+    let claimed = |entry: &crate::format::JournalLine| {
+        entry.legs.iter().any(|leg| {
+            acknowledged.iter().any(|&(account, version)| {
+                version == leg.written_version && run.account_name(account) == leg.account_id
+            })
+        })
+    };
+    let free: Vec<crate::format::JournalLine> =
+        entries.iter().filter(|e| !claimed(e)).cloned().collect();
+    (!free.is_empty()).then_some(free)
 }
 
 /// The states the journal says an operation wrote, per account.

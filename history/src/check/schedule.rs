@@ -14,7 +14,7 @@
 //! could not cover it: it is placed in the earliest such slot that the
 //! earliest and latest instants of its neighbours leave open.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::{
     check::{
@@ -70,12 +70,22 @@ impl Event {
     }
 }
 
-struct Graph {
+struct Graph<'a> {
     events: Vec<Event>,
     edges: Vec<(u32, u32)>,
+    /// Replayed replies standing for an attempt whose reply was lost: the
+    /// operation may have taken effect from that first attempt's invocation.
+    first_attempts: &'a HashMap<u32, u64>,
 }
 
-impl Graph {
+impl Graph<'_> {
+    fn invoke_ns(&self, run: &Run, event: &Event) -> u64 {
+        let own = event.invoke_ns(run);
+        self.first_attempts
+            .get(&event.op)
+            .map_or(own, |&first| first.min(own))
+    }
+
     fn add(&mut self, event: Event) -> u32 {
         self.events.push(event);
         u32::try_from(self.events.len() - 1).unwrap_or(NONE)
@@ -92,6 +102,7 @@ pub(crate) fn check(
     run: &Run,
     chains: &[(u32, &Chain)],
     atomic_transfers: bool,
+    first_attempts: &HashMap<u32, u64>,
     policy: &Policy,
     findings: &mut Vec<Finding>,
 ) {
@@ -110,6 +121,7 @@ pub(crate) fn check(
         let mut graph = Graph {
             events: Vec::new(),
             edges: Vec::new(),
+            first_attempts,
         };
         let chain_events = add_chains(run, chains, atomic_transfers, &mut graph);
         let events_alone = graph.events.len();
@@ -166,7 +178,7 @@ fn add_chains(
     run: &Run,
     chains: &[(u32, &Chain)],
     atomic_transfers: bool,
-    graph: &mut Graph,
+    graph: &mut Graph<'_>,
 ) -> Vec<ChainEvents> {
     // One event per transfer where both legs take effect at once.
     let mut shared = vec![NONE; if atomic_transfers { run.ops.len() } else { 0 }];
@@ -212,7 +224,7 @@ fn add_chains(
 }
 
 /// Edges putting `id` after the mutation of `slot` and before the next.
-fn link_between(graph: &mut Graph, mutations: &[u32], slot: usize, id: u32) {
+fn link_between(graph: &mut Graph<'_>, mutations: &[u32], slot: usize, id: u32) {
     if let Some(&before) = mutations.get(slot)
         && before != NONE
     {
@@ -236,7 +248,7 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(run: &Run, graph: &Graph) -> Self {
+    fn new(run: &Run, graph: &Graph<'_>) -> Self {
         let count = graph.events.len();
         let mut starts = vec![0u32; count + 1];
         for &(from, _) in &graph.edges {
@@ -273,7 +285,7 @@ impl Compiled {
     }
 
     /// Kahn's algorithm.
-    fn order(&mut self, run: &Run, graph: &Graph) {
+    fn order(&mut self, run: &Run, graph: &Graph<'_>) {
         let count = graph.events.len();
         let mut indegree = vec![0u32; count];
         for &to in &self.targets {
@@ -297,7 +309,7 @@ impl Compiled {
             .filter(|&e| indegree[e] > 0)
             .filter_map(|e| u32::try_from(e).ok())
             .collect();
-        stuck.sort_unstable_by_key(|&e| graph.events[e as usize].invoke_ns(run));
+        stuck.sort_unstable_by_key(|&e| graph.invoke_ns(run, &graph.events[e as usize]));
         sorted.extend(&stuck);
         self.sorted = sorted;
         self.stuck = stuck;
@@ -310,7 +322,7 @@ impl Compiled {
 /// events are judged alone.
 fn propagate(
     run: &Run,
-    graph: &Graph,
+    graph: &Graph<'_>,
     compiled: &Compiled,
     mut report: Option<&mut Vec<Finding>>,
 ) -> Vec<u64> {
@@ -320,7 +332,11 @@ fn propagate(
         findings.push(cycle(run, graph, &compiled.stuck));
     }
     let count = graph.events.len();
-    let mut earliest: Vec<u64> = graph.events.iter().map(|e| e.invoke_ns(run)).collect();
+    let mut earliest: Vec<u64> = graph
+        .events
+        .iter()
+        .map(|e| graph.invoke_ns(run, e))
+        .collect();
     let mut source: Vec<u32> = match report {
         Some(_) => (0..count)
             .map(|e| u32::try_from(e).unwrap_or(NONE))
@@ -352,7 +368,7 @@ fn propagate(
 
 /// The latest instant of every event: its completion, or earlier if a
 /// successor must complete before.
-fn latest(run: &Run, graph: &Graph, compiled: &Compiled) -> Vec<u64> {
+fn latest(run: &Run, graph: &Graph<'_>, compiled: &Compiled) -> Vec<u64> {
     let mut latest: Vec<u64> = graph.events.iter().map(|e| e.complete_ns(run)).collect();
     for &event in compiled.sorted.iter().rev() {
         let e = event as usize;
@@ -375,7 +391,7 @@ impl Placing<'_> {
         account: u32,
         chain: &Chain,
         events: &ChainEvents,
-        graph: &mut Graph,
+        graph: &mut Graph<'_>,
         findings: &mut Vec<Finding>,
     ) {
         if chain.refusals.is_empty() {
@@ -531,7 +547,7 @@ fn slot_version(run: &Run, account: u32, chain: &Chain, slot: usize) -> String {
         .map_or_else(|| "?".to_owned(), |v| v.to_string())
 }
 
-fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) -> Finding {
+fn violation(run: &Run, graph: &Graph<'_>, late: usize, early: usize, at_ns: u64) -> Finding {
     let pushed = graph.events[late];
     let setter = graph.events[early];
     let kind = match (setter.kind, pushed.kind) {
@@ -549,8 +565,8 @@ fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) ->
     let name = |e: &Event| run.label(&run.ops[e.op as usize]);
     finding.detail = match kind {
         AnomalyKind::StaleRead => format!(
-            "{} read {} at a state that {} had already replaced: {} completed at {} ns, before \
-             the read began at {at_ns} ns",
+            "{} read {} at a state older than one {} had already seen or written: {} completed \
+             at {} ns, before the read began at {at_ns} ns",
             name(&setter),
             run.account_name(setter.account),
             name(&pushed),
@@ -570,7 +586,7 @@ fn violation(run: &Run, graph: &Graph, late: usize, early: usize, at_ns: u64) ->
     finding
 }
 
-fn cycle(run: &Run, graph: &Graph, stuck: &[u32]) -> Finding {
+fn cycle(run: &Run, graph: &Graph<'_>, stuck: &[u32]) -> Finding {
     let mut finding = Finding::new(AnomalyKind::RealTimeViolation, 0);
     for &event in stuck.iter().take(CYCLE_OPERATIONS_LISTED_MAX) {
         let e = graph.events[event as usize];
@@ -581,10 +597,11 @@ fn cycle(run: &Run, graph: &Graph, stuck: &[u32]) -> Finding {
     }
     finding.detail = format!(
         "{} operation(s) are ordered one way by the versions of one account and the other way by \
-         another's: no single order of the transfers exists",
-        stuck.len()
+         another's: no single order of the transfers exists (first: {})",
+        stuck.len(),
+        stuck.first().map_or_else(String::new, |&e| run
+            .label(&run.ops[graph.events[e as usize].op as usize]))
     );
-    let _ = run;
     finding
 }
 
