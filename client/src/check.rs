@@ -176,6 +176,9 @@ pub fn text(report: &Report, show: usize) -> String {
     for reason in &report.undecided {
         out.push_str(&format!("undecided: {reason}\n"));
     }
+    for warning in &report.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
     out
 }
 

@@ -29,6 +29,8 @@ pub struct Journal {
     pub by_request: HashMap<String, Vec<JournalLine>>,
     /// Entries read.
     pub entries: u64,
+    /// The earliest and latest commit times, ns since the Unix epoch.
+    pub span_unix_ns: Option<(u64, u64)>,
 }
 
 impl Journal {
@@ -62,6 +64,11 @@ impl Journal {
     /// Adds one entry.
     pub fn push(&mut self, entry: JournalLine) {
         self.entries += 1;
+        let t = entry.time_unix_ns;
+        self.span_unix_ns = Some(match self.span_unix_ns {
+            Some((from, until)) => (from.min(t), until.max(t)),
+            None => (t, t),
+        });
         if let Some(id) = entry.request_id.clone().filter(|id| !id.is_empty()) {
             let list = self.by_request.entry(id).or_default();
             if list.len() < APPLICATIONS_PER_REQUEST_MAX {

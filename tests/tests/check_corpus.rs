@@ -166,3 +166,24 @@ fn a_search_past_its_budget_is_unknown_never_valid_nor_an_anomaly() {
     let fed = check(&run, &Evidence::default(), Duration::from_secs(1));
     assert_eq!(fed.verdict, Verdict::Valid);
 }
+
+/// Goal: a journal from another run is flagged, and this run's is not.
+/// Method: keyed-retry with its own journal, then with the same entries
+/// committed a day later.
+#[test]
+fn a_journal_outside_the_runs_time_is_flagged() {
+    let run = read_files(&[corpus_dir().join("good/keyed-retry.jsonl")]).unwrap();
+    let check_with = |name: &str| {
+        let journal = overdraft_history::evidence::Journal::read(&corpus_dir().join(name)).unwrap();
+        let evidence = Evidence {
+            journal: Some(&journal),
+            faults: None,
+        };
+        check(&run, &evidence, Duration::from_secs(5))
+    };
+    let own = check_with("journals/keyed-retry.jsonl");
+    assert!(own.warnings.is_empty(), "{:?}", own.warnings);
+    let other = check_with("journals/another-day.jsonl");
+    assert_eq!(other.warnings.len(), 1, "{:?}", other.warnings);
+    assert!(other.warnings[0].contains("is it this run's journal"));
+}

@@ -204,6 +204,9 @@ pub struct Report {
     pub anomalies: Vec<Anomaly>,
     /// Why the verdict is unknown, when it is (or why part of it is).
     pub undecided: Vec<String>,
+    /// Doubts about the evidence that change no verdict (a journal that
+    /// does not overlap the run, say).
+    pub warnings: Vec<String>,
     /// Wall clock at the run's time zero, ns since the Unix epoch.
     pub wall_unix_ns_at_zero: Option<u64>,
     /// How long the check took.
@@ -802,9 +805,30 @@ fn report(
         counts,
         anomalies,
         undecided,
+        warnings: evidence_warnings(run, evidence),
         wall_unix_ns_at_zero: run.wall_unix_ns_at_zero,
         elapsed_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     }
+}
+
+/// A journal whose commits all fall outside the run's time is probably
+/// another run's: every unknown outcome it does not hold counts as not
+/// applied, so say so.
+fn evidence_warnings(run: &Run, evidence: &Evidence<'_>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let (Some(journal), Some(zero)) = (evidence.journal, run.wall_unix_ns_at_zero) {
+        let until = zero.saturating_add(run.ops.iter().map(|o| o.complete_ns).max().unwrap_or(0));
+        match journal.span_unix_ns {
+            Some((from, to)) if to < zero || from > until => warnings.push(format!(
+                "the journal's {} entries were committed outside the run's time (they span {} \
+                 to {} ns since the epoch, the run {zero} to {until}): is it this run's journal?",
+                journal.entries, from, to
+            )),
+            None => warnings.push("the journal is empty".to_owned()),
+            _ => {}
+        }
+    }
+    warnings
 }
 
 fn anomaly(run: &Run, evidence: &Evidence<'_>, finding: Finding) -> Anomaly {
