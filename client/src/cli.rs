@@ -176,6 +176,16 @@ impl Exit {
     }
 }
 
+impl From<overdraft_history::Verdict> for Exit {
+    fn from(verdict: overdraft_history::Verdict) -> Self {
+        match verdict {
+            overdraft_history::Verdict::Valid => Exit::Held,
+            overdraft_history::Verdict::Anomalies => Exit::Broken,
+            overdraft_history::Verdict::Unknown => Exit::Undecided,
+        }
+    }
+}
+
 impl From<bool> for Exit {
     fn from(held: bool) -> Self {
         if held { Exit::Held } else { Exit::Broken }
@@ -194,11 +204,7 @@ pub async fn run(cli: Cli) -> Result<Exit, ClientError> {
         _ => None,
     };
     if let Some(verdict) = verdict {
-        return Ok(match verdict {
-            overdraft_history::Verdict::Valid => Exit::Held,
-            overdraft_history::Verdict::Anomalies => Exit::Broken,
-            overdraft_history::Verdict::Unknown => Exit::Undecided,
-        });
+        return Ok(Exit::from(verdict));
     }
     run_held(cli).await.map(Exit::from)
 }

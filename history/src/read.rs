@@ -304,11 +304,6 @@ impl Run {
         }
     }
 
-    /// Whether any file had a header (format 2).
-    pub fn self_describing(&self) -> bool {
-        !self.headers.is_empty()
-    }
-
     fn account(&mut self, name: &str) -> AccountIx {
         if let Some(index) = self.account_index.get(name) {
             return *index;

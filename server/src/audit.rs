@@ -112,19 +112,6 @@ pub struct AuditReport {
 /// update wrote over: as many as a finding lists.
 const RECENT_LEGS_MAX: usize = REQUEST_IDS_PER_FINDING_MAX;
 
-/// Audits `journal` (in commit order) against `accounts` under `policy`.
-pub fn audit(
-    journal: &[JournalEntry],
-    accounts: &[(AccountId, Account)],
-    policy: &OverdraftPolicy,
-) -> AuditReport {
-    let mut auditor = Auditor::new(*policy);
-    for entry in journal {
-        auditor.push(entry);
-    }
-    auditor.finish(accounts)
-}
-
 /// The audit as a fold over the journal in commit order: it keeps state
 /// per account (and per transfer still in flight), never the journal, so
 /// its memory does not grow with the journal's length.
