@@ -534,7 +534,7 @@ fn print_load(report: &load::LoadReport, json: bool) {
         return;
     }
     println!(
-        "mode {}, {} model, {} ATMs, {} accounts, seed {}: {} ops in {:.1} s = {:.0} ops/s (client CPU {:.0}% of a core)",
+        "mode {}, {} model, {} ATMs, {} accounts, seed {}: {} ops in {:.1} s = {:.0} ops/s",
         report.mode,
         report.model,
         report.atms,
@@ -543,24 +543,32 @@ fn print_load(report: &load::LoadReport, json: bool) {
         report.operations,
         report.duration_secs,
         report.ops_per_sec,
-        report.client_cpu_percent
     );
     println!(
-        "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "method", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        "cpu per operation: ledger {:.1} µs, atm {:.1} µs (atm {:.0}% of a core); ledger resident {} MiB",
+        report.cpu_per_op.ledger_us,
+        report.cpu_per_op.atm_us,
+        report.client_cpu_percent,
+        report.ledger_rss_bytes / (1024 * 1024),
+    );
+    let mut table = report::grid(
+        [
+            "method", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",
+        ],
+        1,
     );
     for (method, l) in &report.latency_us {
-        println!(
-            "{:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
-            method,
-            l.count,
+        table.add_row([
+            method.clone(),
+            l.count.to_string(),
             report::ms(l.p50),
             report::ms(l.p90),
             report::ms(l.p99),
             report::ms(l.p999),
-            report::ms(l.max)
-        );
+            report::ms(l.max),
+        ]);
     }
+    println!("{table}");
     let statuses: Vec<String> = report
         .status_counts
         .iter()

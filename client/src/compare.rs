@@ -2,11 +2,7 @@
 //! transport ceiling (health checks at the same concurrency) measured in the
 //! same run so that every mode reads as a ratio of what gRPC alone can do.
 
-use std::{
-    fmt::Write as _,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use overdraft_server::config::Mode;
 use serde::Serialize;
@@ -14,9 +10,12 @@ use tokio::task::JoinSet;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    connect::ClientError,
+    connect::{ClientError, Clients},
     latency::Latency,
-    load::{self, LoadArgs, LoadReport},
+    load::{
+        self, LoadArgs, LoadReport,
+        cost::{CpuMeter, CpuPerOp},
+    },
     report,
 };
 
@@ -41,6 +40,21 @@ pub struct CompareRun {
     pub reconcile_mismatches: usize,
     /// CPU the ATM process used, percent of one core.
     pub client_cpu_percent: f64,
+    /// CPU per operation in the ledger and in the ATM process, in µs.
+    pub cpu_per_op: CpuPerOp,
+    /// The ledger's CPU per operation over the ceiling's (an empty call's).
+    pub ledger_cpu_ratio: f64,
+}
+
+/// One measurement of the transport ceiling.
+#[derive(Clone, Debug, Serialize)]
+pub struct CeilingRun {
+    /// Health checks per second.
+    pub ops_per_sec: f64,
+    /// Their latency.
+    pub latency_us: Percentiles,
+    /// CPU per health check in the ledger and in the ATM process, in µs.
+    pub cpu_per_op: CpuPerOp,
 }
 
 /// Latency percentiles in µs.
@@ -76,6 +90,11 @@ pub struct CompareReport {
     /// The ceiling measured before the first mode and after the last. Apart,
     /// they show how much the machine drifted during the run.
     pub ceiling_runs_ops_per_sec: Vec<f64>,
+    /// Those two measurements in full: latency and CPU per call.
+    pub ceiling_runs: Vec<CeilingRun>,
+    /// The ledger's CPU per health check, the mean of the two: what the
+    /// modes' `ledger_cpu_ratio` divides by.
+    pub ceiling_ledger_cpu_us_per_op: f64,
     /// The workload.
     pub workload: LoadArgs,
     /// One row per mode.
@@ -93,7 +112,10 @@ pub async fn run(
 ) -> Result<CompareReport, ClientError> {
     let before = ceiling(url, args).await?;
     if show_progress {
-        eprintln!("atm compare: transport ceiling before the modes {before:.0} ops/s");
+        eprintln!(
+            "atm compare: transport ceiling before the modes {:.0} ops/s",
+            before.ops_per_sec
+        );
     }
     let mut loads = Vec::new();
     for mode in modes {
@@ -104,19 +126,28 @@ pub async fn run(
     }
     let after = ceiling(url, args).await?;
     if show_progress {
-        eprintln!("atm compare: transport ceiling after the modes {after:.0} ops/s");
+        eprintln!(
+            "atm compare: transport ceiling after the modes {:.0} ops/s",
+            after.ops_per_sec
+        );
     }
-    let mean = (before + after) / 2.0;
+    let mean = (before.ops_per_sec + after.ops_per_sec) / 2.0;
+    let ledger_cpu = (before.cpu_per_op.ledger_us + after.cpu_per_op.ledger_us) / 2.0;
     Ok(CompareReport {
         schema: 1,
         ceiling_ops_per_sec: mean,
-        ceiling_runs_ops_per_sec: vec![before, after],
+        ceiling_runs_ops_per_sec: vec![before.ops_per_sec, after.ops_per_sec],
+        ceiling_ledger_cpu_us_per_op: ledger_cpu,
+        ceiling_runs: vec![before, after],
         workload: args.clone(),
-        runs: loads.iter().map(|load| row(load, mean)).collect(),
+        runs: loads
+            .iter()
+            .map(|load| row(load, mean, ledger_cpu))
+            .collect(),
     })
 }
 
-fn row(load: &LoadReport, ceiling: f64) -> CompareRun {
+fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRun {
     let all = load.latency_us.get("all").cloned().unwrap_or_default();
     CompareRun {
         mode: load.mode.clone(),
@@ -136,25 +167,28 @@ fn row(load: &LoadReport, ceiling: f64) -> CompareRun {
         aborts: load.aborts,
         reconcile_mismatches: load.reconciliation.mismatched.len(),
         client_cpu_percent: load.client_cpu_percent,
+        cpu_per_op: load.cpu_per_op,
+        ledger_cpu_ratio: load.cpu_per_op.ledger_us / ceiling_ledger_cpu_us.max(1e-9),
     }
 }
 
-/// Health checks per second with the load's ATMs, connections and length.
-pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<f64, ClientError> {
+/// Health checks with the load's ATMs, connections and length: their rate,
+/// latency and CPU cost on both sides.
+pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientError> {
+    let mut clients = Clients::connect(url).await?;
     let mut channels = Vec::new();
     for _ in 0..args.connections {
         channels.push(crate::connect::channel(url).await?);
     }
+    let meter = CpuMeter::start(&mut clients).await?;
     let started = Instant::now();
     let deadline = args.run_duration().map(|d| started + d);
     let quota = args.ops.map(|ops| ops / u64::from(args.atms).max(1));
-    let latency = Arc::new(std::sync::Mutex::new(Latency::default()));
     let mut atms = JoinSet::new();
     for atm in 0..args.atms {
         let mut health = HealthClient::new(channels[atm as usize % channels.len()].clone());
-        let latency = Arc::clone(&latency);
         atms.spawn(async move {
-            let mut local = Latency::default();
+            let mut latency = Latency::default();
             let mut sent = 0u64;
             while quota.is_none_or(|q| sent < q) && deadline.is_none_or(|d| Instant::now() < d) {
                 let began = Instant::now();
@@ -163,75 +197,113 @@ pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<f64, ClientError> {
                         service: String::new(),
                     })
                     .await;
-                local.record(began.elapsed());
+                latency.record(began.elapsed());
                 sent += 1;
             }
             latency
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .merge(&local);
         });
     }
-    while atms.join_next().await.is_some() {}
+    let mut latency = Latency::default();
+    while let Some(joined) = atms.join_next().await {
+        latency.merge(&joined.map_err(|e| ClientError::Internal(e.to_string()))?);
+    }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
-    let count = latency.lock().unwrap_or_else(|p| p.into_inner()).count();
-    Ok(count as f64 / elapsed.as_secs_f64())
+    let (cpu_per_op, _, _) = meter.finish(&mut clients, latency.count()).await?;
+    Ok(CeilingRun {
+        ops_per_sec: latency.count() as f64 / elapsed.as_secs_f64(),
+        latency_us: Percentiles {
+            p50: latency.quantile_us(0.50),
+            p99: latency.quantile_us(0.99),
+            p999: latency.quantile_us(0.999),
+        },
+        cpu_per_op,
+    })
 }
 
-/// The side-by-side table.
+/// The side-by-side table: the ceiling's two measurements, then each mode.
 pub fn table(report: &CompareReport) -> String {
-    let mut out = String::new();
     let runs: Vec<String> = report
         .ceiling_runs_ops_per_sec
         .iter()
         .map(|ceiling| format!("{ceiling:.0}"))
         .collect();
-    let _ = writeln!(
-        out,
-        "transport ceiling (health checks, same concurrency): {:.0} ops/s (before and after the modes: {})",
+    let mut out = format!(
+        "transport ceiling (health checks, same concurrency): {:.0} ops/s (before and after the modes: {}); \
+         ratio: throughput over it; ledger cpu ratio: the ledger's CPU per operation over an empty call's\n",
         report.ceiling_ops_per_sec,
         runs.join(", ")
     );
-    let _ = writeln!(
-        out,
-        "{:<7} {:>9} {:>7} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10} {:>8}",
-        "mode",
-        "ops/s",
-        "ratio",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "overdrafts",
-        "lost updates",
-        "money cents",
-        "retries",
-        "aborts",
-        "reconciled",
-        "atm cpu"
+    let mut table = report::grid(
+        [
+            "run",
+            "ops/s",
+            "ratio",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "ledger µs/op",
+            "ledger cpu ratio",
+            "atm µs/op",
+            "overdrafts",
+            "lost updates",
+            "money cents",
+            "retries",
+            "aborts",
+            "reconciled",
+            "atm cpu",
+        ],
+        1,
     );
-    for run in &report.runs {
-        let _ = writeln!(
-            out,
-            "{:<7} {:>9.0} {:>7.2} {:>8} {:>8} {:>9} {:>10} {:>12} {:>12} {:>8} {:>7} {:>10} {:>7.0}%",
-            run.mode,
-            run.ops_per_sec,
-            run.ceiling_ratio,
+    let ceiling_row = |name: &str, run: &CeilingRun| {
+        vec![
+            name.to_owned(),
+            format!("{:.0}", run.ops_per_sec),
+            format!(
+                "{:.2}",
+                run.ops_per_sec / report.ceiling_ops_per_sec.max(1e-9)
+            ),
             report::ms(run.latency_us.p50),
             report::ms(run.latency_us.p99),
             report::ms(run.latency_us.p999),
-            run.anomalies.overdrafts,
-            run.anomalies.lost_updates,
+            format!("{:.1}", run.cpu_per_op.ledger_us),
+            format!(
+                "{:.2}",
+                run.cpu_per_op.ledger_us / report.ceiling_ledger_cpu_us_per_op.max(1e-9)
+            ),
+            format!("{:.1}", run.cpu_per_op.atm_us),
+        ]
+    };
+    if let Some(first) = report.ceiling_runs.first() {
+        table.add_row(ceiling_row("ceiling (before)", first));
+    }
+    for run in &report.runs {
+        table.add_row([
+            run.mode.clone(),
+            format!("{:.0}", run.ops_per_sec),
+            format!("{:.2}", run.ceiling_ratio),
+            report::ms(run.latency_us.p50),
+            report::ms(run.latency_us.p99),
+            report::ms(run.latency_us.p999),
+            format!("{:.1}", run.cpu_per_op.ledger_us),
+            format!("{:.2}", run.ledger_cpu_ratio),
+            format!("{:.1}", run.cpu_per_op.atm_us),
+            run.anomalies.overdrafts.to_string(),
+            run.anomalies.lost_updates.to_string(),
             report::signed(run.anomalies.money_delta_cents),
-            run.retries,
-            run.aborts,
+            run.retries.to_string(),
+            run.aborts.to_string(),
             if run.reconcile_mismatches == 0 {
                 "yes".to_owned()
             } else {
                 format!("{} off", run.reconcile_mismatches)
             },
-            run.client_cpu_percent,
-        );
+            format!("{:.0}%", run.client_cpu_percent),
+        ]);
     }
+    if let Some(last) = report.ceiling_runs.get(1) {
+        table.add_row(ceiling_row("ceiling (after)", last));
+    }
+    out.push_str(&format!("{table}\n"));
     out
 }
 

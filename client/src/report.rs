@@ -3,6 +3,8 @@
 
 use std::fmt::Write as _;
 
+use comfy_table::{CellAlignment, Table, presets::NOTHING};
+
 use crate::scenario::run::ModeOutcome;
 
 /// `+60000` / `-4300` / `0`.
@@ -19,21 +21,34 @@ pub fn ms(micros: u64) -> String {
     format!("{:.1}", micros as f64 / 1_000.0)
 }
 
+/// A borderless table with a header; columns from `left` on are numbers,
+/// right-aligned.
+pub fn grid<const N: usize>(header: [&str; N], left: usize) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header);
+    for column in left..N {
+        if let Some(column) = table.column_mut(column) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    table
+}
+
 /// The scenario x mode table.
 pub fn table(rows: &[ModeOutcome]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<24} {:<7} {:<12} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9}",
-        "scenario",
-        "mode",
-        "verdict",
-        "overdrafts",
-        "lost updates",
-        "money cents",
-        "refusals",
-        "ops/s",
-        "p99 ms"
+    let mut table = grid(
+        [
+            "scenario",
+            "mode",
+            "verdict",
+            "overdrafts",
+            "lost updates",
+            "money cents",
+            "refusals",
+            "ops/s",
+            "p99 ms",
+        ],
+        3,
     );
     for row in rows {
         let verdict = if row.passed {
@@ -41,21 +56,19 @@ pub fn table(rows: &[ModeOutcome]) -> String {
         } else {
             "UNEXPECTED"
         };
-        let _ = writeln!(
-            out,
-            "{:<24} {:<7} {:<12} {:>10} {:>12} {:>12} {:>9} {:>9.0} {:>9}",
-            row.scenario,
-            row.mode.as_str(),
-            verdict,
-            row.overdrafts,
-            row.lost_updates,
+        table.add_row([
+            row.scenario.clone(),
+            row.mode.as_str().to_owned(),
+            verdict.to_owned(),
+            row.overdrafts.to_string(),
+            row.lost_updates.to_string(),
             signed(row.money_delta_cents),
-            row.refused + row.aborted,
-            row.ops_per_sec,
+            (row.refused + row.aborted).to_string(),
+            format!("{:.0}", row.ops_per_sec),
             ms(row.latency_p99_us),
-        );
+        ]);
     }
-    out
+    format!("{table}\n")
 }
 
 /// One mode's verdict with every anomaly and the operations behind it.

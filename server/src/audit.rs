@@ -48,6 +48,40 @@ pub enum FindingKind {
     HalfAppliedTransfer,
 }
 
+impl FindingKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [FindingKind; 5] = [
+        FindingKind::Overdraft,
+        FindingKind::LostUpdate,
+        FindingKind::Conservation,
+        FindingKind::JournalMismatch,
+        FindingKind::HalfAppliedTransfer,
+    ];
+
+    /// The JSON and metrics name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FindingKind::Overdraft => "overdraft",
+            FindingKind::LostUpdate => "lost_update",
+            FindingKind::Conservation => "conservation",
+            FindingKind::JournalMismatch => "journal_mismatch",
+            FindingKind::HalfAppliedTransfer => "half_applied_transfer",
+        }
+    }
+}
+
+impl AuditReport {
+    /// Findings of `kind`: exact for overdrafts and lost updates, which are
+    /// counted beyond the listed findings' bound; the listed ones otherwise.
+    pub fn count_of(&self, kind: FindingKind) -> u64 {
+        match kind {
+            FindingKind::Overdraft => self.overdrafts,
+            FindingKind::LostUpdate => self.lost_updates,
+            _ => self.findings.iter().filter(|f| f.kind == kind).count() as u64,
+        }
+    }
+}
+
 /// What the ledger repaired when it started on this data.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Recovery {

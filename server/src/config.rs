@@ -231,6 +231,10 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:50051", env = "OVERDRAFT_LISTEN")]
     pub listen: SocketAddr,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks one, printed at start).
+    #[arg(long, env = "OVERDRAFT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Consistency mode operations start in; switch later with Admin.SetMode.
     #[arg(long, value_enum, default_value_t = Mode::Mutex)]
     pub mode: Mode,

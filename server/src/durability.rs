@@ -2,11 +2,11 @@
 //! after a flush that began after its commit. Operations that commit while a
 //! flush runs wait for the next one together, so one fsync covers many.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{engine::Core, error::LedgerError, stats::Stats};
+use crate::{engine::Core, error::LedgerError};
 
 /// Waiters queued for the next flush. Past this, new operations wait for room,
 /// which slows callers down rather than growing memory.
@@ -56,16 +56,13 @@ async fn flusher(core: Arc<Core>, mut receiver: mpsc::Receiver<Waiter>) {
             }
         }
         let store = Arc::clone(&core.store);
+        let started = Instant::now();
         let flushed = match tokio::task::spawn_blocking(move || store.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(join_error) => Err(join_error.to_string()),
         };
-        Stats::bump(&core.stats.flushes);
-        let covered = u64::try_from(batch.len()).unwrap_or(u64::MAX);
-        core.stats
-            .flushed_operations
-            .fetch_add(covered, std::sync::atomic::Ordering::Relaxed);
+        core.stats.record_flush(batch.len(), started.elapsed());
         if let Err(message) = &flushed {
             tracing::error!(%message, "durable flush failed");
         }

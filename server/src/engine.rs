@@ -7,9 +7,12 @@
 //! mode they started in, and no two modes ever touch an account at once.
 
 use std::collections::HashSet;
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Instant,
 };
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -25,7 +28,7 @@ use crate::{
     journal::{JournalEntry, RequestRecord},
     modes::{Applied, Request, actor, cas, mutex::MutexMode, replay, unprotected},
     race::RaceHook,
-    stats::Stats,
+    stats::{Method, Stats},
     store::{Commit, Guard, Rejected, Store, StoreError, Write},
 };
 
@@ -97,6 +100,8 @@ pub(crate) type ModeGuard = tokio::sync::OwnedRwLockReadGuard<Mode>;
 pub struct Engine {
     core: Arc<Core>,
     mode: Arc<RwLock<Mode>>,
+    // The mode's index, mirrored for readers that must not wait on the lock.
+    mode_index: AtomicUsize,
     mutex: MutexMode,
     actor: Arc<actor::ActorMode>,
     durable: Option<GroupCommit>,
@@ -155,6 +160,7 @@ impl Engine {
             actor: Arc::new(actor::ActorMode::start(&core)),
             core,
             mode: Arc::new(RwLock::new(config.mode)),
+            mode_index: AtomicUsize::new(config.mode.index()),
             mutex: MutexMode::default(),
             durable,
             recovery,
@@ -170,8 +176,26 @@ impl Engine {
     /// Applies one mutation in the current mode; acknowledges only once it is
     /// durable when durability is `sync`.
     pub async fn execute(&self, request: Request) -> Result<Applied, LedgerError> {
+        let started = Instant::now();
+        let method = Method::of(&request.op);
         let guard = Arc::clone(&self.mode).read_owned().await;
         let mode = *guard;
+        let outcome = self.execute_in(mode, request, guard).await;
+        let code = outcome
+            .as_ref()
+            .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
+        self.core
+            .stats
+            .observe(mode, method, code, started.elapsed());
+        outcome
+    }
+
+    async fn execute_in(
+        &self,
+        mode: Mode,
+        request: Request,
+        guard: ModeGuard,
+    ) -> Result<Applied, LedgerError> {
         let outcome = match self.replay_if_known(&request)? {
             Some(applied) => Ok(applied),
             None => self.run_in(mode, request, guard).await,
@@ -307,7 +331,26 @@ impl Engine {
 
     /// An account's balance and version.
     pub async fn balance(&self, account: &AccountId) -> Result<Account, LedgerError> {
-        crate::modes::read_account(&self.core, account)
+        let started = Instant::now();
+        let read = crate::modes::read_account(&self.core, account);
+        let code = read
+            .as_ref()
+            .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
+        self.core
+            .stats
+            .observe(self.mode_now(), Method::Balance, code, started.elapsed());
+        read
+    }
+
+    /// Messages queued in the actor owners' mailboxes: in all, and in the fullest.
+    pub fn mailbox_depth(&self) -> (usize, usize) {
+        self.actor.mailbox_depth()
+    }
+
+    /// The mode new operations start in, without waiting for a switch in
+    /// progress: for labelling a read, which takes no hold on the mode.
+    pub fn mode_now(&self) -> Mode {
+        Mode::ALL[self.mode_index.load(Ordering::Relaxed) % Mode::ALL.len()]
     }
 
     /// The mode new operations start in.
@@ -322,6 +365,7 @@ impl Engine {
             tracing::info!(from = %*current, to = %mode, "mode switched");
         }
         *current = mode;
+        self.mode_index.store(mode.index(), Ordering::Relaxed);
     }
 
     /// Changes the run-time settings and the race window once operations in
@@ -380,6 +424,7 @@ impl Engine {
         .await
         .map_err(|e| LedgerError::Invariant(format!("audit task failed: {e}")))??;
         report.recovery = self.recovery;
+        self.core.stats.record_audit(&report);
         Ok(report)
     }
 

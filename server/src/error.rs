@@ -95,3 +95,29 @@ pub enum LedgerError {
     #[error("invariant violated: {0}")]
     Invariant(String),
 }
+
+impl LedgerError {
+    /// The gRPC code each variant names: the one mapping, which
+    /// `service::status` and the metrics both read.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            LedgerError::Invalid(_) | LedgerError::RequestIdReused { .. } => Code::InvalidArgument,
+            LedgerError::NotFound(_) => Code::NotFound,
+            LedgerError::AlreadyExists(_) => Code::AlreadyExists,
+            LedgerError::Refused(_) | LedgerError::Replayed(_) => Code::FailedPrecondition,
+            LedgerError::Deadlock { .. }
+            | LedgerError::LockTimeout { .. }
+            | LedgerError::Contention { .. } => Code::Aborted,
+            LedgerError::InFlight(_)
+            | LedgerError::Overloaded { .. }
+            | LedgerError::ShuttingDown => Code::Unavailable,
+            LedgerError::LostAck(crate::chaos::LostAckCode::Unavailable) => Code::Unavailable,
+            LedgerError::LostAck(crate::chaos::LostAckCode::DeadlineExceeded) => {
+                Code::DeadlineExceeded
+            }
+            LedgerError::HalfApplied { .. } => Code::DataLoss,
+            LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
+        }
+    }
+}

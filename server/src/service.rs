@@ -45,22 +45,7 @@ impl LedgerService {
 
 /// The one mapping from ledger errors to gRPC statuses.
 pub fn status(error: LedgerError) -> Status {
-    let code = match &error {
-        LedgerError::Invalid(_) | LedgerError::RequestIdReused { .. } => Code::InvalidArgument,
-        LedgerError::NotFound(_) => Code::NotFound,
-        LedgerError::AlreadyExists(_) => Code::AlreadyExists,
-        LedgerError::Refused(_) | LedgerError::Replayed(_) => Code::FailedPrecondition,
-        LedgerError::Deadlock { .. }
-        | LedgerError::LockTimeout { .. }
-        | LedgerError::Contention { .. } => Code::Aborted,
-        LedgerError::InFlight(_) | LedgerError::Overloaded { .. } | LedgerError::ShuttingDown => {
-            Code::Unavailable
-        }
-        LedgerError::LostAck(LostAckCode::Unavailable) => Code::Unavailable,
-        LedgerError::LostAck(LostAckCode::DeadlineExceeded) => Code::DeadlineExceeded,
-        LedgerError::HalfApplied { .. } => Code::DataLoss,
-        LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
-    };
+    let code = error.code();
     if code == Code::Internal {
         tracing::error!(%error, "internal error");
     }
@@ -326,6 +311,7 @@ impl Admin for LedgerService {
         _request: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsReply>, Status> {
         let stats = &self.engine.core().stats;
+        let cpu = crate::process::cpu_time();
         let modes = Mode::ALL
             .iter()
             .map(|mode| {
@@ -346,8 +332,17 @@ impl Admin for LedgerService {
             replays: Stats::read(&stats.replays),
             flushes: Stats::read(&stats.flushes),
             flushed_operations: Stats::read(&stats.flushed_operations),
+            cpu_user_us: micros(cpu.user),
+            cpu_system_us: micros(cpu.system),
+            rss_bytes: crate::process::rss_bytes().unwrap_or(0),
+            flush_time_us: Stats::read(&stats.flush_time_us),
+            flush_time_us_max: Stats::read(&stats.flush_time_us_max),
         }))
     }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn settings_to_proto(settings: Settings, window_ms: (u64, u64)) -> pb::Settings {

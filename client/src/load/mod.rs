@@ -7,6 +7,7 @@
 //! and aborts, the audit, and a reconciliation of the client's own model of
 //! every balance (from acknowledged operations) against the final balances.
 
+pub mod cost;
 pub mod workload;
 
 use std::{
@@ -29,6 +30,7 @@ use tonic::transport::Channel;
 
 use overdraft_history::format::Operation;
 
+use self::cost::{CpuMeter, CpuPerOp};
 use self::workload::{AccountPicker, AmountRange, Mix, Skew, account_id};
 use crate::{
     connect::{ClientError, Clients},
@@ -252,6 +254,10 @@ pub struct LoadReport {
     pub reconciliation: Reconciliation,
     /// CPU this process used, as a percentage of one core over the run.
     pub client_cpu_percent: f64,
+    /// CPU per operation sent, in the ledger and in this process.
+    pub cpu_per_op: CpuPerOp,
+    /// The ledger's resident memory when the ATMs stopped, before the audit (0 if not reported).
+    pub ledger_rss_bytes: u64,
 }
 
 /// One ATM's share of the results.
@@ -310,7 +316,7 @@ pub async fn run(
         None => (None, None),
     };
 
-    let cpu_before = cpu_time();
+    let meter = CpuMeter::start(&mut clients).await?;
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let ticker = show_progress
@@ -329,7 +335,8 @@ pub async fn run(
         );
     }
     let elapsed = started.elapsed();
-    let cpu_used = cpu_time().saturating_sub(cpu_before);
+    let sent = total.latency.values().map(Latency::count).sum();
+    let (cpu_per_op, cpu_used, ledger_rss_bytes) = meter.finish(&mut clients, sent).await?;
     if let Some(ticker) = ticker {
         ticker.abort();
     }
@@ -338,7 +345,10 @@ pub async fn run(
         drop(sink);
         writer.finish().await?;
     }
-    finish(&mut clients, args, mode, total, elapsed, cpu_used).await
+    let mut report = finish(&mut clients, args, mode, total, elapsed, cpu_used).await?;
+    report.cpu_per_op = cpu_per_op;
+    report.ledger_rss_bytes = ledger_rss_bytes;
+    Ok(report)
 }
 
 /// The history's header: what `atm check` needs to judge the file alone.
@@ -453,6 +463,8 @@ async fn finish(
         },
         reconciliation,
         client_cpu_percent: 100.0 * cpu_used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        cpu_per_op: CpuPerOp::default(),
+        ledger_rss_bytes: 0,
     })
 }
 
@@ -665,22 +677,4 @@ async fn show(progress: Arc<Progress>, duration: Option<Duration>, ops: Option<u
             ),
         }
     }
-}
-
-/// CPU time (user + system) this process has used.
-fn cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage writes a full rusage into the pointer on success and
-    // we read it only then.
-    let usage = unsafe {
-        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
-            return Duration::ZERO;
-        }
-        usage.assume_init()
-    };
-    let micros = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    micros(usage.ru_utime) + micros(usage.ru_stime)
 }

@@ -96,6 +96,14 @@ impl ActorMode {
 
     /// Runs `request` through the owners of its accounts, holding `mode`
     /// until it is applied.
+    /// Messages queued in all the mailboxes, and in the fullest one.
+    pub(crate) fn mailbox_depth(&self) -> (usize, usize) {
+        self.mailboxes
+            .iter()
+            .map(|mailbox| mailbox.max_capacity() - mailbox.capacity())
+            .fold((0, 0), |(sum, max), depth| (sum + depth, max.max(depth)))
+    }
+
     pub(crate) async fn execute(
         self: &Arc<Self>,
         core: &Arc<Core>,

@@ -75,7 +75,13 @@ impl MutexMode {
                 Ok(guard) => guard,
                 Err(_held) => {
                     let wait = Duration::from_millis(core.lock_wait_ms);
-                    match tokio::time::timeout(wait, lock.lock_owned()).await {
+                    let started = std::time::Instant::now();
+                    let waited = tokio::time::timeout(wait, lock.lock_owned()).await;
+                    core.stats
+                        .distributions
+                        .lock_wait_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    match waited {
                         Ok(guard) => guard,
                         Err(_elapsed) => return Err(self.wait_failed(core, order, position)),
                     }

@@ -1,6 +1,9 @@
 //! Shared by the tests that run the real `ledger` binary: start it on a free
 //! port over a data directory, and connect once it listens.
 
+// Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
 use std::{path::Path, process::Stdio, time::Duration};
 
 use tokio::{

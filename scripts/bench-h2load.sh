@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# An independent check of the load generator: the same ledger driven by
+# `atm load` and by h2load (nghttp2-client) sending real gRPC frames
+# (content-type: application/grpc, te: trailers, a length-prefixed
+# protobuf body), 64 calls in flight over 4 connections. If the atm were
+# the bottleneck, h2load would get far more through; the goal is atm at
+# 0.9 of h2load or better. Also: reads against writes, on one hot account
+# and on 1,000 accounts.
+# Usage: scripts/bench-h2load.sh [SECONDS] [MODE]   (default 8 s, mutex)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-8}"
+mode="${2:-mutex}"
+command -v h2load >/dev/null || { echo "h2load missing: apt-get install nghttp2-client" >&2; exit 2; }
+cargo build --release --bin ledger --bin atm >&2
+port=50095
+metrics=50096
+work="$(mktemp -d)"
+./target/release/ledger --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
+  --mode "$mode" >/dev/null 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+sleep 1
+
+# A gRPC message: a zero compression flag, a 4-byte big-endian length, the protobuf.
+# DepositRequest{account_id: "acct-0", amount_cents: 100}; no request_id (the
+# body cannot vary per request), so the atm's figure includes idempotency
+# records that h2load's does not.
+printf '\x00\x00\x00\x00\x0a\x0a\x06acct-0\x10\x64' >"$work/deposit"
+# GetBalanceRequest{account_id: "acct-0"}.
+printf '\x00\x00\x00\x00\x08\x0a\x06acct-0' >"$work/balance"
+# HealthCheckRequest{} (empty).
+printf '\x00\x00\x00\x00\x00' >"$work/health"
+
+atm() { # accounts mix -> "ops/s p99_ms"
+  ./target/release/atm load --target "127.0.0.1:$port" --atms 64 --connections 4 \
+    --accounts "$1" --mix "$2" --duration "${seconds}s" --json 2>/dev/null |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); a=r["latency_us"]["all"]; print(f"{r[\"ops_per_sec\"]:.0f} {a[\"p99\"]/1000:.1f} {r[\"cpu_per_op\"][\"ledger_us\"]:.1f}")'
+}
+h2() { # path body -> "req/s"
+  h2load -c 4 -m 16 -t 1 -D "$seconds" -H 'content-type: application/grpc' -H 'te: trailers' \
+    -d "$work/$2" "http://127.0.0.1:$port$1" 2>/dev/null |
+    awk '/^finished in/ { gsub(",", "", $4); print int($4) }'
+}
+ok_deposits() {
+  curl -s "http://127.0.0.1:$metrics/metrics" |
+    awk '/^overdraft_operations_total\{/ && /method="deposit"/ && /code="Ok"/ { n += $2 } END { print n + 0 }'
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); mode $mode; ${seconds} s per run"
+read -r atm_dep atm_dep_p99 atm_dep_cpu < <(atm 1 deposit=100)
+before=$(ok_deposits)
+h2_dep=$(h2 /overdraft.v1.Ledger/Deposit deposit)
+applied=$(( $(ok_deposits) - before ))
+h2_health=$(h2 /grpc.health.v1.Health/Check health)
+read -r atm_bal1 atm_bal1_p99 atm_bal1_cpu < <(atm 1 balance=100)
+h2_bal=$(h2 /overdraft.v1.Ledger/GetBalance balance)
+read -r atm_dep1k atm_dep1k_p99 atm_dep1k_cpu < <(atm 1000 deposit=100)
+read -r atm_bal1k atm_bal1k_p99 atm_bal1k_cpu < <(atm 1000 balance=100)
+printf '%-40s %10s %8s %14s\n' "run" "ops/s" "p99 ms" "ledger µs/op"
+printf '%-40s %10s %8s %14s\n' "atm deposits, 1 account" "$atm_dep" "$atm_dep_p99" "$atm_dep_cpu"
+printf '%-40s %10s\n' "h2load deposits, 1 account" "$h2_dep"
+printf '%-40s %10s\n' "h2load health checks" "$h2_health"
+printf '%-40s %10s %8s %14s\n' "atm balance reads, 1 account" "$atm_bal1" "$atm_bal1_p99" "$atm_bal1_cpu"
+printf '%-40s %10s\n' "h2load balance reads, 1 account" "$h2_bal"
+printf '%-40s %10s %8s %14s\n' "atm deposits, 1000 accounts" "$atm_dep1k" "$atm_dep1k_p99" "$atm_dep1k_cpu"
+printf '%-40s %10s %8s %14s\n' "atm balance reads, 1000 accounts" "$atm_bal1k" "$atm_bal1k_p99" "$atm_bal1k_cpu"
+python3 - "$atm_dep" "$h2_dep" "$applied" "$seconds" <<'PY'
+import sys
+atm, h2, applied, seconds = (float(x) for x in sys.argv[1:])
+print(f"atm / h2load (deposits): {atm / max(h2, 1):.2f}   (goal: at least 0.90)")
+print(f"h2load deposits the ledger counted Ok: {applied:.0f} ({applied / seconds:.0f}/s over {seconds:.0f} s)")
+PY
