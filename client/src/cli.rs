@@ -30,6 +30,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Most runtime threads `--threads` accepts.
+pub const THREADS_MAX: u16 = 256;
+
+impl Cli {
+    /// Runtime threads the command asks for: `load` and `compare` say
+    /// (`--threads`, default 1); every other command (some embed a ledger)
+    /// leaves it to tokio, one per core.
+    pub fn runtime_threads(&self) -> Option<u16> {
+        match &self.command {
+            Command::Load { threads, .. } | Command::Compare { threads, .. } => Some(*threads),
+            _ => None,
+        }
+    }
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -94,6 +109,9 @@ pub enum Command {
         /// The workload.
         #[command(flatten)]
         load: LoadArgs,
+        /// Runtime threads of this process (see `atm compare --help`).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(THREADS_MAX)))]
+        threads: u16,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -114,6 +132,13 @@ pub enum Command {
         /// The workload.
         #[command(flatten)]
         load: LoadArgs,
+        /// Runtime threads of this process. One, as `h2load -t 1`, costs
+        /// about a third less CPU per call than tokio's multi-threaded
+        /// runtime (no cross-thread wake-ups), which leaves more of a shared
+        /// machine to the ledger; raise it to drive a remote ledger past
+        /// what one core can send.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(THREADS_MAX)))]
+        threads: u16,
         /// Print JSON (schema 1).
         #[arg(long)]
         json: bool,
@@ -267,6 +292,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             mode,
             load,
             json,
+            threads: _,
         } => {
             let report = load::run(&target, &load, mode, !json).await?;
             print_load(&report, json);
@@ -279,6 +305,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             load,
             json,
             html,
+            threads: _,
         } => {
             let report = compare::run(&target, &modes, &load, !json).await?;
             if let Some(path) = html {
@@ -551,6 +578,17 @@ fn print_load(report: &load::LoadReport, json: bool) {
         report.client_cpu_percent,
         report.ledger_rss_bytes / (1024 * 1024),
     );
+    if let Some(f) = &report.flushes {
+        println!(
+            "durable flushes: {} ({:.0}/s), {:.1} operations each, {:.2} ms mean, {:.2} ms max, a flush in progress {:.0}% of the time",
+            f.flushes,
+            f.flushes_per_sec,
+            f.operations_per_flush,
+            f.flush_us_mean / 1e3,
+            f.flush_us_max as f64 / 1e3,
+            100.0 * f.busy_fraction
+        );
+    }
     let mut table = report::grid(
         [
             "method", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms",

@@ -13,7 +13,7 @@ use crate::{
     connect::{ClientError, Clients},
     latency::Latency,
     load::{
-        self, LoadArgs, LoadReport,
+        self, FlushSummary, LoadArgs, LoadReport,
         cost::{CpuMeter, CpuPerOp},
     },
     report,
@@ -44,6 +44,8 @@ pub struct CompareRun {
     pub cpu_per_op: CpuPerOp,
     /// The ledger's CPU per operation over the ceiling's (an empty call's).
     pub ledger_cpu_ratio: f64,
+    /// Durable flushes during the run, under `--durability sync`.
+    pub flushes: Option<FlushSummary>,
 }
 
 /// One measurement of the transport ceiling.
@@ -169,6 +171,7 @@ fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRu
         client_cpu_percent: load.client_cpu_percent,
         cpu_per_op: load.cpu_per_op,
         ledger_cpu_ratio: load.cpu_per_op.ledger_us / ceiling_ledger_cpu_us.max(1e-9),
+        flushes: load.flushes.clone(),
     }
 }
 
@@ -304,6 +307,19 @@ pub fn table(report: &CompareReport) -> String {
         table.add_row(ceiling_row("ceiling (after)", last));
     }
     out.push_str(&format!("{table}\n"));
+    for run in &report.runs {
+        if let Some(f) = &run.flushes {
+            out.push_str(&format!(
+                "{}: {:.0} flushes/s, {:.1} operations each, {:.2} ms mean, {:.2} ms max, flushing {:.0}% of the time\n",
+                run.mode,
+                f.flushes_per_sec,
+                f.operations_per_flush,
+                f.flush_us_mean / 1e3,
+                f.flush_us_max as f64 / 1e3,
+                100.0 * f.busy_fraction
+            ));
+        }
+    }
     out
 }
 

@@ -258,6 +258,44 @@ pub struct LoadReport {
     pub cpu_per_op: CpuPerOp,
     /// The ledger's resident memory when the ATMs stopped, before the audit (0 if not reported).
     pub ledger_rss_bytes: u64,
+    /// Durable flushes during the run (`--durability sync`); None without any.
+    pub flushes: Option<FlushSummary>,
+}
+
+/// What group commit did during a run: how often it flushed, how many
+/// operations each flush acknowledged, and how long flushes took.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlushSummary {
+    /// Flushes done.
+    pub flushes: u64,
+    /// Flushes per second of the run.
+    pub flushes_per_sec: f64,
+    /// Operations acknowledged per flush, on average.
+    pub operations_per_flush: f64,
+    /// Mean time one flush took, in µs.
+    pub flush_us_mean: f64,
+    /// Longest flush, in µs.
+    pub flush_us_max: u64,
+    /// Share of the run's wall time a flush was in progress.
+    pub busy_fraction: f64,
+}
+
+impl FlushSummary {
+    fn of(stats: &pb::StatsReply, elapsed: Duration) -> Option<Self> {
+        let flushes = stats.flushes;
+        if flushes == 0 {
+            return None;
+        }
+        let seconds = elapsed.as_secs_f64().max(1e-9);
+        Some(Self {
+            flushes,
+            flushes_per_sec: flushes as f64 / seconds,
+            operations_per_flush: stats.flushed_operations as f64 / flushes as f64,
+            flush_us_mean: stats.flush_time_us as f64 / flushes as f64,
+            flush_us_max: stats.flush_time_us_max,
+            busy_fraction: stats.flush_time_us as f64 / 1e6 / seconds,
+        })
+    }
 }
 
 /// One ATM's share of the results.
@@ -465,6 +503,7 @@ async fn finish(
         client_cpu_percent: 100.0 * cpu_used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
         cpu_per_op: CpuPerOp::default(),
         ledger_rss_bytes: 0,
+        flushes: FlushSummary::of(&stats, elapsed),
     })
 }
 
