@@ -71,8 +71,14 @@ async fn bad_flags_exit_2_naming_the_rule() {
             "cannot be used with",
         ),
         (vec!["load", "--target", "x:1", "--atms", "0"], "--atms"),
-        (vec!["load", "--target", "x:1", "--threads", "0"], "--threads"),
-        (vec!["compare", "--target", "x:1", "--threads", "999"], "--threads"),
+        (
+            vec!["load", "--target", "x:1", "--threads", "0"],
+            "--threads",
+        ),
+        (
+            vec!["compare", "--target", "x:1", "--threads", "999"],
+            "--threads",
+        ),
         (
             vec!["compare", "--target", "x:1", "--modes", "unsafe,quantum"],
             "quantum",

@@ -204,7 +204,13 @@ impl Engine {
         let applied = outcome?;
         self.wait_durable().await?;
         crate::crash::reached(CrashPoint::BeforeAck, self.core.store.as_ref());
-        if let Some(code) = self.core.hook.chaos.take_lost_ack() {
+        // Lost acknowledgements are for mutations that applied: a replay
+        // applies nothing, and one that took the fault would leave a first
+        // attempt racing behind it acknowledged (a keyed retry overtaking a
+        // keyless first try, once replies stopped waiting out Nagle).
+        if !applied.replayed
+            && let Some(code) = self.core.hook.chaos.take_lost_ack()
+        {
             return Err(LedgerError::LostAck(code));
         }
         Ok(applied)

@@ -80,6 +80,56 @@ async fn barrier_makes_double_withdrawal_overdraw_every_time_in_unsafe_only() {
     }
 }
 
+/// Goal: a replay takes no lost acknowledgement: it applies nothing, and
+/// one that took the fault would let a slower first attempt through
+/// acknowledged. Method: arm two lost acks; a keyed withdrawal loses its
+/// ack; its resend is replayed and answered; the next new withdrawal loses
+/// the second ack; the state shows both taken. Negative control: before the
+/// rule, the resend itself failed with the armed code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_take_no_lost_acknowledgement() {
+    let mut ledger = TestLedger::start(|c| c.mode = Mode::Mutex).await;
+    ledger.reset(&[("acct", 10_000)]).await;
+    let mut faults = chaos(&ledger).await;
+    faults
+        .arm_lost_acks(pb::ArmLostAcksRequest {
+            count: 2,
+            code: pb::arm_lost_acks_request::Code::Unavailable.into(),
+        })
+        .await
+        .unwrap();
+    let withdraw = |id: &str| pb::WithdrawRequest {
+        account_id: "acct".into(),
+        amount_cents: 1_000,
+        request_id: id.into(),
+    };
+    let lost = ledger.ledger.withdraw(withdraw("w-1")).await.unwrap_err();
+    assert_eq!(lost.code(), Code::Unavailable);
+    let resent = ledger
+        .ledger
+        .withdraw(withdraw("w-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        resent.replayed,
+        "the resend is answered from the idempotency table"
+    );
+    let state = faults
+        .get_state(pb::ChaosStateRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state.lost_acks, 1,
+        "the replay left the second lost ack armed"
+    );
+    let second = ledger.ledger.withdraw(withdraw("w-2")).await.unwrap_err();
+    assert_eq!(second.code(), Code::Unavailable, "a new mutation takes it");
+    assert_eq!(ledger.balance("acct").await.balance_cents, 8_000);
+    ledger.running.stop().await.unwrap();
+}
+
 /// Goal: a lost acknowledgement makes a retry double-apply with idempotency
 /// off, and apply exactly once with it on, in every mode. Method: arm one
 /// lost ack, withdraw (the RPC fails with the armed code), retry the same

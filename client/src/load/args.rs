@@ -1,0 +1,100 @@
+//! The workload flags `atm load` and `atm compare` share, their bounds, and
+//! the parsers of their values.
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::Serialize;
+
+use super::workload::{AmountRange, Mix, Skew};
+
+/// Most ATMs: each is a task with one request in flight.
+pub const ATMS_MAX: u32 = 4_096;
+
+/// Most connections the ATMs share.
+pub const CONNECTIONS_MAX: u32 = 256;
+
+/// Most accounts: one Reset opens them all.
+pub const ACCOUNTS_MAX: u32 = 10_000;
+
+/// Most operations one run may send.
+pub const OPS_MAX: u64 = 100_000_000;
+
+/// Longest run: a day.
+pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3_600);
+
+/// The workload flags `atm load` and `atm compare` share.
+#[derive(Clone, Debug, clap::Args, Serialize)]
+pub struct LoadArgs {
+    /// Concurrent ATMs (each has one request in flight).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=i64::from(ATMS_MAX)))]
+    pub atms: u32,
+    /// Accounts acct-0 .. acct-(K-1), opened by a Reset before the run.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(ACCOUNTS_MAX)))]
+    pub accounts: u32,
+    /// How long to run (e.g. 10s, 500ms, 2m). Default 10s unless --ops is given.
+    #[arg(long, value_parser = parse_duration, conflicts_with = "ops")]
+    #[serde(skip)]
+    pub duration: Option<Duration>,
+    /// How many operations to send in all.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=OPS_MAX))]
+    pub ops: Option<u64>,
+    /// Relative weights of the operations.
+    #[arg(long, default_value = "deposit=40,withdraw=40,transfer=15,balance=5")]
+    pub mix: Mix,
+    /// Amount range in cents, MIN..MAX inclusive.
+    #[arg(long, default_value = "100..10000")]
+    pub amount_cents: AmountRange,
+    /// Account choice: uniform, zipf:S (e.g. zipf:1.1) or hot:P (account 0 with probability P).
+    #[arg(long, default_value = "uniform")]
+    pub skew: Skew,
+    /// Open model: total arrivals per second (default: closed model).
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+    /// HTTP/2 connections the ATMs share.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=i64::from(CONNECTIONS_MAX)))]
+    pub connections: u32,
+    /// Seed of every random choice; the same seed sends the same operations.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Opening balance of every account.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+    pub opening_cents: i64,
+    /// Write one JSON line per operation here (format: docs/HISTORY.md).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+}
+
+impl LoadArgs {
+    /// The run length, when bounded by time.
+    pub fn run_duration(&self) -> Option<Duration> {
+        match (self.duration, self.ops) {
+            (Some(duration), _) => Some(duration),
+            (None, Some(_)) => None,
+            (None, None) => Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Parses a duration as humantime does (`10s`, `500ms`, `2m`, `1h 30m`),
+/// or a bare number of seconds; above zero and at most [`DURATION_MAX`].
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = match text.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("expected a duration like 10s, 500ms or 2m, got `{text}`: {e}"))?,
+    };
+    if duration.is_zero() || duration > DURATION_MAX {
+        return Err(format!("must be above zero and at most 24h, got `{text}`"));
+    }
+    Ok(duration)
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of operations per second"))?;
+    if !(rate > 0.0 && rate <= 1_000_000.0) {
+        return Err(format!("must be above 0 and at most 1000000, got {rate}"));
+    }
+    Ok(rate)
+}

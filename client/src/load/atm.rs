@@ -1,0 +1,147 @@
+//! One ATM: the loop that draws an operation, sends it, times it from its
+//! intended send time, and folds the outcome into the ATM's results (its
+//! status counts, its model of each balance, and its history lines).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use overdraft_history::format::Operation;
+use overdraft_proto::v1 as pb;
+use rand::{SeedableRng, rngs::StdRng};
+use tonic::transport::Channel;
+
+use super::{plan::AtmPlan, progress::Progress, workload::account_id};
+use crate::{
+    history::{HistorySink, OpLine, Outcome},
+    latency::Latency,
+};
+
+/// Longest one operation may take before its outcome counts as unknown.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One ATM's share of the results.
+#[derive(Debug, Default)]
+pub(super) struct AtmResult {
+    pub(super) latency: BTreeMap<Operation, Latency>,
+    pub(super) statuses: BTreeMap<String, u64>,
+    pub(super) deltas: HashMap<u32, i64>,
+    pub(super) unknown: u64,
+}
+
+pub(super) fn merge(total: &mut AtmResult, part: AtmResult) {
+    for (method, latency) in part.latency {
+        total.latency.entry(method).or_default().merge(&latency);
+    }
+    for (code, count) in part.statuses {
+        *total.statuses.entry(code).or_default() += count;
+    }
+    for (account, delta) in part.deltas {
+        *total.deltas.entry(account).or_default() += delta;
+    }
+    total.unknown += part.unknown;
+}
+
+/// One operation, drawn.
+#[derive(Debug)]
+struct Drawn {
+    method: Operation,
+    first: u32,
+    second: u32,
+    amount_cents: i64,
+}
+
+pub(super) async fn run_atm(
+    channel: Channel,
+    plan: AtmPlan,
+    sink: Option<HistorySink>,
+    progress: Arc<Progress>,
+) -> AtmResult {
+    let mut ledger = pb::ledger_client::LedgerClient::new(channel);
+    let mut rng = StdRng::seed_from_u64(
+        plan.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(u64::from(plan.atm)),
+    );
+    let mut result = AtmResult::default();
+    let mut k = 0u64;
+    while plan.more(k, Instant::now()) {
+        let intended = plan.intended(k);
+        // Only the open model waits: a timer, even one already due, costs a
+        // trip through tokio's millisecond wheel.
+        if intended > Instant::now() {
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        let mut method = plan.mix.pick(&mut rng);
+        let first = plan.picker.pick(&mut rng);
+        let second = plan.picker.pick_other(&mut rng, first);
+        if method == Operation::Transfer && second == first {
+            method = Operation::Deposit;
+        }
+        let drawn = Drawn {
+            method,
+            first,
+            second,
+            amount_cents: plan.amounts.pick(&mut rng),
+        };
+        let request_id = format!("load-{}-{}-{k}", plan.seed, plan.atm);
+        let first = account_id(drawn.first);
+        let second = (drawn.method == Operation::Transfer).then(|| account_id(drawn.second));
+        let request = crate::call::Request {
+            operation: drawn.method,
+            account: &first,
+            to: second.as_deref(),
+            amount_cents: drawn.amount_cents,
+            request_id,
+            deadline: None,
+        };
+        let (record, _) = crate::call::send(&mut ledger, request, OPERATION_TIMEOUT).await;
+        let complete = Instant::now();
+        result
+            .latency
+            .entry(method)
+            .or_default()
+            .record(complete.saturating_duration_since(intended));
+        account_outcome(&mut result, &drawn, &record);
+        progress.operations.fetch_add(1, Ordering::Relaxed);
+        if record.outcome != Some(Outcome::Ok) {
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sink) = &sink {
+            let mut line = record;
+            line.atm = Some(plan.atm);
+            line.invoke_ns = plan.clock.since(intended);
+            line.complete_ns = plan.clock.since(complete);
+            sink.record(line).await;
+        }
+        k += 1;
+    }
+    result
+}
+
+/// Folds one operation's outcome into the ATM's status counts and model.
+fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &OpLine) {
+    let code = record.code.clone().unwrap_or_else(|| "Ok".to_owned());
+    *result.statuses.entry(code).or_default() += 1;
+    match record.outcome {
+        Some(Outcome::Ok) => {
+            let amount = drawn.amount_cents;
+            match drawn.method {
+                Operation::Deposit => *result.deltas.entry(drawn.first).or_default() += amount,
+                Operation::Withdraw => {
+                    let fee = record.fee_cents.unwrap_or_default();
+                    *result.deltas.entry(drawn.first).or_default() -= amount + fee;
+                }
+                Operation::Transfer => {
+                    *result.deltas.entry(drawn.first).or_default() -= amount;
+                    *result.deltas.entry(drawn.second).or_default() += amount;
+                }
+                Operation::Balance => {}
+            }
+        }
+        Some(Outcome::Unknown) => result.unknown += 1,
+        _ => {}
+    }
+}
