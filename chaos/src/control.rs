@@ -27,8 +27,7 @@ use serde_json::json;
 
 use crate::{
     fault::Fault,
-    proxy::ProxyStats,
-    registry::{Listed, Registry, RegistryError},
+    registry::{Listed, ProxyStats, Registry, RegistryError},
 };
 
 /// Largest control request body: a fault is a few hundred bytes.

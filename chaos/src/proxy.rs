@@ -9,10 +9,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -27,7 +24,7 @@ use crate::{
     calls::Calls,
     control,
     fault::Direction,
-    registry::Registry,
+    registry::{ProxyStats, Registry},
     toxic::{Close, Pump},
 };
 
@@ -39,13 +36,6 @@ const PIPE_BYTES: usize = 64 * 1024;
 
 /// How long to wait for the ledger's TCP handshake before a call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Counters the control API reports.
-#[derive(Debug, Default)]
-pub struct ProxyStats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-}
 
 /// What `run` needs.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! The proxy's live faults: added, listed and removed through the control
 //! API, read by every connection and call. Every random choice a fault makes
 //! comes from its own seed, so the same seed and the same traffic replay the
-//! same decisions.
+//! same decisions. Beside them, the counters the control API reports.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -14,6 +14,14 @@ use std::{
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
+
+/// Counters the control API reports; the proxy counts, the control API
+/// reads, and neither imports the other.
+#[derive(Debug, Default)]
+pub struct ProxyStats {
+    /// Connections accepted.
+    pub connections: AtomicU64,
+}
 
 use crate::{
     fault::{Direction, Family, Fault, Invalid},

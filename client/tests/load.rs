@@ -150,11 +150,20 @@ async fn unsafe_load_does_not_reconcile_and_the_checker_names_the_audits_lost_up
         i128::from(audit.money_delta_cents),
         "the history alone accounts for the money the journal says was created or destroyed"
     );
-    let named: HashSet<&str> = checked
-        .anomalies
-        .iter()
-        .filter(|a| a.kind == AnomalyKind::LostUpdate)
+    let lost_updates = || {
+        checked
+            .anomalies
+            .iter()
+            .filter(|a| a.kind == AnomalyKind::LostUpdate)
+    };
+    let named: HashSet<&str> = lost_updates()
         .flat_map(|a| a.operations.iter().map(|w| w.request_id.as_str()))
+        .collect();
+    // Accounts where a long erased branch was listed only in part: an
+    // operation the audit names there may be among the unlisted ones.
+    let truncated: HashSet<&str> = lost_updates()
+        .filter(|a| a.operations_unlisted > 0)
+        .flat_map(|a| a.accounts.iter().map(String::as_str))
         .collect();
     let audit_lost: Vec<&pb::Finding> = audit
         .findings
@@ -162,16 +171,28 @@ async fn unsafe_load_does_not_reconcile_and_the_checker_names_the_audits_lost_up
         .filter(|f| f.kind == pb::finding::Kind::LostUpdate as i32)
         .collect();
     assert!(!audit_lost.is_empty());
+    let mut matched = 0;
     for finding in &audit_lost {
+        if finding
+            .request_ids
+            .iter()
+            .any(|id| named.contains(id.as_str()))
+        {
+            matched += 1;
+            continue;
+        }
         assert!(
-            finding
-                .request_ids
-                .iter()
-                .any(|id| named.contains(id.as_str())),
-            "the audit's lost update {:?} is among the checker's",
-            finding.request_ids
+            truncated.contains(finding.account_id.as_str()),
+            "the audit's lost update {:?} on {} is among the checker's (none of its \
+             lost updates there was listed in part)",
+            finding.request_ids,
+            finding.account_id
         );
     }
+    assert!(
+        matched > 0,
+        "at least one of the audit's lost updates is named in full"
+    );
     ledger.stop().await.unwrap();
 }
 

@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{engine::Core, error::LedgerError};
+use crate::{context::Core, error::LedgerError};
 
 /// Waiters queued for the next flush. Past this, new operations wait for room,
 /// which slows callers down rather than growing memory.

@@ -11,6 +11,7 @@
 //! - [`race`]: the race hook, the one seam where timing faults enter.
 //! - [`chaos`]: faults armed at run time: the barrier, lost acknowledgements.
 //! - [`crash`]: crash points, where an armed fault aborts the process.
+//! - [`context`]: what every mode runs with ([`context::Core`]), which the engine builds.
 //! - [`modes`]: the four modes and the read-check-write step they share.
 //! - [`engine`]: mode switching, idempotency, durable acks.
 //! - [`durability`]: group commit for `--durability sync`.
@@ -28,6 +29,7 @@ pub mod auth;
 pub mod bank;
 pub mod chaos;
 pub mod config;
+pub mod context;
 pub mod crash;
 pub(crate) mod durability;
 pub mod engine;

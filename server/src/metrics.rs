@@ -31,7 +31,7 @@ impl Metrics {
     /// Registers the engine's distributions and the scrape-time collector.
     pub fn new(engine: Arc<Engine>) -> Self {
         let mut registry = Registry::default();
-        let distributions = &engine.core().stats.distributions;
+        let distributions = &engine.stats().distributions;
         registry.register(
             "overdraft_operations",
             "Operations finished, by the mode they ran in, the method and the gRPC code",
@@ -102,7 +102,7 @@ struct Snapshot {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let stats = &self.engine.core().stats;
+        let stats = &self.engine.stats();
         type Read = fn(&crate::stats::ModeCounters) -> &std::sync::atomic::AtomicU64;
         let per_mode: [(&str, &str, Read); 4] = [
             (

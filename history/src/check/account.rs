@@ -685,6 +685,7 @@ fn lost_update(
     for &member in members.iter().take(BRANCH_OPERATIONS_LISTED_MAX) {
         finding.add(legs[member as usize].op, Role::Erased);
     }
+    finding.operations_unlisted = members.len().saturating_sub(BRANCH_OPERATIONS_LISTED_MAX);
     let name = run.account_name(account);
     let lost = run.label(&run.ops[first.op as usize]);
     let change = |d: i128| {

@@ -99,6 +99,7 @@ pub(crate) struct Finding {
     pub(crate) kind: AnomalyKind,
     pub(crate) accounts: Vec<u32>,
     pub(crate) operations: Vec<(u32, Role)>,
+    pub(crate) operations_unlisted: usize,
     pub(crate) cents: i64,
     pub(crate) detail: String,
 }
@@ -109,6 +110,7 @@ impl Finding {
             kind,
             accounts: Vec::new(),
             operations: Vec::new(),
+            operations_unlisted: 0,
             cents,
             detail: String::new(),
         }

@@ -102,6 +102,9 @@ pub struct Anomaly {
     pub accounts: Vec<String>,
     /// The smallest set of operations behind it.
     pub operations: Vec<Witness>,
+    /// Operations behind it that a bound kept off the list (a long erased
+    /// branch); its money counts them all.
+    pub operations_unlisted: usize,
     /// Money created (positive) or destroyed (negative); for an overdraft,
     /// how far below the floor (negative).
     pub cents: i64,
@@ -853,6 +856,7 @@ fn anomaly(run: &Run, evidence: &Evidence<'_>, finding: Finding) -> Anomaly {
             .map(|&a| run.account_name(a).to_owned())
             .collect(),
         operations,
+        operations_unlisted: finding.operations_unlisted,
         cents: finding.cents,
         detail: finding.detail,
         from_ns,

@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use super::{Applied, Attempt, Request, WriteKind, read_check_write};
-use crate::{config::Mode, engine::Core, error::LedgerError, stats::Stats};
+use crate::{config::Mode, context::Core, error::LedgerError, stats::Stats};
 
 /// First backoff ceiling: 100 µs, about one sled commit.
 const BACKOFF_US_BASE: u64 = 100;

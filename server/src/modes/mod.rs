@@ -15,8 +15,8 @@ use std::sync::Arc;
 use crate::{
     bank::{self, Account, AccountId, EntryKind, Operation, RequestId},
     config::{Idempotency, Mode},
+    context::Core,
     crash::{self, CrashPoint},
-    engine::Core,
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
     race::{HookContext, RacePoint},

@@ -16,7 +16,7 @@ use super::{Applied, Attempt, Request, WriteKind, read_check_write};
 use crate::{
     bank::{AccountId, EntryKind},
     config::{LockOrder, Mode},
-    engine::Core,
+    context::Core,
     error::LedgerError,
     race::{HookContext, RacePoint},
     stats::Stats,

@@ -12,7 +12,7 @@ use super::{Applied, Attempt, Request, WriteKind, read_check_write};
 use crate::{
     bank::{EntryKind, RequestId},
     config::Mode,
-    engine::Core,
+    context::Core,
     error::LedgerError,
     journal::JournalEntry,
 };

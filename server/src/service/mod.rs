@@ -1,0 +1,72 @@
+//! The gRPC services, `overdraft.v1.Ledger`, `Admin` and `Chaos`: turn
+//! requests into validated domain values, call the engine, turn its answers
+//! into replies. This is the one place a [`LedgerError`] becomes a `Status`.
+//!
+//! - [`ledger`](self::ledger): the account operations.
+//! - [`admin`](self::admin): mode, reset, audit, journal export, stats, settings.
+//! - [`chaos`](self::chaos): faults armed inside the ledger, validated here.
+//! - [`convert`](self::convert): domain values to proto replies.
+
+mod admin;
+mod chaos;
+mod convert;
+mod ledger;
+
+use std::sync::Arc;
+
+use tonic::{Code, Status};
+
+use crate::{bank::InvalidArgument, config::Mode, engine::Engine, error::LedgerError};
+
+/// Most arrivals a crash point may let pass first: enough to crash deep into
+/// a load run, small enough that a typo does not arm a crash for next week.
+pub const CRASH_SKIP_MAX: u32 = 1_000_000;
+
+/// Most accounts one Reset may open: keeps a Reset request under the message size bound.
+pub const RESET_ACCOUNTS_MAX: usize = 10_000;
+
+/// Both services, sharing one engine.
+#[derive(Clone, Debug)]
+pub struct LedgerService {
+    engine: Arc<Engine>,
+}
+
+impl LedgerService {
+    /// Services over `engine`.
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+/// The one mapping from ledger errors to gRPC statuses.
+pub fn status(error: LedgerError) -> Status {
+    let code = error.code();
+    if code == Code::Internal {
+        tracing::error!(%error, "internal error");
+    }
+    use overdraft_proto::error_reason as reason;
+    let reason = match &error {
+        LedgerError::Deadlock { .. } => Some(reason::DEADLOCK),
+        LedgerError::LockTimeout { .. } => Some(reason::LOCK_TIMEOUT),
+        LedgerError::Contention { .. } => Some(reason::CAS_CONTENTION),
+        LedgerError::Refused(_) => Some(reason::REFUSED),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => reason::status(code, error.to_string(), reason),
+        None => Status::new(code, error.to_string()),
+    }
+}
+
+pub(crate) fn invalid(error: InvalidArgument) -> Status {
+    status(LedgerError::Invalid(error))
+}
+
+pub(crate) fn mode_from_proto(raw: i32) -> Result<Mode, Status> {
+    Mode::from_proto(raw).ok_or_else(|| {
+        invalid(InvalidArgument::new(
+            "mode",
+            format!("must be MODE_UNSAFE, MODE_MUTEX, MODE_CAS or MODE_ACTOR (got {raw})"),
+        ))
+    })
+}
