@@ -52,6 +52,24 @@ async fn compare_json_schema_and_html_renders_in_chromium() {
         (ceiling - (bracket[0] + bracket[1]) / 2.0).abs() < 1e-6,
         "{ceiling} is the mean of {bracket:?}"
     );
+    // The ceiling's own measurements: its tail, and what an empty call costs
+    // each side (embedded here: one process, so both figures are its CPU).
+    let ceiling_runs = report["ceiling_runs"].as_array().unwrap();
+    assert_eq!(ceiling_runs.len(), 2);
+    for run in ceiling_runs {
+        assert!(
+            run["latency_us"]["p999"].as_u64().unwrap()
+                >= run["latency_us"]["p50"].as_u64().unwrap(),
+            "{run}"
+        );
+        assert!(
+            run["cpu_per_op"]["ledger_us"].as_f64().unwrap() > 0.0,
+            "{run}"
+        );
+        assert!(run["cpu_per_op"]["atm_us"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    let ceiling_cpu = report["ceiling_ledger_cpu_us_per_op"].as_f64().unwrap();
+    assert!(ceiling_cpu > 0.0, "{report}");
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(
         runs.iter()
@@ -68,6 +86,10 @@ async fn compare_json_schema_and_html_renders_in_chromium() {
             assert!(run["anomalies"][key].is_number(), "{run}");
         }
         assert!(run["retries"].is_number() && run["aborts"].is_number());
+        let ledger_us = run["cpu_per_op"]["ledger_us"].as_f64().unwrap();
+        let ratio = run["ledger_cpu_ratio"].as_f64().unwrap();
+        assert!(ledger_us > 0.0, "{run}");
+        assert!((ratio - ledger_us / ceiling_cpu).abs() < 1e-9, "{run}");
     }
 
     let page = std::fs::read_to_string(&html).unwrap();

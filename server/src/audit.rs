@@ -16,14 +16,14 @@
 //!   reached no other.
 //! - The last written state must be what the store holds now.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::{
     bank::{Account, AccountId, EntryKind},
     config::OverdraftPolicy,
-    journal::JournalEntry,
+    journal::{JournalEntry, OpenTransfers},
 };
 
 /// Most request_ids named in one finding; the count stays exact.
@@ -153,23 +153,12 @@ const RECENT_LEGS_MAX: usize = REQUEST_IDS_PER_FINDING_MAX;
 pub struct Auditor {
     policy: OverdraftPolicy,
     accounts: BTreeMap<AccountId, AccountAudit>,
-    /// Two-commit transfers whose debit has no credit yet: transfer_id ->
-    /// (the debit's label, from, to, amount, seq, mode).
-    open_transfers: HashMap<String, OpenTransfer>,
+    /// Two-commit transfers whose debit has no credit yet.
+    open_transfers: OpenTransfers,
     totals: Totals,
     findings: Vec<Finding>,
     lost_ids: Vec<String>,
     report: AuditReport,
-}
-
-#[derive(Debug)]
-struct OpenTransfer {
-    label: String,
-    from: Option<AccountId>,
-    to: String,
-    amount_cents: i64,
-    seq: u64,
-    mode: crate::config::Mode,
 }
 
 /// Sums kept in i128 so that no sum of bounded i64 values can overflow
@@ -209,7 +198,7 @@ impl Auditor {
         Self {
             policy,
             accounts: BTreeMap::new(),
-            open_transfers: HashMap::new(),
+            open_transfers: OpenTransfers::default(),
             totals: Totals::default(),
             findings: Vec::new(),
             lost_ids: Vec::new(),
@@ -235,25 +224,7 @@ impl Auditor {
             EntryKind::Deposit => self.totals.deposits += amount,
             EntryKind::Withdraw => self.totals.withdrawals += amount,
             EntryKind::Transfer => {}
-            EntryKind::TransferDebit => {
-                self.open_transfers.insert(
-                    transfer_key(entry).to_owned(),
-                    OpenTransfer {
-                        label: entry.label(),
-                        from: entry.legs.first().map(|leg| leg.account.clone()),
-                        to: entry
-                            .counterparty
-                            .as_ref()
-                            .map_or_else(|| "?".to_owned(), ToString::to_string),
-                        amount_cents: entry.amount_cents,
-                        seq: entry.seq,
-                        mode: entry.mode,
-                    },
-                );
-            }
-            EntryKind::TransferCredit => {
-                self.open_transfers.remove(transfer_key(entry));
-            }
+            EntryKind::TransferDebit | EntryKind::TransferCredit => self.open_transfers.push(entry),
         }
     }
 
@@ -333,11 +304,7 @@ impl Auditor {
     /// The report, with the stored `accounts` held against the journal.
     pub fn finish(mut self, accounts: &[(AccountId, Account)]) -> AuditReport {
         let mut report = std::mem::take(&mut self.report);
-        let in_flight: i128 = self
-            .open_transfers
-            .values()
-            .map(|t| i128::from(t.amount_cents))
-            .sum();
+        let in_flight = self.open_transfers.in_flight_cents();
         let balances: i128 = accounts
             .iter()
             .map(|(_, a)| i128::from(a.balance_cents))
@@ -372,27 +339,30 @@ impl Auditor {
 
     /// One finding per transfer whose debit has no credit.
     fn half_applied(&self) -> Vec<Finding> {
-        let mut open: Vec<(&String, &OpenTransfer)> = self.open_transfers.iter().collect();
-        open.sort_by_key(|(id, _)| id.as_str());
-        open.into_iter()
-            .map(|(transfer_id, debit)| Finding {
-                kind: FindingKind::HalfAppliedTransfer,
-                detail: format!(
-                    "transfer {transfer_id} ({}, {} mode) debited {} by {} cents at seq {} and \
-                     never credited {}: the money left one account and reached none",
-                    debit.label,
-                    debit.mode,
-                    debit
-                        .from
-                        .as_ref()
-                        .map_or_else(|| "?".to_owned(), ToString::to_string),
-                    debit.amount_cents,
-                    debit.seq,
-                    debit.to,
-                ),
-                account: debit.from.clone(),
-                request_ids: vec![debit.label.clone()],
-                cents: debit.amount_cents.saturating_neg(),
+        self.open_transfers
+            .debits()
+            .map(|(transfer_id, debit)| {
+                let from = debit.legs.first().map(|leg| leg.account.clone());
+                let to = debit
+                    .counterparty
+                    .as_ref()
+                    .map_or_else(|| "?".to_owned(), ToString::to_string);
+                Finding {
+                    kind: FindingKind::HalfAppliedTransfer,
+                    detail: format!(
+                        "transfer {transfer_id} ({}, {} mode) debited {} by {} cents at seq {} and \
+                         never credited {to}: the money left one account and reached none",
+                        debit.label(),
+                        debit.mode,
+                        from.as_ref()
+                            .map_or_else(|| "?".to_owned(), ToString::to_string),
+                        debit.amount_cents,
+                        debit.seq,
+                    ),
+                    account: from,
+                    request_ids: vec![debit.label()],
+                    cents: debit.amount_cents.saturating_neg(),
+                }
             })
             .collect()
     }
@@ -430,10 +400,6 @@ fn conservation(report: &AuditReport, lost_ids: Vec<String>) -> Finding {
                 .saturating_sub(report.money_delta_cents),
         ),
     }
-}
-
-fn transfer_key(entry: &JournalEntry) -> &str {
-    entry.transfer_id.as_deref().unwrap_or("")
 }
 
 /// `leg` (of the entry `label`) read `leg.read` but the store held

@@ -25,7 +25,7 @@ use crate::{
     crash::CrashPoint,
     durability::GroupCommit,
     error::LedgerError,
-    journal::{JournalEntry, RequestRecord},
+    journal::{JournalEntry, OpenTransfers, RequestRecord},
     modes::{Applied, Request, actor, cas, mutex::MutexMode, replay, unprotected},
     race::RaceHook,
     stats::{Method, Stats},
@@ -55,10 +55,15 @@ impl Engine {
     /// a tokio runtime.
     pub async fn start(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Self>, LedgerError> {
         let core = Arc::new(Core::new(config, Arc::clone(&store)));
-        let journal = core.store.journal()?;
-        let transfers_finished = actor::recover_in_flight(&core, &journal).await?;
-        let half_applied = unprotected::half_applied(&journal);
-        drop(journal);
+        // One pass over the journal, holding only the transfers left open:
+        // reading it whole took a reopened ledger past 1 GB at 2.7M entries.
+        let mut open = OpenTransfers::default();
+        core.store.scan_journal(&mut |entry| {
+            open.push(&entry);
+            std::ops::ControlFlow::Continue(())
+        })?;
+        let transfers_finished = actor::recover_in_flight(&core, &open).await?;
+        let half_applied = unprotected::half_applied(&open);
         if transfers_finished > 0 {
             tracing::warn!(
                 transfers_finished,

@@ -98,3 +98,26 @@ fn parse_rate(text: &str) -> Result<f64, String> {
     }
     Ok(rate)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: durations read as humantime writes them, a bare number as
+    /// seconds, and out-of-range ones are refused with the rule.
+    #[test]
+    fn durations_parse_with_units_and_bounds() {
+        let ok = |text: &str| parse_duration(text).unwrap();
+        assert_eq!(ok("10"), Duration::from_secs(10));
+        assert_eq!(ok("500ms"), Duration::from_millis(500));
+        assert_eq!(ok("2m"), Duration::from_secs(120));
+        assert_eq!(ok("1h 30m"), Duration::from_secs(5_400));
+        for bad in ["0", "0s", "25h", "ten seconds", "-5s"] {
+            let error = parse_duration(bad).unwrap_err();
+            assert!(
+                error.contains("duration") || error.contains("at most 24h"),
+                "{bad}: {error}"
+            );
+        }
+    }
+}

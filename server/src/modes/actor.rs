@@ -10,7 +10,7 @@
 //! finishes the credit at the next start, so a transfer is all or nothing.
 
 use std::{
-    collections::{HashMap, hash_map::DefaultHasher},
+    collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
@@ -25,7 +25,7 @@ use crate::{
     context::{Core, ModeGuard},
     crash::{self, CrashPoint},
     error::LedgerError,
-    journal::{JournalEntry, RequestRecord, StoredReply},
+    journal::{JournalEntry, OpenTransfers, RequestRecord, StoredReply},
     race::{HookContext, RacePoint},
     store::{Commit, Guard, Write},
 };
@@ -344,28 +344,10 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
 /// nothing in that mode knows to finish them, which is its lesson.
 pub(crate) async fn recover_in_flight(
     core: &Arc<Core>,
-    journal: &[JournalEntry],
+    open: &OpenTransfers,
 ) -> Result<usize, LedgerError> {
-    let mut open: HashMap<&str, &JournalEntry> = HashMap::new();
-    for entry in journal {
-        let Some(transfer_id) = entry.transfer_id.as_deref() else {
-            continue;
-        };
-        if entry.mode != Mode::Actor {
-            continue;
-        }
-        match entry.kind {
-            EntryKind::TransferDebit => {
-                open.insert(transfer_id, entry);
-            }
-            EntryKind::TransferCredit => {
-                open.remove(transfer_id);
-            }
-            _ => {}
-        }
-    }
     let mut recovered = 0;
-    for entry in open.into_values() {
+    for entry in open.debits_in(Mode::Actor) {
         let (Some(debit_leg), Some(to)) = (entry.legs.first(), entry.counterparty.clone()) else {
             return Err(LedgerError::Invariant(format!(
                 "transfer debit seq {} lacks its leg or counterparty",

@@ -3,18 +3,11 @@
 //! them is lost, and a balance checked on a stale read can be overdrawn.
 //! (The file is not called `unsafe.rs` because that is a Rust keyword.)
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashSet, sync::Arc};
 
 use super::{Applied, Attempt, Request, WriteKind, read_check_write};
 use crate::{
-    bank::{EntryKind, RequestId},
-    config::Mode,
-    context::Core,
-    error::LedgerError,
-    journal::JournalEntry,
+    bank::RequestId, config::Mode, context::Core, error::LedgerError, journal::OpenTransfers,
 };
 
 /// Runs `request` with no protection at all.
@@ -32,21 +25,8 @@ pub(crate) async fn execute(core: &Arc<Core>, request: &Request) -> Result<Appli
 /// its credit: the ledger stopped between the two commits. Nothing in this
 /// mode finishes them (that is its lesson); a keyed retry is told so instead
 /// of being asked to retry an operation that will never complete.
-pub(crate) fn half_applied(journal: &[JournalEntry]) -> HashSet<RequestId> {
-    let mut open: HashMap<&str, Option<&RequestId>> = HashMap::new();
-    for entry in journal.iter().filter(|entry| entry.mode == Mode::Unsafe) {
-        let Some(transfer_id) = entry.transfer_id.as_deref() else {
-            continue;
-        };
-        match entry.kind {
-            EntryKind::TransferDebit => {
-                open.insert(transfer_id, entry.request_id.as_ref());
-            }
-            EntryKind::TransferCredit => {
-                open.remove(transfer_id);
-            }
-            _ => {}
-        }
-    }
-    open.into_values().flatten().cloned().collect()
+pub(crate) fn half_applied(open: &OpenTransfers) -> HashSet<RequestId> {
+    open.debits_in(Mode::Unsafe)
+        .filter_map(|debit| debit.request_id.clone())
+        .collect()
 }
