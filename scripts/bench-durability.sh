@@ -13,14 +13,25 @@ rounds="${2:-3}"
 cargo build --release --bin ledger --bin atm >&2
 port=50097
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+pid=""
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+listening() { # port: waits up to 30 s for the ledger to accept connections
+  for _ in $(seq 300); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || { echo "the ledger on port $1 exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "the ledger on port $1 did not listen within 30 s" >&2; exit 1
+}
 run() { # durability round -> JSON file
   ./target/release/ledger --listen "127.0.0.1:$port" --durability "$1" --data-dir "$work/data-$1-$2" >/dev/null 2>&1 &
-  local pid=$!
-  sleep 1
+  pid=$!
+  listening "$port"
+  # compare exits 1 when a mode fails to reconcile; its JSON is still the figures.
   ./target/release/atm compare --target "127.0.0.1:$port" --modes mutex,cas,actor --atms 64 --connections 4 \
-    --accounts 1000 --mix deposit=100 --duration "$duration" --json >"$work/$1-$2.json" 2>/dev/null
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+    --accounts 1000 --mix deposit=100 --duration "$duration" --json >"$work/$1-$2.json" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  pid=""
   port=$((port + 1))
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); sled, 64 ATMs, 1000 accounts, deposits, $duration per run"

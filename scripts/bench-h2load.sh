@@ -16,11 +16,16 @@ cargo build --release --bin ledger --bin atm >&2
 port=50095
 metrics=50096
 work="$(mktemp -d)"
+command -v curl >/dev/null || { echo "curl missing: apt-get install curl" >&2; exit 2; }
 ./target/release/ledger --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$metrics" \
-  --mode "$mode" --idempotency off >/dev/null 2>&1 &
+  --mode "$mode" --idempotency off >"$work/ledger.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-sleep 1
+for _ in $(seq 300); do
+  curl -sf "http://127.0.0.1:$metrics/metrics" >/dev/null && break
+  kill -0 "$pid" 2>/dev/null || { echo "the ledger exited:" >&2; cat "$work/ledger.log" >&2; exit 1; }
+  sleep 0.1
+done
 
 # A gRPC message: a zero compression flag, a 4-byte big-endian length, the protobuf.
 # DepositRequest{account_id: "acct-0", amount_cents: 100}; no request_id: the
@@ -32,9 +37,9 @@ printf '\x00\x00\x00\x00\x08\x0a\x06acct-0' >"$work/balance"
 # HealthCheckRequest{} (empty).
 printf '\x00\x00\x00\x00\x00' >"$work/health"
 
-atm() { # accounts mix -> "ops/s p99_ms"
-  ./target/release/atm load --target "127.0.0.1:$port" --atms 64 --connections 4 \
-    --accounts "$1" --mix "$2" --duration "${seconds}s" --json 2>/dev/null |
+atm() { # accounts mix -> "ops/s p99_ms ledger_us" (load exits 1 on a mismatch; the figures stand)
+  { ./target/release/atm load --target "127.0.0.1:$port" --atms 64 --connections 4 \
+    --accounts "$1" --mix "$2" --duration "${seconds}s" --json 2>/dev/null || true; } |
     python3 -c 'import json,sys; r=json.load(sys.stdin); print("%.0f %.1f %.1f" % (r["ops_per_sec"], r["latency_us"]["all"]["p99"] / 1000, r["cpu_per_op"]["ledger_us"]))'
 }
 h2() { # path body -> "req/s"

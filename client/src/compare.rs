@@ -280,28 +280,7 @@ pub fn table(report: &CompareReport) -> String {
         table.add_row(ceiling_row("ceiling (before)", first));
     }
     for run in &report.runs {
-        table.add_row([
-            run.mode.clone(),
-            format!("{:.0}", run.ops_per_sec),
-            format!("{:.2}", run.ceiling_ratio),
-            report::ms(run.latency_us.p50),
-            report::ms(run.latency_us.p99),
-            report::ms(run.latency_us.p999),
-            format!("{:.1}", run.cpu_per_op.ledger_us),
-            format!("{:.2}", run.ledger_cpu_ratio),
-            format!("{:.1}", run.cpu_per_op.atm_us),
-            run.anomalies.overdrafts.to_string(),
-            run.anomalies.lost_updates.to_string(),
-            report::signed(run.anomalies.money_delta_cents),
-            run.retries.to_string(),
-            run.aborts.to_string(),
-            if run.reconcile_mismatches == 0 {
-                "yes".to_owned()
-            } else {
-                format!("{} off", run.reconcile_mismatches)
-            },
-            format!("{:.0}%", run.client_cpu_percent),
-        ]);
+        table.add_row(mode_row(run));
     }
     if let Some(last) = report.ceiling_runs.get(1) {
         table.add_row(ceiling_row("ceiling (after)", last));
@@ -321,6 +300,32 @@ pub fn table(report: &CompareReport) -> String {
         }
     }
     out
+}
+
+/// One mode's row of the side-by-side table.
+fn mode_row(run: &CompareRun) -> Vec<String> {
+    vec![
+        run.mode.clone(),
+        format!("{:.0}", run.ops_per_sec),
+        format!("{:.2}", run.ceiling_ratio),
+        report::ms(run.latency_us.p50),
+        report::ms(run.latency_us.p99),
+        report::ms(run.latency_us.p999),
+        format!("{:.1}", run.cpu_per_op.ledger_us),
+        format!("{:.2}", run.ledger_cpu_ratio),
+        format!("{:.1}", run.cpu_per_op.atm_us),
+        run.anomalies.overdrafts.to_string(),
+        run.anomalies.lost_updates.to_string(),
+        report::signed(run.anomalies.money_delta_cents),
+        run.retries.to_string(),
+        run.aborts.to_string(),
+        if run.reconcile_mismatches == 0 {
+            "yes".to_owned()
+        } else {
+            format!("{} off", run.reconcile_mismatches)
+        },
+        format!("{:.0}%", run.client_cpu_percent),
+    ]
 }
 
 /// A self-contained HTML page (inline SVG, no scripts, no network) with

@@ -81,10 +81,19 @@ async fn metrics_counters_match_the_atms_counts() {
     let url = ledger.url();
     let load =
         tokio::spawn(async move { load::run(&url, &args(), Some(Mode::Mutex), false).await });
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let during = scrape(&ledger).await;
-    let mid_load = sum(&during, "overdraft_operations_total", &[("mode", "mutex")]);
+    // Mid-load: poll until the ATMs' first operations are counted (the
+    // load first resets the ledger), for at most 1 s of the 1.5 s run.
+    let polled = std::time::Instant::now();
+    let (during, mid_load) = loop {
+        let text = scrape(&ledger).await;
+        let counted = sum(&text, "overdraft_operations_total", &[("mode", "mutex")]);
+        if counted > 0.0 || polled.elapsed() > Duration::from_secs(1) {
+            break (text, counted);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(mid_load > 0.0, "no operations counted mid-load:\n{during}");
+    assert!(!load.is_finished(), "the scrape came while the load ran");
     assert!(
         sum(&during, "process_cpu_seconds_total", &[]) > 0.0,
         "{during}"

@@ -1,8 +1,9 @@
-//! Where a reopen's memory goes: opens a data directory left by a ledger
-//! twice in two processes' worth of steps, first with sled alone (its own
-//! recovery), then as the ledger's store (sled plus the checkpoint replay,
-//! the index and the filter of seen ids), printing resident memory and the
-//! peak after each step.
+//! Where a reopen's memory goes: opens a data directory a ledger left, with
+//! sled alone (its own recovery, then a read of the whole journal tree) or
+//! as the ledger's store (sled plus the checkpoint replay, the request index
+//! and the filter of seen ids), printing resident memory and the peak after
+//! each step. Run each on its own copy of the directory: a process's peak
+//! only grows.
 //!
 //! `cargo run --release -p overdraft-server --example reopen_memory -- DIR [sled|store]`
 
@@ -47,11 +48,11 @@ fn main() -> anyhow::Result<()> {
                 .cache_capacity(256 * 1024 * 1024)
                 .open()?;
             report("sled opened (its recovery)", started);
-            let mut entries = 0u64;
+            let mut bytes = 0u64;
             for value in db.open_tree("journal")?.iter().values() {
-                entries += u64::try_from(value?.len()).unwrap_or(0);
+                bytes += u64::try_from(value?.len()).unwrap_or(0);
             }
-            report(&format!("journal tree read ({entries} bytes)"), started);
+            report(&format!("journal tree read ({bytes} bytes)"), started);
         }
         "store" => {
             let store = SledStore::open(&dir)?;

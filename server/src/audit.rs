@@ -71,13 +71,19 @@ impl FindingKind {
 }
 
 impl AuditReport {
-    /// Findings of `kind`: exact for overdrafts and lost updates, which are
-    /// counted beyond the listed findings' bound; the listed ones otherwise.
+    /// Findings of `kind`: exact for overdrafts, lost updates and half-applied
+    /// transfers, which are counted beyond the listed findings' bound; the
+    /// listed ones otherwise (at most one conservation finding, and journal
+    /// mismatches, which a healthy store never has).
     pub fn count_of(&self, kind: FindingKind) -> u64 {
         match kind {
             FindingKind::Overdraft => self.overdrafts,
             FindingKind::LostUpdate => self.lost_updates,
-            _ => self.findings.iter().filter(|f| f.kind == kind).count() as u64,
+            FindingKind::HalfAppliedTransfer => self.half_applied_transfers,
+            _ => {
+                let listed = self.findings.iter().filter(|f| f.kind == kind).count();
+                u64::try_from(listed).unwrap_or(u64::MAX)
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The engine: what every gRPC call lands on. It owns the current mode and
-//! the switch between modes, the idempotency fast path, durable acks, and the
-//! shared context ([`Core`]) the modes run with.
+//! the switch between modes, the idempotency fast path and durable acks, and
+//! builds the shared context ([`Core`], in `context.rs`) the modes run with.
 //!
 //! Every operation holds a read lock on the mode for its whole life, so
 //! `SetMode` (a write lock) waits for operations in flight to finish in the
@@ -340,13 +340,15 @@ impl Engine {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         self.mutex.clear();
-        self.core.stats.reset();
         for (account, balance_cents) in &accounts {
             self.open_in(*guard, account.clone(), *balance_cents)
                 .await?;
         }
         drop(guard);
         self.wait_durable().await?;
+        // Zeroed once the openings are durable, so the counters a run reads
+        // afterwards (flushes among them) are the run's own.
+        self.core.stats.reset();
         Ok(accounts.len())
     }
 

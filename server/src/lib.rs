@@ -167,21 +167,12 @@ pub async fn run_with_metrics(
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
 
-    // One shutdown, two servers: the gRPC one drains first, then metrics stop.
+    // One shutdown for both servers: when it comes, each stops taking new
+    // requests and finishes those in flight.
     let (stopped, stop_seen) = tokio::sync::watch::channel(false);
-    let mut metrics_task = None;
-    if let Some(metrics_listener) = metrics_listener {
-        let metrics_addr = metrics_listener.local_addr()?;
-        let exporter = Arc::new(metrics::Metrics::new(Arc::clone(&engine)));
-        let mut stop_seen = stop_seen.clone();
-        metrics_task = Some(tokio::spawn(async move {
-            let stop = async move {
-                let _ = stop_seen.wait_for(|stopped| *stopped).await;
-            };
-            metrics::serve(metrics_listener, exporter, stop).await
-        }));
-        tracing::info!(%metrics_addr, "metrics serving at /metrics");
-    }
+    let metrics_task = metrics_listener
+        .map(|listener| spawn_metrics(listener, &engine, stop_seen))
+        .transpose()?;
     let shutdown = async move {
         shutdown.await;
         let _ = stopped.send(true);
@@ -198,14 +189,39 @@ pub async fn run_with_metrics(
         .add_service(InterceptedService::new(chaos, guard))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
-    if let Some(task) = metrics_task {
-        task.await??;
-    }
-    engine
+    // The store is flushed first: a metrics server that failed must not
+    // cost an acknowledged operation its place on disk.
+    let flushed = engine
         .flush()
-        .map_err(|e| anyhow::anyhow!("final flush failed: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("final flush failed: {e}"));
+    if let Some(task) = metrics_task {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "the metrics server failed"),
+            Err(error) => tracing::error!(%error, "the metrics server panicked"),
+        }
+    }
+    flushed?;
     tracing::info!("ledger stopped; store flushed");
     Ok(())
+}
+
+/// Serves `/metrics` on `listener` in a task of its own until `stop` turns true.
+fn spawn_metrics(
+    listener: TcpListener,
+    engine: &Arc<Engine>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<std::io::Result<()>>> {
+    let addr = listener.local_addr()?;
+    let exporter = Arc::new(metrics::Metrics::new(Arc::clone(engine)));
+    let task = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        metrics::serve(listener, exporter, stopped).await
+    });
+    tracing::info!(%addr, "metrics serving at /metrics");
+    Ok(task)
 }
 
 /// A ledger serving in the background, for embedding (the ATM demo, tests).

@@ -89,12 +89,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Slowest open-model rate: one arrival every 1,000 s. Below it an ATM's
+/// interval (ATMs / rate) stops being a duration worth scheduling.
+pub const RATE_PER_SEC_MIN: f64 = 0.001;
+
+/// Fastest open-model rate: far beyond what two cores can send.
+pub const RATE_PER_SEC_MAX: f64 = 1_000_000.0;
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     let rate: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of operations per second"))?;
-    if !(rate > 0.0 && rate <= 1_000_000.0) {
-        return Err(format!("must be above 0 and at most 1000000, got {rate}"));
+    if !(RATE_PER_SEC_MIN..=RATE_PER_SEC_MAX).contains(&rate) {
+        return Err(format!(
+            "must be at least {RATE_PER_SEC_MIN} and at most {RATE_PER_SEC_MAX}, got {rate}"
+        ));
     }
     Ok(rate)
 }

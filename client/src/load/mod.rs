@@ -6,7 +6,6 @@
 //! At the end: HDR latency per method, status counts, the server's retries
 //! and aborts, the audit, and a reconciliation of the client's own model of
 //! every balance (from acknowledged operations) against the final balances.
-
 //!
 //! # Layout
 //! - [`args`]: the flags and their bounds; [`workload`]: the seeded draws.
@@ -36,7 +35,8 @@ use tokio::task::JoinSet;
 
 pub use self::{
     args::{
-        ACCOUNTS_MAX, ATMS_MAX, CONNECTIONS_MAX, DURATION_MAX, LoadArgs, OPS_MAX, parse_duration,
+        ACCOUNTS_MAX, ATMS_MAX, CONNECTIONS_MAX, DURATION_MAX, LoadArgs, OPS_MAX, RATE_PER_SEC_MAX,
+        RATE_PER_SEC_MIN, parse_duration,
     },
     report::{AuditSummary, FlushSummary, LatencySummary, LoadReport, Mismatch, Reconciliation},
 };

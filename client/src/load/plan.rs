@@ -14,6 +14,8 @@ use crate::history::Clock;
 #[derive(Debug)]
 pub(super) struct AtmPlan {
     pub(super) atm: u32,
+    /// ATMs in the run: the open model staggers their schedules by 1/atms.
+    pub(super) atms: u32,
     pub(super) seed: u64,
     pub(super) mix: Mix,
     pub(super) amounts: AmountRange,
@@ -34,6 +36,7 @@ impl AtmPlan {
         });
         Self {
             atm,
+            atms: args.atms.max(1),
             seed: args.seed,
             mix: args.mix.clone(),
             amounts: args.amount_cents,
@@ -58,10 +61,50 @@ impl AtmPlan {
     pub(super) fn intended(&self, k: u64) -> Instant {
         match self.interval {
             Some(interval) => {
-                let offset = interval.mul_f64(f64::from(self.atm) / 4_096.0);
+                let offset = interval.mul_f64(f64::from(self.atm) / f64::from(self.atms));
                 self.started + offset + interval.mul_f64(k as f64)
             }
             None => Instant::now(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Goal: in the open model the ATMs' schedules are spread evenly over one
+    /// interval, so arrivals do not come in bursts. Method: 4 ATMs at 400
+    /// arrivals/s (each every 10 ms); their first sends fall 0, 2.5, 5 and
+    /// 7.5 ms after the start, and each ATM's next send one interval later.
+    #[test]
+    fn open_model_staggers_atms_over_one_interval() {
+        let args = LoadArgs {
+            atms: 4,
+            accounts: 10,
+            duration: Some(Duration::from_secs(1)),
+            ops: None,
+            mix: "deposit=1".parse().unwrap(),
+            amount_cents: "100..200".parse().unwrap(),
+            skew: "uniform".parse().unwrap(),
+            rate: Some(400.0),
+            connections: 1,
+            seed: 1,
+            opening_cents: 0,
+            history: None,
+        };
+        let started = Instant::now();
+        let clock = Clock::start();
+        let offsets_us: Vec<u128> = (0..4)
+            .map(|atm| {
+                let plan = AtmPlan::new(&args, atm, started, clock);
+                assert_eq!(
+                    plan.intended(1) - plan.intended(0),
+                    Duration::from_millis(10)
+                );
+                (plan.intended(0) - started).as_micros()
+            })
+            .collect();
+        assert_eq!(offsets_us, [0, 2_500, 5_000, 7_500]);
     }
 }

@@ -94,8 +94,6 @@ impl ActorMode {
         Self { mailboxes }
     }
 
-    /// Runs `request` through the owners of its accounts, holding `mode`
-    /// until it is applied.
     /// Messages queued in all the mailboxes, and in the fullest one.
     pub(crate) fn mailbox_depth(&self) -> (usize, usize) {
         self.mailboxes
@@ -104,6 +102,8 @@ impl ActorMode {
             .fold((0, 0), |(sum, max), depth| (sum + depth, max.max(depth)))
     }
 
+    /// Runs `request` through the owners of its accounts, holding `mode`
+    /// until it is applied.
     pub(crate) async fn execute(
         self: &Arc<Self>,
         core: &Arc<Core>,
