@@ -169,6 +169,10 @@ pub enum Command {
     /// Write the ledger's journal (what each applied operation read and
     /// wrote) as JSON lines, streamed: for `atm check --journal`.
     Journal(JournalArgs),
+    /// Ask a ledger for its health (the standard gRPC health service):
+    /// prints SERVING and exits 0, or exits 1 (another status) or 2 (no
+    /// answer in time). For container health checks.
+    Health(crate::health::HealthArgs),
     /// Serve a ledger, exactly as the `ledger` binary does (same flags).
     /// Scenarios that crash the ledger run it as a child process this way.
     #[command(hide = true)]
@@ -238,6 +242,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
     match cli.command {
         Command::Check(_) | Command::Postmortem(_) => Ok(true),
         Command::Drill(args) => crate::drill::run(&args).await,
+        Command::Health(args) => crate::health::check(&args).await,
         Command::Journal(args) => {
             let written = journal::export(&args.target, &args.output).await?;
             eprintln!(

@@ -13,6 +13,7 @@
 //! - [`compare`]: the same load in each mode, with the transport ceiling; HTML.
 //! - [`history`]: writing the history of a run (format 2).
 //! - [`journal`]: `atm journal`, the ledger's journal streamed to a file.
+//! - [`health`]: `atm health`, the gRPC health check for containers and scripts.
 //! - [`postmortem`]: `atm postmortem`, a checked run as an incident report.
 //! - [`drill`]: `atm drill`, symptoms, questions, grades, then the answer.
 //! - [`latency`], [`report`]: histograms and human-readable output.
@@ -28,6 +29,7 @@ pub mod connect;
 pub mod demo;
 pub mod drill;
 pub mod embedded;
+pub mod health;
 pub mod history;
 pub mod journal;
 pub mod latency;
