@@ -211,7 +211,7 @@ pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientErr
         latency.merge(&joined.map_err(|e| ClientError::Internal(e.to_string()))?);
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
-    let (cpu_per_op, _, _) = meter.finish(&mut clients, latency.count()).await?;
+    let cpu_per_op = meter.finish(&mut clients, latency.count()).await?.per_op;
     Ok(CeilingRun {
         ops_per_sec: latency.count() as f64 / elapsed.as_secs_f64(),
         latency_us: Percentiles {

@@ -91,11 +91,6 @@ impl Engine {
         }))
     }
 
-    /// The shared context, for the audit and the service.
-    pub fn core(&self) -> &Arc<Core> {
-        &self.core
-    }
-
     /// The race hook, where the Chaos service arms its faults.
     pub fn hook(&self) -> &RaceHook {
         &self.core.hook

@@ -21,6 +21,17 @@ pub struct CpuPerOp {
     pub atm_us: f64,
 }
 
+/// What a run cost, read when it ended.
+#[derive(Clone, Copy, Debug)]
+pub struct RunCost {
+    /// CPU per operation on both sides.
+    pub per_op: CpuPerOp,
+    /// CPU this process used over the run.
+    pub atm_cpu: Duration,
+    /// The ledger's resident memory then (0 if not reported).
+    pub ledger_rss_bytes: u64,
+}
+
 /// Readings at the start of a run.
 #[derive(Clone, Copy, Debug)]
 pub struct CpuMeter {
@@ -42,24 +53,23 @@ impl CpuMeter {
         })
     }
 
-    /// CPU both sides used since [`CpuMeter::start`] over `operations`, the
-    /// CPU this process used, and the ledger's resident memory now.
+    /// What the run since [`CpuMeter::start`] cost, over `operations`.
     pub async fn finish(
         &self,
         clients: &mut Clients,
         operations: u64,
-    ) -> Result<(CpuPerOp, Duration, u64), ClientError> {
+    ) -> Result<RunCost, ClientError> {
         let atm = process::cpu_time().total().saturating_sub(self.atm);
         let stats = clients.stats().await?;
         let ledger = ledger_cpu(&stats).saturating_sub(self.ledger);
         let per_op = |used: Duration| used.as_secs_f64() * 1e6 / operations.max(1) as f64;
-        Ok((
-            CpuPerOp {
+        Ok(RunCost {
+            per_op: CpuPerOp {
                 ledger_us: per_op(ledger),
                 atm_us: per_op(atm),
             },
-            atm,
-            stats.rss_bytes,
-        ))
+            atm_cpu: atm,
+            ledger_rss_bytes: stats.rss_bytes,
+        })
     }
 }

@@ -42,7 +42,7 @@ pub use self::{
 };
 use self::{
     atm::{AtmResult, merge, run_atm},
-    cost::{CpuMeter, CpuPerOp},
+    cost::{CpuMeter, RunCost},
     plan::AtmPlan,
     progress::{Progress, show},
     workload::account_id,
@@ -113,7 +113,7 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let sent = total.latency.values().map(Latency::count).sum();
-    let (cpu_per_op, cpu_used, ledger_rss_bytes) = meter.finish(&mut clients, sent).await?;
+    let cost = meter.finish(&mut clients, sent).await?;
     if let Some(ticker) = ticker {
         ticker.abort();
     }
@@ -122,10 +122,7 @@ pub async fn run(
         drop(sink);
         writer.finish().await?;
     }
-    let mut report = finish(&mut clients, args, mode, total, elapsed, cpu_used).await?;
-    report.cpu_per_op = cpu_per_op;
-    report.ledger_rss_bytes = ledger_rss_bytes;
-    Ok(report)
+    finish(&mut clients, args, mode, total, elapsed, cost).await
 }
 
 /// The history's header: what `atm check` needs to judge the file alone.
@@ -174,7 +171,7 @@ async fn finish(
     mode: String,
     total: AtmResult,
     elapsed: Duration,
-    cpu_used: Duration,
+    cost: RunCost,
 ) -> Result<LoadReport, ClientError> {
     let audit = clients.audit().await?;
     let stats = clients.stats().await?;
@@ -239,9 +236,9 @@ async fn finish(
             findings: audit.findings.len(),
         },
         reconciliation,
-        client_cpu_percent: 100.0 * cpu_used.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
-        cpu_per_op: CpuPerOp::default(),
-        ledger_rss_bytes: 0,
+        client_cpu_percent: 100.0 * cost.atm_cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
+        cpu_per_op: cost.per_op,
+        ledger_rss_bytes: cost.ledger_rss_bytes,
         flushes: FlushSummary::of(&stats, elapsed),
     })
 }
