@@ -1,0 +1,388 @@
+//! The sled store: a journal of commits, and views of it (balances and the
+//! index of request ids) brought up to date at checkpoints.
+//!
+//! A commit is decided in memory: a std mutex guards a mirror of every
+//! account (balance and version), so guards are checked and seqs assigned in
+//! one short critical section. The commit's record then goes to one writer
+//! thread, which writes whatever is queued as one journal segment: one sled
+//! key, the commit point of all its commits, holding each commit's journal
+//! entry and idempotency record.
+//!
+//! The views are derived from the journal, so the writer does not keep them
+//! up to date commit by commit: every [`CHECKPOINT_INTERVAL`] (or sooner,
+//! when [`CHECKPOINT_REQUESTS`] have gathered) it writes each account touched
+//! since the last checkpoint once, with its last state, adds the request ids
+//! as one sorted run to the [`RequestIndex`], and then the checkpoint record:
+//! the seq up to which the views are complete, and the index's runs. Until
+//! then the idempotency records wait in a pending map in memory.
+//!
+//! Why: sled inserts cost about 5 µs each. One account key and one request
+//! key per commit made the writer take 40% of a core at 37,000 deposits a
+//! second, on a machine whose two cores are shared with the clients; written
+//! per checkpoint, they cost a few inserts per thousand commits (BENCHMARKS.md).
+//! sled transactions (about 50 µs each, under a process-wide lock) and
+//! `apply_batch` (every batch seals a log buffer) were slower still.
+//!
+//! Durability: sled recovers a prefix of its log, so after a crash the store
+//! holds a prefix of the segments and the views of some checkpoint before
+//! them (in part of the next one, if the crash cut a checkpoint short: those
+//! writes are states that replaying overwrites). [`SledStore::open`] replays
+//! every commit the last checkpoint record does not cover.
+//! [`Store::flush`] waits for the writer to drain, then fsyncs: the group
+//! committer acknowledges `--durability sync` operations only after that.
+//!
+//! Layout: `layout.rs` the trees and their records, `seen.rs` the filter of
+//! request ids, `writer.rs` the writer thread and checkpoints,
+//! `recovery.rs` what opening replays; this file the committers' side.
+
+mod layout;
+mod recovery;
+mod seen;
+mod writer;
+
+use std::{
+    collections::HashMap,
+    ops::ControlFlow,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard, mpsc},
+    thread,
+};
+
+use super::{
+    Commit, Rejected, Store, StoreError, decode_record, encode_record, now_unix_ns,
+    request_index::{Lookup, RequestIndex, hash_id},
+};
+use crate::{
+    bank::{Account, AccountId, RequestId},
+    journal::{JournalEntry, RequestRecord},
+};
+use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
+use seen::SeenIds;
+use writer::{Shared, WRITE_QUEUE_MAX, failed, write_batches};
+
+/// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
+const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Attempts at an index lookup that a concurrent merge keeps making stale.
+const LOOKUP_ATTEMPTS: usize = 8;
+/// The in-memory side of the store, guarded by one mutex.
+#[derive(Debug, Default)]
+pub(super) struct Mirror {
+    pub(super) accounts: HashMap<AccountId, Account>,
+    pub(super) next_seq: u64,
+}
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every holder checks before it mutates, so the state is consistent
+    // even if a holder panicked: carry on.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A ledger kept in a sled database on disk.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    trees: Trees,
+    /// Commits replayed at open: their journal segment was on disk and no
+    /// checkpoint covered them.
+    pub(super) rolled_forward_commits: u64,
+    // A std mutex: held for in-memory checks and a channel send, never across an await.
+    mirror: Mutex<Mirror>,
+    /// None only while dropping.
+    queue: Option<mpsc::SyncSender<JournalRecord>>,
+    shared: Arc<Shared>,
+    /// Joined on drop, so that the database is closed when the store is.
+    writer: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has written what is
+        // queued and a last checkpoint.
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()?;
+        Self::from_db(db)
+    }
+
+    /// A database in a temporary directory, removed when dropped.
+    pub fn temporary() -> Result<Self, StoreError> {
+        let db = sled::Config::new().temporary(true).open()?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+        let trees = Trees::open(&db)?;
+        let recovery::Recovered {
+            mirror,
+            shared,
+            rolled_forward_commits,
+        } = recovery::recover(&trees)?;
+        let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
+        let writer_trees = trees.clone();
+        let writer_shared = Arc::clone(&shared);
+        let writer = thread::Builder::new()
+            .name("sled-writer".into())
+            .spawn(move || write_batches(&writer_trees, &writer_shared, &receiver))
+            .map_err(|e| StoreError::Corrupt {
+                what: "writer thread",
+                detail: e.to_string(),
+            })?;
+        Ok(Self {
+            db,
+            trees,
+            rolled_forward_commits,
+            mirror: Mutex::new(mirror),
+            queue: Some(queue),
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    fn mirror(&self) -> MutexGuard<'_, Mirror> {
+        lock(&self.mirror)
+    }
+
+    /// Waits until the writer has written every commit queued so far.
+    fn drain(&self) -> Result<(), StoreError> {
+        let mut written = lock(&self.shared.written);
+        let target = written.queued;
+        written.draining += 1;
+        self.shared.wake.notify_one();
+        while written.applied < target && written.failure.is_none() {
+            written = self
+                .shared
+                .progress
+                .wait(written)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        written.draining -= 1;
+        match &written.failure {
+            Some(failure) => Err(failed(failure)),
+            None => Ok(()),
+        }
+    }
+
+    fn check(&self, mirror: &Mirror, commit: &Commit) -> Result<Result<(), Rejected>, StoreError> {
+        if let Some((id, _)) = &commit.request
+            && !commit.replace_request
+            && let Some(existing) = self.request(id)?
+        {
+            return Ok(Err(Rejected::Duplicate(existing)));
+        }
+        for write in &commit.writes {
+            let found = mirror.accounts.get(&write.account).copied();
+            if !write.guard.holds(found) {
+                return Ok(Err(Rejected::Conflict {
+                    account: write.account.clone(),
+                    found,
+                }));
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+impl Store for SledStore {
+    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        Ok(self.mirror().accounts.get(id).copied())
+    }
+
+    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+        let views_match = commit.writes.len() == commit.entry.legs.len()
+            && commit
+                .writes
+                .iter()
+                .zip(&commit.entry.legs)
+                .all(|(write, leg)| write.account == leg.account && write.new == leg.written);
+        if !views_match {
+            return Err(StoreError::Corrupt {
+                what: "commit",
+                detail: "account writes differ from the journal legs".into(),
+            });
+        }
+        let mut mirror = self.mirror();
+        if let Some(failure) = &lock(&self.shared.written).failure {
+            return Err(failed(failure));
+        }
+        if let Err(rejected) = self.check(&mirror, commit)? {
+            return Ok(Err(rejected));
+        }
+        let seq = mirror.next_seq;
+        mirror.next_seq += 1;
+        for write in &commit.writes {
+            mirror.accounts.insert(write.account.clone(), write.new);
+        }
+        if let Some((id, record)) = &commit.request {
+            let mut requests = lock(&self.shared.requests);
+            requests.seen.insert(hash_id(id.as_str()));
+            requests
+                .pending
+                .insert(id.as_str().to_owned(), (seq, record.clone()));
+        }
+        let mut entry = commit.entry.clone();
+        entry.seq = seq;
+        entry.time_unix_ns = now_unix_ns();
+        lock(&self.shared.written).queued += 1;
+        // Sent under the mirror lock so that the writer sees commits in seq
+        // order. A full queue blocks here: that is the back-pressure.
+        self.queue
+            .as_ref()
+            .ok_or_else(|| failed("the store is closing"))?
+            .send(JournalRecord {
+                entry,
+                request: commit.request.clone(),
+            })
+            .map_err(|_| failed("the writer thread has stopped"))?;
+        Ok(Ok(seq))
+    }
+
+    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        let hash = hash_id(id.as_str());
+        // The answer from memory, or the index to look in. The pending map
+        // and the index are read under one lock, and the writer publishes an
+        // index before it drops the pending records the index holds: a
+        // record is always in one or the other.
+        let from_memory = || {
+            let requests = lock(&self.shared.requests);
+            if let Some((_, pending)) = requests.pending.get(id.as_str()) {
+                return ControlFlow::Break(Some(pending.clone()));
+            }
+            if !requests.seen.may_contain(hash) {
+                return ControlFlow::Break(None);
+            }
+            ControlFlow::Continue(Arc::clone(&requests.index))
+        };
+        for _ in 0..LOOKUP_ATTEMPTS {
+            let index = match from_memory() {
+                ControlFlow::Continue(index) => index,
+                ControlFlow::Break(answer) => return Ok(answer),
+            };
+            match index.lookup(&self.trees.request_index, hash)? {
+                Lookup::Found(seqs) => {
+                    for seq in seqs {
+                        if let Some(record) = self.trees.request_at(seq, id.as_str())? {
+                            return Ok(Some(record));
+                        }
+                    }
+                    return Ok(None);
+                }
+                Lookup::Stale => continue,
+            }
+        }
+        Err(StoreError::Corrupt {
+            what: "request index",
+            detail: format!("lookups went stale {LOOKUP_ATTEMPTS} times in a row"),
+        })
+    }
+
+    fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        // The mirror holds every commit decided; sled's account keys catch
+        // up at the next checkpoint.
+        let mut accounts: Vec<(AccountId, Account)> = self
+            .mirror()
+            .accounts
+            .iter()
+            .map(|(id, account)| (id.clone(), *account))
+            .collect();
+        accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(accounts)
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        self.drain()?;
+        // Keys are big-endian first seqs, so key order is commit order.
+        let mut entries = Vec::new();
+        for value in self.trees.journal.iter().values() {
+            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
+            entries.extend(segment.into_iter().map(|record| record.entry));
+        }
+        Ok(entries)
+    }
+
+    fn scan_journal(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.drain()?;
+        // One segment (at most BATCH_COMMITS_MAX entries) in memory at a time.
+        for value in self.trees.journal.iter().values() {
+            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
+            for record in segment {
+                if visit(record.entry).is_break() {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<(), StoreError> {
+        let mut mirror = self.mirror();
+        self.drain()?;
+        let mut views = lock(&self.shared.views);
+        self.trees.accounts.clear()?;
+        self.trees.journal.clear()?;
+        self.trees.request_index.clear()?;
+        views.accounts.clear();
+        views.requests.clear();
+        views.index = RequestIndex::default();
+        views.covered = mirror.next_seq;
+        let record = Checkpoint {
+            covered: views.covered,
+            index: RequestIndex::default(),
+        };
+        self.trees
+            .meta
+            .insert(CHECKPOINT_KEY, encode_record(&record))?;
+        let mut requests = lock(&self.shared.requests);
+        requests.pending.clear();
+        requests.seen = SeenIds::new()?;
+        requests.index = Arc::new(RequestIndex::default());
+        drop(requests);
+        mirror.accounts.clear();
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.drain()?;
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn rolled_forward_commits(&self) -> u64 {
+        self.rolled_forward_commits
+    }
+}
+
+/// Opens `dir` in a test that dropped a handle on it a moment ago: sled's IO
+/// threads can hold the directory's file lock a little past the drop, so a
+/// lock refusal is retried for up to 5 s (any other error is returned).
+#[cfg(test)]
+pub(super) fn open_when_unlocked(dir: &Path) -> Result<SledStore, StoreError> {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match SledStore::open(dir) {
+            Err(StoreError::Sled(sled::Error::Io(error)))
+                if error.to_string().contains("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

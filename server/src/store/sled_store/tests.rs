@@ -1,0 +1,256 @@
+//! The sled store's own tests: duplicates, replay after a crash, the
+//! request index across checkpoints, old formats.
+
+use std::{path::Path, sync::Arc};
+
+use super::*;
+use crate::{
+    bank::{EntryKind, Leg},
+    config::Mode,
+    journal::StoredReply,
+    store::{Guard, Write, encode_account},
+};
+use layout::Trees;
+use writer::write_segment;
+
+fn commit(account: &AccountId, key: &RequestId, after: Account) -> Commit {
+    let before = Account {
+        balance_cents: 1,
+        version: after.version - 1,
+    };
+    Commit {
+        writes: vec![Write {
+            account: account.clone(),
+            guard: Guard::Blind,
+            new: after,
+        }],
+        entry: JournalEntry {
+            seq: 0,
+            kind: EntryKind::Deposit,
+            request_id: Some(key.clone()),
+            transfer_id: None,
+            counterparty: None,
+            mode: Mode::Mutex,
+            amount_cents: 41,
+            fee_cents: 0,
+            legs: vec![Leg {
+                account: account.clone(),
+                read: before,
+                written: after,
+                delta_cents: 41,
+            }],
+            time_unix_ns: 0,
+        },
+        request: Some((
+            key.clone(),
+            RequestRecord::Done(StoredReply {
+                fingerprint: "f".into(),
+                accounts: vec![],
+                fee_cents: 0,
+            }),
+        )),
+        replace_request: false,
+    }
+}
+
+/// Goal: a duplicate request_id is caught whether its first commit is
+/// still queued for the writer or already in sled, and a reopened store
+/// continues the journal's seqs with its accounts in memory.
+/// Method: commit, duplicate at once, flush, duplicate again, reopen.
+#[test]
+fn duplicates_are_caught_before_and_after_the_writer_and_reopen_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = AccountId::parse("account_id", "acct").unwrap();
+    let key = RequestId::internal("k".into());
+    let after = Account {
+        balance_cents: 42,
+        version: 1,
+    };
+    {
+        let store = open_when_unlocked(dir.path()).unwrap();
+        assert_eq!(store.commit(&commit(&account, &key, after)).unwrap(), Ok(0));
+        let again = store.commit(&commit(&account, &key, after)).unwrap();
+        assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
+        store.flush().unwrap();
+        let again = store.commit(&commit(&account, &key, after)).unwrap();
+        assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
+    }
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(store.account(&account).unwrap(), Some(after));
+    assert!(store.request(&key).unwrap().is_some());
+    let other = RequestId::internal("other".into());
+    let next = Account {
+        balance_cents: 83,
+        version: 2,
+    };
+    assert_eq!(
+        store.commit(&commit(&account, &other, next)).unwrap(),
+        Ok(1)
+    );
+    assert_eq!(store.journal().unwrap().len(), 2);
+}
+
+/// The state the tests below write by hand: one deposit to `acct`
+/// under request id `k`.
+fn deposit_k() -> (AccountId, RequestId, Account) {
+    let after = Account {
+        balance_cents: 42,
+        version: 1,
+    };
+    (
+        AccountId::parse("account_id", "acct").unwrap(),
+        RequestId::internal("k".into()),
+        after,
+    )
+}
+
+/// Writes [`deposit_k`]'s journal segment as the writer would, then
+/// `then` (what else the writer got done before the process died).
+fn crash_after_segment(dir: &Path, then: impl FnOnce(&Trees)) {
+    let (account, key, after) = deposit_k();
+    let db = sled::Config::new().path(dir).open().unwrap();
+    let trees = Trees::open(&db).unwrap();
+    let record = JournalRecord {
+        entry: commit(&account, &key, after).entry,
+        request: commit(&account, &key, after).request,
+    };
+    write_segment(&trees, std::slice::from_ref(&record)).unwrap();
+    then(&trees);
+    db.flush().unwrap();
+}
+
+/// Goal: a crash between a journal segment (the commit point) and the
+/// next checkpoint loses nothing: opening replays the segment. Method:
+/// write a segment straight into the journal tree, as if the process
+/// died right after, and reopen.
+#[test]
+fn a_segment_past_the_checkpoint_is_replayed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (account, key, after) = deposit_k();
+    crash_after_segment(dir.path(), |_| {});
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(store.rolled_forward_commits(), 1);
+    assert_eq!(store.account(&account).unwrap(), Some(after));
+    assert!(
+        store.request(&key).unwrap().is_some(),
+        "the request record is back"
+    );
+    let duplicate = store.commit(&commit(&account, &key, after)).unwrap();
+    assert!(
+        matches!(duplicate, Err(Rejected::Duplicate(_))),
+        "{duplicate:?}"
+    );
+    assert_eq!(store.accounts().unwrap(), vec![(account, after)]);
+}
+
+/// Goal: request records reach the index at checkpoints and are found
+/// there after reopens (through the index and the journal, not the
+/// pending map), a clean close leaves nothing to replay, merged runs keep
+/// every id, and unknown ids stay unknown.
+/// Method: five rounds of open, 600 new keyed commits, a duplicate of
+/// every earlier round's first key, close; then look every key up.
+#[test]
+fn request_records_survive_checkpoints_merges_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = AccountId::parse("account_id", "acct").unwrap();
+    let key = |n: u64| RequestId::internal(format!("req-{n}"));
+    let state = |n: u64| Account {
+        balance_cents: i64::try_from(n).unwrap(),
+        version: n + 1,
+    };
+    let mut n = 0;
+    for round in 0..5u64 {
+        let store = open_when_unlocked(dir.path()).unwrap();
+        assert_eq!(store.rolled_forward_commits(), 0, "round {round}");
+        assert!(lock(&store.shared.requests).pending.is_empty());
+        for earlier in 0..round {
+            let again = store
+                .commit(&commit(&account, &key(earlier * 600), state(n)))
+                .unwrap();
+            assert!(matches!(again, Err(Rejected::Duplicate(_))), "{again:?}");
+        }
+        for _ in 0..600 {
+            assert!(
+                store
+                    .commit(&commit(&account, &key(n), state(n)))
+                    .unwrap()
+                    .is_ok()
+            );
+            n += 1;
+        }
+    }
+    let store = open_when_unlocked(dir.path()).unwrap();
+    let index = Arc::clone(&lock(&store.shared.requests).index);
+    assert_eq!(index.len(), n);
+    assert!(
+        index.runs() <= 3,
+        "{} runs after 5 checkpoints",
+        index.runs()
+    );
+    for k in 0..n {
+        assert!(store.request(&key(k)).unwrap().is_some(), "req-{k}");
+    }
+    for k in n..n + 1_000 {
+        assert_eq!(store.request(&key(k)).unwrap(), None, "req-{k}");
+    }
+    assert_eq!(store.account(&account).unwrap(), Some(state(n - 1)));
+    assert_eq!(store.journal().unwrap().len(), usize::try_from(n).unwrap());
+}
+
+/// Goal: a checkpoint cut short (index chunks and account keys written,
+/// no checkpoint record) loses nothing and leaves no orphan chunks.
+/// Method: after the segment, write a run and a stale account key by
+/// hand, as the writer would before dying, and reopen twice.
+#[test]
+fn a_checkpoint_cut_short_is_replayed_and_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (account, key, after) = deposit_k();
+    crash_after_segment(dir.path(), |trees| {
+        let mut index = RequestIndex::default();
+        index
+            .add(&trees.request_index, vec![(hash_id("k"), 0)])
+            .unwrap();
+        let stale = Account {
+            balance_cents: 7,
+            version: 9,
+        };
+        trees
+            .accounts
+            .insert("acct", &encode_account(stale))
+            .unwrap();
+    });
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(store.rolled_forward_commits(), 1);
+    assert_eq!(store.account(&account).unwrap(), Some(after));
+    assert!(store.request(&key).unwrap().is_some());
+    drop(store);
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(store.rolled_forward_commits(), 0);
+    assert_eq!(
+        store.trees.request_index.len(),
+        1,
+        "one chunk: the checkpoint's"
+    );
+    assert!(store.request(&key).unwrap().is_some());
+    assert_eq!(store.accounts().unwrap(), vec![(account, after)]);
+}
+
+/// Goal: a data directory in the first format (one key per request id)
+/// is refused with what to do, not read as an empty index.
+#[test]
+fn a_data_directory_of_the_first_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree("requests")
+            .unwrap()
+            .insert("load-1-0-0", &b"record"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let error = open_when_unlocked(dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("older overdraft") && error.contains("--data-dir"),
+        "{error}"
+    );
+}
