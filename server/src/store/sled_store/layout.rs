@@ -12,12 +12,11 @@ use crate::{
 /// The meta tree's key for the [`Checkpoint`] record.
 pub(super) const CHECKPOINT_KEY: &[u8] = b"checkpoint";
 
-/// The trees. Separate trees keep each one's nodes small: journal appends do
-/// not copy account records, and the reverse.
+/// The trees: the views of the journal (which lives in its own file,
+/// `journal_file.rs`) and the checkpoint record that says how far they go.
 #[derive(Clone, Debug)]
 pub(super) struct Trees {
     pub(super) accounts: sled::Tree,
-    pub(super) journal: sled::Tree,
     pub(super) request_index: sled::Tree,
     pub(super) meta: sled::Tree,
 }
@@ -35,9 +34,19 @@ impl Trees {
                     .into(),
             });
         }
+        // The second kept the journal in sled, one key per segment.
+        if db.tree_names().iter().any(|name| name == b"journal")
+            && !db.open_tree("journal")?.is_empty()
+        {
+            return Err(StoreError::Corrupt {
+                what: "data directory",
+                detail: "written by an older overdraft (the journal inside sled); \
+                         remove it or pass another --data-dir"
+                    .into(),
+            });
+        }
         Ok(Self {
             accounts: db.open_tree("accounts")?,
-            journal: db.open_tree("journal")?,
             request_index: db.open_tree("request_index")?,
             meta: db.open_tree("meta")?,
         })
@@ -50,38 +59,8 @@ impl Trees {
             .transpose()
             .map(Option::unwrap_or_default)
     }
-
-    /// The key and value of the segment that holds `seq`'s commit: the last
-    /// one starting at or before it.
-    pub(super) fn segment_of(
-        &self,
-        seq: u64,
-    ) -> Result<Option<(sled::IVec, sled::IVec)>, StoreError> {
-        Ok(self
-            .journal
-            .range(..=seq.to_be_bytes())
-            .next_back()
-            .transpose()?)
-    }
-
-    /// The idempotency record that commit `seq` wrote under `id`, if it wrote one.
-    pub(super) fn request_at(
-        &self,
-        seq: u64,
-        id: &str,
-    ) -> Result<Option<RequestRecord>, StoreError> {
-        let Some((_, value)) = self.segment_of(seq)? else {
-            return Ok(None);
-        };
-        let segment: Vec<JournalRecord> = decode_record("journal segment", &value)?;
-        Ok(segment
-            .into_iter()
-            .find(|record| record.entry.seq == seq)
-            .and_then(|record| record.request)
-            .filter(|(request, _)| request.as_str() == id)
-            .map(|(_, record)| record))
-    }
 }
+
 /// What the views hold, written after them: a checkpoint exists once this
 /// record says so.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -90,6 +69,10 @@ pub(super) struct Checkpoint {
     pub(super) covered: u64,
     /// The request index's runs.
     pub(super) index: RequestIndex,
+    /// The journal file's epoch: a Reset starts the next one.
+    pub(super) journal_epoch: u64,
+    /// The journal file's bytes the views cover: replay starts here.
+    pub(super) journal_offset: u64,
 }
 
 /// One commit in a journal segment: the entry and the idempotency record written with it.
@@ -98,6 +81,7 @@ pub(super) struct JournalRecord {
     pub(super) entry: JournalEntry,
     pub(super) request: Option<(RequestId, RequestRecord)>,
 }
+
 pub(super) fn account_id_of(key: &[u8]) -> Result<AccountId, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt {
         what: "account key",

@@ -35,6 +35,7 @@
 //! request ids, `writer.rs` the writer thread and checkpoints,
 //! `recovery.rs` what opening replays; this file the committers' side.
 
+mod journal_file;
 mod layout;
 mod recovery;
 mod seen;
@@ -42,23 +43,25 @@ mod writer;
 
 use std::{
     collections::HashMap,
+    fs::File,
     ops::ControlFlow,
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard, mpsc},
     thread,
 };
 
 use super::{
-    Commit, Rejected, Store, StoreError, decode_record, encode_record, now_unix_ns,
+    Commit, Rejected, Store, StoreError, encode_record, now_unix_ns,
     request_index::{Lookup, RequestIndex, hash_id},
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
     journal::{JournalEntry, RequestRecord},
 };
+use journal_file::{Frames, JournalFile};
 use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
 use seen::SeenIds;
-use writer::{Shared, WRITE_QUEUE_MAX, failed, write_batches};
+use writer::{Owed, Shared, WRITE_QUEUE_MAX, failed, write_batches};
 
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
 const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -92,6 +95,10 @@ pub struct SledStore {
     shared: Arc<Shared>,
     /// Joined on drop, so that the database is closed when the store is.
     writer: Option<thread::JoinHandle<()>>,
+    /// The data directory: sled's files and the journal file.
+    dir: PathBuf,
+    /// A temporary store's directory, removed after the fields above close.
+    _temporary: Option<tempfile::TempDir>,
 }
 
 impl Drop for SledStore {
@@ -107,26 +114,33 @@ impl Drop for SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .open()?;
-        Self::from_db(db)
+        Self::open_in(dir, None)
     }
 
     /// A database in a temporary directory, removed when dropped.
     pub fn temporary() -> Result<Self, StoreError> {
-        let db = sled::Config::new().temporary(true).open()?;
-        Self::from_db(db)
+        let temporary = tempfile::Builder::new()
+            .prefix("overdraft-")
+            .tempdir()
+            .map_err(|e| StoreError::Corrupt {
+                what: "temporary directory",
+                detail: e.to_string(),
+            })?;
+        let dir = temporary.path().to_owned();
+        Self::open_in(&dir, Some(temporary))
     }
 
-    fn from_db(db: sled::Db) -> Result<Self, StoreError> {
+    fn open_in(dir: &Path, temporary: Option<tempfile::TempDir>) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .open()?;
         let trees = Trees::open(&db)?;
         let recovery::Recovered {
             mirror,
             shared,
             rolled_forward_commits,
-        } = recovery::recover(&trees)?;
+        } = recovery::recover(dir, &trees)?;
         let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
         let writer_trees = trees.clone();
         let writer_shared = Arc::clone(&shared);
@@ -145,6 +159,8 @@ impl SledStore {
             queue: Some(queue),
             shared,
             writer: Some(writer),
+            dir: dir.to_owned(),
+            _temporary: temporary,
         })
     }
 
@@ -152,8 +168,9 @@ impl SledStore {
         lock(&self.mirror)
     }
 
-    /// Waits until the writer has written every commit queued so far.
-    fn drain(&self) -> Result<(), StoreError> {
+    /// Waits until the writer has written every commit queued so far, and
+    /// returns the journal file with the bytes those commits fill.
+    fn drain(&self) -> Result<(Option<Arc<File>>, u64), StoreError> {
         let mut written = lock(&self.shared.written);
         let target = written.queued;
         written.draining += 1;
@@ -168,7 +185,7 @@ impl SledStore {
         written.draining -= 1;
         match &written.failure {
             Some(failure) => Err(failed(failure)),
-            None => Ok(()),
+            None => Ok((written.journal.clone(), written.journal_end)),
         }
     }
 
@@ -259,17 +276,17 @@ impl Store for SledStore {
             if !requests.seen.may_contain(hash) {
                 return ControlFlow::Break(None);
             }
-            ControlFlow::Continue(Arc::clone(&requests.index))
+            ControlFlow::Continue((Arc::clone(&requests.index), Arc::clone(&requests.journal)))
         };
         for _ in 0..LOOKUP_ATTEMPTS {
-            let index = match from_memory() {
-                ControlFlow::Continue(index) => index,
+            let (index, journal) = match from_memory() {
+                ControlFlow::Continue(found) => found,
                 ControlFlow::Break(answer) => return Ok(answer),
             };
             match index.lookup(&self.trees.request_index, hash)? {
-                Lookup::Found(seqs) => {
-                    for seq in seqs {
-                        if let Some(record) = self.trees.request_at(seq, id.as_str())? {
+                Lookup::Found(offsets) => {
+                    for offset in offsets {
+                        if let Some(record) = request_in_segment(&journal, offset, id.as_str())? {
                             return Ok(Some(record));
                         }
                     }
@@ -298,13 +315,11 @@ impl Store for SledStore {
     }
 
     fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        self.drain()?;
-        // Keys are big-endian first seqs, so key order is commit order.
         let mut entries = Vec::new();
-        for value in self.trees.journal.iter().values() {
-            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
-            entries.extend(segment.into_iter().map(|record| record.entry));
-        }
+        self.scan_journal(&mut |entry| {
+            entries.push(entry);
+            ControlFlow::Continue(())
+        })?;
         Ok(entries)
     }
 
@@ -312,10 +327,13 @@ impl Store for SledStore {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.drain()?;
-        // One segment (at most BATCH_COMMITS_MAX entries) in memory at a time.
-        for value in self.trees.journal.iter().values() {
-            let segment: Vec<JournalRecord> = decode_record("journal segment", &value?)?;
+        let (Some(journal), end) = self.drain()? else {
+            return Ok(());
+        };
+        // One segment (at most BATCH_COMMITS_MAX entries) and one read
+        // buffer in memory at a time, read past any page cache of sled's.
+        let mut frames = Frames::new(journal, 0, end);
+        while let Some((_, segment)) = frames.next_frame()? {
             for record in segment {
                 if visit(record.entry).is_break() {
                     return Ok(());
@@ -329,39 +347,71 @@ impl Store for SledStore {
         let mut mirror = self.mirror();
         self.drain()?;
         let mut views = lock(&self.shared.views);
+        // The new epoch's file exists (empty) before a checkpoint names it,
+        // and the old one is removed after: a crash in between reopens one
+        // epoch or the other whole.
+        let journal = JournalFile::create(&self.dir, views.journal.epoch() + 1)?;
         self.trees.accounts.clear()?;
-        self.trees.journal.clear()?;
         self.trees.request_index.clear()?;
-        views.accounts.clear();
-        views.requests.clear();
+        views.owed = Owed {
+            covered: mirror.next_seq,
+            ..Owed::default()
+        };
         views.index = RequestIndex::default();
-        views.covered = mirror.next_seq;
         let record = Checkpoint {
-            covered: views.covered,
+            covered: mirror.next_seq,
             index: RequestIndex::default(),
+            journal_epoch: journal.epoch(),
+            journal_offset: 0,
         };
         self.trees
             .meta
             .insert(CHECKPOINT_KEY, encode_record(&record))?;
+        self.db.flush()?;
         let mut requests = lock(&self.shared.requests);
         requests.pending.clear();
         requests.seen = SeenIds::new()?;
         requests.index = Arc::new(RequestIndex::default());
+        requests.journal = journal.handle();
         drop(requests);
+        {
+            let mut written = lock(&self.shared.written);
+            written.journal = Some(journal.handle());
+            written.journal_end = 0;
+        }
+        views.journal = journal;
+        journal_file::remove_other_epochs(&self.dir, record.journal_epoch)?;
         mirror.accounts.clear();
-        self.db.flush()?;
         Ok(())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.drain()?;
-        self.db.flush()?;
+        // The journal file is the commit point; sled's views are derived
+        // from it and synced at checkpoints.
+        if let (Some(journal), _) = self.drain()? {
+            journal_file::sync(&journal)?;
+        }
         Ok(())
     }
 
     fn rolled_forward_commits(&self) -> u64 {
         self.rolled_forward_commits
     }
+}
+
+/// The idempotency record written under `id` in the segment at `offset`:
+/// the last one, since a later commit in a segment replaces an earlier one.
+fn request_in_segment(
+    journal: &File,
+    offset: u64,
+    id: &str,
+) -> Result<Option<RequestRecord>, StoreError> {
+    Ok(journal_file::read_frame(journal, offset)?
+        .into_iter()
+        .filter_map(|record| record.request)
+        .filter(|(request, _)| request.as_str() == id)
+        .map(|(_, record)| record)
+        .next_back())
 }
 
 /// Opens `dir` in a test that dropped a handle on it a moment ago: sled's IO

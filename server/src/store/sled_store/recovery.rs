@@ -1,19 +1,20 @@
 //! Opening a store: the views of the last checkpoint, then a replay of
-//! every commit it does not cover.
+//! every commit it does not cover, from the journal file past its offset.
 
 use std::{
-    collections::HashMap,
+    path::Path,
     sync::{Arc, Condvar, Mutex},
     time::Instant,
 };
 
 use super::{
     Mirror,
+    journal_file::JournalFile,
     layout::{JournalRecord, Trees, account_id_of},
     lock,
-    writer::{Requests, Shared, Views, Written, checkpoint_views},
+    writer::{Owed, Requests, Shared, Views, Written, checkpoint_views},
 };
-use crate::store::{StoreError, decode_account, decode_record, request_index::hash_id};
+use crate::store::{StoreError, decode_account, request_index::hash_id};
 
 /// What opening found: the committers' mirror, the state shared with the
 /// writer, and how many commits were replayed.
@@ -24,7 +25,7 @@ pub(super) struct Recovered {
 }
 
 /// Reads the last checkpoint's views and replays the journal past it.
-pub(super) fn recover(trees: &Trees) -> Result<Recovered, StoreError> {
+pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError> {
     let checkpoint = trees.checkpoint()?;
     let swept = checkpoint.index.sweep(&trees.request_index)?;
     if swept > 0 {
@@ -40,30 +41,18 @@ pub(super) fn recover(trees: &Trees) -> Result<Recovered, StoreError> {
             .accounts
             .insert(account_id_of(&key)?, decode_account(&value)?);
     }
-    let mut requests = Requests::new(checkpoint.index.clone())?;
+    let mut journal = JournalFile::open(dir, checkpoint.journal_epoch, checkpoint.journal_offset)?;
+    let mut requests = Requests::new(checkpoint.index.clone(), journal.handle())?;
     checkpoint
         .index
         .for_each_hash(&trees.request_index, |hash| requests.seen.insert(hash))?;
-    let mut views = Views {
-        accounts: HashMap::new(),
-        requests: Vec::new(),
+    // Replay what the checkpoint does not cover: the journal file past its offset.
+    let mut owed = Owed {
         covered: checkpoint.covered,
-        index: checkpoint.index,
-        last: Instant::now(),
-    };
-    // Replay what the checkpoint does not cover, from the segment that
-    // holds its first uncovered seq to the last segment.
-    let segments = match trees.segment_of(checkpoint.covered)? {
-        Some((key, _)) => trees.journal.range(key..),
-        None => trees.journal.range::<&[u8], _>(..),
+        ..Owed::default()
     };
     let mut rolled_forward_commits = 0;
-    for item in segments {
-        let (_, value) = item?;
-        let segment: Vec<JournalRecord> = decode_record("journal segment", &value)?;
-        if let Some(last) = segment.last() {
-            mirror.next_seq = last.entry.seq + 1;
-        }
+    journal.replay(&mut |offset, segment| {
         let uncovered: Vec<JournalRecord> = segment
             .into_iter()
             .filter(|record| record.entry.seq >= checkpoint.covered)
@@ -77,14 +66,24 @@ pub(super) fn recover(trees: &Trees) -> Result<Recovered, StoreError> {
             }
         }
         rolled_forward_commits += u64::try_from(uncovered.len()).unwrap_or(u64::MAX);
-        views.fold(&uncovered);
-    }
+        owed.fold(&uncovered, offset);
+    })?;
     // The fold kept each replayed account's last state.
-    mirror.accounts.extend(views.accounts.clone());
-    mirror.next_seq = mirror.next_seq.max(views.covered);
-    views.covered = mirror.next_seq;
+    mirror.accounts.extend(owed.accounts.clone());
+    mirror.next_seq = owed.covered;
+    let written = Written {
+        journal: Some(journal.handle()),
+        journal_end: journal.end(),
+        ..Written::default()
+    };
+    let views = Views {
+        owed,
+        index: checkpoint.index,
+        last: Instant::now(),
+        journal,
+    };
     let shared = Arc::new(Shared {
-        written: Mutex::new(Written::default()),
+        written: Mutex::new(written),
         progress: Condvar::new(),
         wake: Condvar::new(),
         requests: Mutex::new(requests),

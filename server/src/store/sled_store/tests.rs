@@ -10,8 +10,8 @@ use crate::{
     journal::StoredReply,
     store::{Guard, Write, encode_account},
 };
+use journal_file::JournalFile;
 use layout::Trees;
-use writer::write_segment;
 
 fn commit(account: &AccountId, key: &RequestId, after: Account) -> Commit {
     let before = Account {
@@ -114,14 +114,15 @@ fn crash_after_segment(dir: &Path, then: impl FnOnce(&Trees)) {
         entry: commit(&account, &key, after).entry,
         request: commit(&account, &key, after).request,
     };
-    write_segment(&trees, std::slice::from_ref(&record)).unwrap();
+    let mut journal = JournalFile::open(dir, 0, 0).unwrap();
+    assert_eq!(journal.append(std::slice::from_ref(&record)).unwrap(), 0);
     then(&trees);
     db.flush().unwrap();
 }
 
 /// Goal: a crash between a journal segment (the commit point) and the
 /// next checkpoint loses nothing: opening replays the segment. Method:
-/// write a segment straight into the journal tree, as if the process
+/// write a segment straight into the journal file, as if the process
 /// died right after, and reopen.
 #[test]
 fn a_segment_past_the_checkpoint_is_replayed_on_open() {
@@ -235,6 +236,26 @@ fn a_checkpoint_cut_short_is_replayed_and_swept() {
     assert_eq!(store.accounts().unwrap(), vec![(account, after)]);
 }
 
+/// Goal: a data directory of the second format (the journal inside sled)
+/// is refused with what to do: its journal would otherwise read as empty.
+#[test]
+fn a_data_directory_with_the_journal_in_sled_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        db.open_tree("journal")
+            .unwrap()
+            .insert(0u64.to_be_bytes(), &b"segment"[..])
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let error = open_when_unlocked(dir.path()).unwrap_err().to_string();
+    assert!(
+        error.contains("journal inside sled") && error.contains("--data-dir"),
+        "{error}"
+    );
+}
+
 /// Goal: a data directory in the first format (one key per request id)
 /// is refused with what to do, not read as an empty index.
 #[test]
@@ -253,4 +274,42 @@ fn a_data_directory_of_the_first_format_is_refused() {
         error.contains("older overdraft") && error.contains("--data-dir"),
         "{error}"
     );
+}
+
+/// Goal: a Reset empties the journal for good: a reopen replays nothing
+/// from before it, the old epoch's file is gone, and commits after it
+/// survive the reopen. Method: commit, flush, clear, commit again, reopen.
+#[test]
+fn a_reset_starts_a_new_journal_file_that_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (account, key, after) = deposit_k();
+    let other = RequestId::internal("after-reset".into());
+    {
+        let store = open_when_unlocked(dir.path()).unwrap();
+        store
+            .commit(&commit(&account, &key, after))
+            .unwrap()
+            .unwrap();
+        store.flush().unwrap();
+        store.clear().unwrap();
+        assert!(store.journal().unwrap().is_empty());
+        assert_eq!(store.request(&key).unwrap(), None);
+        store
+            .commit(&commit(&account, &other, after))
+            .unwrap()
+            .unwrap();
+        store.flush().unwrap();
+    }
+    let logs: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("journal-"))
+        .collect();
+    assert_eq!(logs, vec!["journal-1.log".to_owned()]);
+    let store = open_when_unlocked(dir.path()).unwrap();
+    let journal = store.journal().unwrap();
+    assert_eq!(journal.len(), 1, "{journal:?}");
+    assert_eq!(journal[0].request_id.as_ref(), Some(&other));
+    assert_eq!(store.request(&key).unwrap(), None);
+    assert!(store.request(&other).unwrap().is_some());
 }

@@ -1,12 +1,20 @@
 //! The writer thread: journal segments, and checkpoints of the views.
+//!
+//! A checkpoint writes each account touched since the last one, adds the
+//! request ids as a sorted run to the index (their values: the offsets of
+//! their segments in the journal file), syncs the journal file, and then
+//! writes the checkpoint record: the seq and the journal offset up to which
+//! the views are complete.
 
 use std::{
     collections::HashMap,
+    fs::File,
     sync::{Arc, Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
 
 use super::{
+    journal_file::{self, JournalFile},
     layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees},
     lock,
     seen::SeenIds,
@@ -25,9 +33,10 @@ use crate::{
 /// wait for room: memory stays bounded and the load slows down instead.
 pub(super) const WRITE_QUEUE_MAX: usize = 16_384;
 
-/// Most commits in one journal segment (one sled key). Under load the writer
-/// finds many commits queued and writes them as one segment: one insert
-/// instead of one per commit. Bounded so a segment stays a few tens of KiB.
+/// Most commits in one journal segment (one frame of the journal file).
+/// Under load the writer finds many commits queued and writes them as one
+/// segment: one write instead of one per commit. Bounded so a segment stays
+/// a few tens of KiB.
 pub(super) const BATCH_COMMITS_MAX: usize = 256;
 
 /// How long the writer lets commits gather after the first one arrives,
@@ -59,6 +68,10 @@ pub(super) struct Written {
     pub(super) failure: Option<String>,
     /// Callers of [`SledStore::drain`] waiting now: the writer does not linger.
     pub(super) draining: usize,
+    /// The journal file being appended to, for flushes and scans.
+    pub(super) journal: Option<Arc<File>>,
+    /// Bytes of whole frames in it once `applied` commits are written.
+    pub(super) journal_end: u64,
 }
 /// What readers of request records need, under one lock so that a record is
 /// always in one place or the other: pending, or in the published index.
@@ -71,57 +84,72 @@ pub(super) struct Requests {
     /// The index as of the last checkpoint. Readers look through a copy, so
     /// the writer never waits for them.
     pub(super) index: Arc<RequestIndex>,
+    /// The journal file the index points into.
+    pub(super) journal: Arc<File>,
 }
 
 impl Requests {
-    pub(super) fn new(index: RequestIndex) -> Result<Self, StoreError> {
+    pub(super) fn new(index: RequestIndex, journal: Arc<File>) -> Result<Self, StoreError> {
         Ok(Self {
             pending: HashMap::new(),
             seen: SeenIds::new()?,
             index: Arc::new(index),
+            journal,
         })
     }
 }
 
 /// What the writer owes the views: commits written to the journal since the
 /// last checkpoint.
-#[derive(Debug)]
-pub(super) struct Views {
+#[derive(Debug, Default)]
+pub(super) struct Owed {
     /// Each account touched, with its last state.
     pub(super) accounts: HashMap<AccountId, Account>,
-    /// Each request record written, with its commit's seq.
-    pub(super) requests: Vec<(String, u64)>,
+    /// Each request record written, with its commit's seq and the offset
+    /// of its segment in the journal file (what the index stores).
+    pub(super) requests: Vec<(String, u64, u64)>,
     /// One past the last seq written to the journal.
     pub(super) covered: u64,
-    /// The writer's copy of the index, published to readers at each checkpoint.
-    pub(super) index: RequestIndex,
-    /// When the last checkpoint finished.
-    pub(super) last: Instant,
 }
 
-impl Views {
+impl Owed {
     pub(super) fn is_empty(&self) -> bool {
         self.accounts.is_empty() && self.requests.is_empty()
     }
 
-    pub(super) fn due(&self) -> bool {
-        self.requests.len() >= CHECKPOINT_REQUESTS
-            || self.accounts.len() >= CHECKPOINT_ACCOUNTS
-            || (!self.is_empty() && self.last.elapsed() >= CHECKPOINT_INTERVAL)
-    }
-
-    /// Notes what `records` change in the views.
-    pub(super) fn fold(&mut self, records: &[JournalRecord]) {
+    /// Notes what `records`, the segment at `offset` in the journal file, change in the views.
+    pub(super) fn fold(&mut self, records: &[JournalRecord], offset: u64) {
         for record in records {
             for leg in &record.entry.legs {
                 self.accounts.insert(leg.account.clone(), leg.written);
             }
             if let Some((id, _)) = &record.request {
                 self.requests
-                    .push((id.as_str().to_owned(), record.entry.seq));
+                    .push((id.as_str().to_owned(), record.entry.seq, offset));
             }
             self.covered = record.entry.seq + 1;
         }
+    }
+}
+
+/// The writer's state, under one lock that [`Store::clear`] also takes.
+#[derive(Debug)]
+pub(super) struct Views {
+    /// What the next checkpoint writes.
+    pub(super) owed: Owed,
+    /// The writer's copy of the index, published to readers at each checkpoint.
+    pub(super) index: RequestIndex,
+    /// When the last checkpoint finished.
+    pub(super) last: Instant,
+    /// The journal file: the writer appends segments to it.
+    pub(super) journal: JournalFile,
+}
+
+impl Views {
+    pub(super) fn due(&self) -> bool {
+        self.owed.requests.len() >= CHECKPOINT_REQUESTS
+            || self.owed.accounts.len() >= CHECKPOINT_ACCOUNTS
+            || (!self.owed.is_empty() && self.last.elapsed() >= CHECKPOINT_INTERVAL)
     }
 }
 
@@ -146,30 +174,36 @@ pub(super) fn checkpoint_views(
     shared: &Shared,
     views: &mut Views,
 ) -> Result<(), StoreError> {
-    if views.is_empty() {
+    if views.owed.is_empty() {
         views.last = Instant::now();
         return Ok(());
     }
     let pairs = views
+        .owed
         .requests
         .iter()
-        .map(|(id, seq)| (hash_id(id), *seq))
+        .map(|(id, _, offset)| (hash_id(id), *offset))
         .collect();
     let replaced = views.index.add(&trees.request_index, pairs)?;
-    for (account, state) in views.accounts.drain() {
+    for (account, state) in views.owed.accounts.drain() {
         trees
             .accounts
             .insert(account.as_str(), &encode_account(state))?;
     }
+    // The checkpoint record must never cover journal that could be lost:
+    // sync the file up to what the views cover before saying so.
+    journal_file::sync(&views.journal.handle())?;
     let record = Checkpoint {
-        covered: views.covered,
+        covered: views.owed.covered,
         index: views.index.clone(),
+        journal_epoch: views.journal.epoch(),
+        journal_offset: views.journal.end(),
     };
     trees.meta.insert(CHECKPOINT_KEY, encode_record(&record))?;
     {
         let mut requests = lock(&shared.requests);
         requests.index = Arc::new(record.index);
-        for (id, seq) in views.requests.drain(..) {
+        for (id, seq, _) in views.owed.requests.drain(..) {
             // A later commit may have replaced the record: that one stays.
             if requests
                 .pending
@@ -182,7 +216,7 @@ pub(super) fn checkpoint_views(
     }
     RequestIndex::delete_runs(&trees.request_index, &replaced)?;
     tracing::debug!(
-        covered = views.covered,
+        covered = views.owed.covered,
         index_runs = views.index.runs(),
         index_pairs = views.index.len(),
         merged_runs = replaced.len(),
@@ -192,16 +226,15 @@ pub(super) fn checkpoint_views(
     Ok(())
 }
 
-/// Writes one segment of consecutive commits: one journal key, the commit
-/// point of all of them.
-pub(super) fn write_segment(trees: &Trees, records: &[JournalRecord]) -> Result<(), StoreError> {
-    let Some(first) = records.first() else {
-        return Ok(());
-    };
-    trees
-        .journal
-        .insert(first.entry.seq.to_be_bytes(), encode_record(&records))?;
-    crash::reached_in_writer(CrashPoint::JournalBeforeBalances, &trees.journal);
+/// Writes one segment of consecutive commits, the commit point of all of
+/// them, and notes what they change in the views.
+pub(super) fn write_segment(
+    views: &mut Views,
+    records: &[JournalRecord],
+) -> Result<(), StoreError> {
+    let offset = views.journal.append(records)?;
+    crash::reached_in_writer(CrashPoint::JournalBeforeBalances, &views.journal.handle());
+    views.owed.fold(records, offset);
     Ok(())
 }
 
@@ -235,17 +268,18 @@ pub(super) fn write_batches(
                     }
                 }
                 let mut views = lock(&shared.views);
-                let outcome = write_segment(trees, &records).and_then(|()| {
-                    views.fold(&records);
+                let outcome = write_segment(&mut views, &records).and_then(|()| {
                     if views.due() {
                         checkpoint_views(trees, shared, &mut views)?;
                     }
                     Ok(())
                 });
+                let journal_end = views.journal.end();
                 drop(views);
                 let mut written = lock(&shared.written);
                 if outcome.is_ok() {
                     written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
+                    written.journal_end = journal_end;
                 }
                 outcome
             }
@@ -260,7 +294,7 @@ pub(super) fn write_batches(
             }
         };
         if let Err(error) = outcome {
-            tracing::error!(%error, "sled write failed; the store refuses further writes");
+            tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
             lock(&shared.written).failure = Some(error.to_string());
         }
         shared.progress.notify_all();
