@@ -96,6 +96,19 @@ pub enum StoreError {
     },
 }
 
+/// One sync as the store saw it, handed to one of the requests it covered.
+#[derive(Clone, Copy, Debug)]
+pub struct FlushFigures {
+    /// Flush requests the sync covered.
+    pub requests: usize,
+    /// From the start of the write that preceded the sync to its end.
+    pub took: std::time::Duration,
+}
+
+/// What [`Store::flush_then`] calls with the flush's outcome, and with the
+/// sync's figures for one of the requests it covered.
+pub type FlushDone = Box<dyn FnOnce(Result<(), StoreError>, Option<FlushFigures>) + Send>;
+
 /// The ledger's storage.
 pub trait Store: Send + Sync + 'static {
     /// An account's state, or None.
@@ -126,6 +139,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    /// Calls `done` once every commit so far is durable, possibly from
+    /// another thread: a store with a writer thread syncs there and spares
+    /// the caller a thread of its own. By default, flushes here.
+    fn flush_then(&self, done: FlushDone) {
+        let started = std::time::Instant::now();
+        let outcome = self.flush();
+        let figures = FlushFigures {
+            requests: 1,
+            took: started.elapsed(),
+        };
+        done(outcome, Some(figures));
+    }
 
     /// Commits replayed when the store opened: their journal reached disk
     /// and the process stopped before a checkpoint wrote their balances.

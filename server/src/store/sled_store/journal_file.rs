@@ -1,7 +1,7 @@
 //! The journal file: the commit point of every operation, kept out of sled.
 //!
 //! ```text
-//!   journal-<epoch>.log:  [frame][frame][frame]...         appended by the writer thread
+//!   journal-<epoch>.log:  [frame][frame][frame]...[zeros]  appended by the writer thread
 //!   frame:                length u32 LE | crc32 u32 LE | payload (postcard: the segment's records)
 //! ```
 //!
@@ -25,7 +25,7 @@
 
 use std::{
     fs::{File, OpenOptions},
-    io::{self, BufReader, Read, Write},
+    io::{self, BufReader, Read},
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
     sync::Arc,
@@ -42,6 +42,15 @@ const HEADER_BYTES: usize = 8;
 /// corrupt header, refused before allocating for it.
 const FRAME_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
+/// How far ahead of the last frame the file is filled with zeros. An
+/// fdatasync after an append that grows the file must also commit the new
+/// size through the filesystem's journal: measured on ext4 here, about 1 ms
+/// per flush against 0.2-0.5 ms when the frames overwrite blocks already
+/// written. Zeros are written (not fallocated: ext4 then still converts the
+/// extents at the first write), a chunk at a time, a few times a second at
+/// full load; a zero header reads as the end of the journal.
+const PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// How much of the file a sequential read holds at once.
 const READ_BUFFER_BYTES: usize = 1 << 20;
 
@@ -55,6 +64,9 @@ pub(super) struct JournalFile {
     replay_from: u64,
     /// Bytes of whole frames in the file: where the next frame goes.
     end: u64,
+    /// Bytes of the file written (frames, then zeros): appends below this
+    /// change no file metadata.
+    allocated: u64,
 }
 
 fn path_of(dir: &Path, epoch: u64) -> PathBuf {
@@ -76,8 +88,9 @@ impl JournalFile {
         let path = path_of(dir, epoch);
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| io_error("journal file", &path, e))?;
         let length = file
@@ -101,6 +114,7 @@ impl JournalFile {
             path,
             replay_from: from,
             end: length,
+            allocated: length,
         })
     }
 
@@ -114,23 +128,35 @@ impl JournalFile {
         let length = self.end;
         let mut frames = Frames::new(Arc::clone(&self.file), self.replay_from, length);
         let mut end = self.replay_from;
-        while let Some((offset, records)) = frames.next_intact() {
-            visit(offset, records);
-            end = frames.position;
-        }
-        if end < length {
+        let torn = loop {
+            match frames.next_frame() {
+                Ok(Some((offset, records))) => {
+                    visit(offset, records);
+                    end = frames.position;
+                }
+                Ok(None) => break None,
+                Err(error) => break Some(error),
+            }
+        };
+        if let Some(error) = torn {
             tracing::warn!(
                 path = %self.path.display(),
+                %error,
                 kept_bytes = end,
                 cut_bytes = length - end,
                 "cut the journal's torn tail (written, never synced, never acknowledged as durable)"
             );
+        }
+        // The zeros past the end go too, so that no fragment of a torn
+        // frame lingers past the next frames; appends write new zeros.
+        if end < length {
             self.file
                 .set_len(end)
                 .and_then(|()| self.file.sync_data())
                 .map_err(|e| io_error("journal file", &self.path, e))?;
         }
         self.end = end;
+        self.allocated = end;
         Ok(())
     }
 
@@ -140,7 +166,7 @@ impl JournalFile {
         let path = path_of(dir, epoch);
         let file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
             .truncate(false)
             .open(&path)
@@ -155,6 +181,7 @@ impl JournalFile {
             path,
             replay_from: 0,
             end: 0,
+            allocated: 0,
         })
     }
 
@@ -191,14 +218,31 @@ impl JournalFile {
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         frame.extend_from_slice(&payload);
         let offset = self.end;
-        (&*self.file)
-            .write_all(&frame)
-            .map_err(|e| StoreError::Corrupt {
-                what: "journal file",
-                detail: format!("append failed: {e}"),
-            })?;
-        self.end += u64::try_from(frame.len()).unwrap_or(u64::MAX);
+        let frame_bytes = u64::try_from(frame.len()).unwrap_or(u64::MAX);
+        self.preallocate(offset + frame_bytes)?;
+        self.file
+            .write_all_at(&frame, offset)
+            .map_err(|e| io_error("journal file", &self.path, e))?;
+        self.end += frame_bytes;
         Ok(offset)
+    }
+
+    /// Fills the file with zeros in [`PREALLOCATE_BYTES`] chunks until it
+    /// holds `needed` bytes, and makes the new size durable once for all.
+    fn preallocate(&mut self, needed: u64) -> Result<(), StoreError> {
+        if needed <= self.allocated {
+            return Ok(());
+        }
+        let chunk = vec![0u8; usize::try_from(PREALLOCATE_BYTES).unwrap_or(usize::MAX)];
+        while self.allocated < needed {
+            self.file
+                .write_all_at(&chunk, self.allocated)
+                .map_err(|e| io_error("journal file", &self.path, e))?;
+            self.allocated += PREALLOCATE_BYTES;
+        }
+        self.file
+            .sync_data()
+            .map_err(|e| io_error("journal file", &self.path, e))
     }
 }
 
@@ -317,6 +361,10 @@ impl Frames {
             .read_exact(&mut header)
             .map_err(|e| corrupt_at(offset, &e.to_string()))?;
         let (length, crc) = parse_header(header);
+        if length == 0 && crc == 0 {
+            // The zeros ahead of the last frame: the journal ends here.
+            return Ok(None);
+        }
         if length == 0 || length > FRAME_BYTES_MAX {
             return Err(corrupt_at(
                 offset,
@@ -333,18 +381,6 @@ impl Frames {
         let records = decode_record("journal segment", &payload)?;
         self.position = offset + HEADER_BYTES as u64 + u64::from(length);
         Ok(Some((offset, records)))
-    }
-
-    /// The next frame, or None at the end or at the first bad frame (a
-    /// torn tail when opening).
-    fn next_intact(&mut self) -> Option<(u64, Vec<JournalRecord>)> {
-        match self.next_frame() {
-            Ok(frame) => frame,
-            Err(error) => {
-                tracing::warn!(%error, "the journal ends in a bad frame");
-                None
-            }
-        }
     }
 }
 
@@ -382,16 +418,17 @@ mod tests {
     }
 
     /// Goal: frames read back in order, by position and by offset; a torn
-    /// tail (a half-written frame, or garbage past the last frame) is cut at
-    /// the last whole frame and appending goes on from there; other epochs'
-    /// files are removed. Method: write three frames, tear the file by hand
-    /// three ways, reopen each time.
+    /// tail (a half-written frame, a flipped byte, garbage past the last
+    /// frame) is cut at the last whole frame and appending goes on from
+    /// there; the zeros written ahead read as the end; other epochs' files
+    /// are removed. Method: write three frames, tear the file by hand three
+    /// ways, reopen each time.
     #[test]
     fn a_torn_tail_is_cut_at_the_last_whole_frame() {
         let dir = tempfile::tempdir().unwrap();
         let path = path_of(dir.path(), 3);
         let mut offsets = Vec::new();
-        {
+        let end = {
             let (seen, mut file) = seqs(dir.path(), 3);
             assert!(seen.is_empty());
             for n in 0..3 {
@@ -399,32 +436,49 @@ mod tests {
             }
             let third = read_frame(&file.handle(), offsets[2]).unwrap();
             assert_eq!(third[0].entry.seq, 2);
-        }
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                PREALLOCATE_BYTES,
+                "zeros ahead"
+            );
+            file.end()
+        };
+        assert_eq!(
+            seqs(dir.path(), 3).0,
+            vec![0, 1, 2],
+            "zeros end the journal"
+        );
         std::fs::write(path_of(dir.path(), 2), b"an older epoch").unwrap();
         // Half of the third frame survived.
-        let whole = std::fs::metadata(&path).unwrap().len();
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(whole - 3).unwrap();
+        file.set_len(end - 3).unwrap();
         drop(file);
         let (seen, mut file) = seqs(dir.path(), 3);
         assert_eq!(seen, vec![0, 1]);
         assert_eq!(file.end(), offsets[2]);
         assert!(!path_of(dir.path(), 2).exists(), "the other epoch is gone");
         assert_eq!(file.append(&records(2)).unwrap(), offsets[2]);
+        assert_eq!(file.end(), end);
         drop(file);
         // A flipped byte in the last payload fails its checksum.
-        let mut bytes = std::fs::read(&path).unwrap();
-        let last = bytes.len() - 1;
-        bytes[last] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut byte = [0u8; 1];
+        file.read_exact_at(&mut byte, end - 1).unwrap();
+        file.write_all_at(&[byte[0] ^ 0xff], end - 1).unwrap();
+        drop(file);
         assert_eq!(seqs(dir.path(), 3).0, vec![0, 1]);
-        // Zeros past the end (an extended, unwritten tail) read as nothing.
-        let file = OpenOptions::new().append(true).open(&path).unwrap();
-        (&file).write_all(&[0u8; 64]).unwrap();
+        // Garbage after the last whole frame is cut, not read.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&[7u8; 64], offsets[2]).unwrap();
         drop(file);
         let (seen, file) = seqs(dir.path(), 3);
         assert_eq!(seen, vec![0, 1]);
-        assert_eq!(file.end(), offsets[2], "an empty frame is not a frame");
+        assert_eq!(file.end(), offsets[2]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[2]);
     }
 
     /// Goal: a checkpoint that covers more than the file holds is refused,

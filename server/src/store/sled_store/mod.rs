@@ -61,7 +61,7 @@ use crate::{
 use journal_file::{Frames, JournalFile};
 use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
 use seen::SeenIds;
-use writer::{Owed, Shared, WRITE_QUEUE_MAX, failed, write_batches};
+use writer::{Job, Owed, Shared, SyncDone, WRITE_QUEUE_MAX, failed, write_batches};
 
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
 const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -91,7 +91,7 @@ pub struct SledStore {
     // A std mutex: held for in-memory checks and a channel send, never across an await.
     mirror: Mutex<Mirror>,
     /// None only while dropping.
-    queue: Option<mpsc::SyncSender<JournalRecord>>,
+    queue: Option<mpsc::SyncSender<Job>>,
     shared: Arc<Shared>,
     /// Joined on drop, so that the database is closed when the store is.
     writer: Option<thread::JoinHandle<()>>,
@@ -254,10 +254,10 @@ impl Store for SledStore {
         self.queue
             .as_ref()
             .ok_or_else(|| failed("the store is closing"))?
-            .send(JournalRecord {
+            .send(Job::Commit(JournalRecord {
                 entry,
                 request: commit.request.clone(),
-            })
+            }))
             .map_err(|_| failed("the writer thread has stopped"))?;
         Ok(Ok(seq))
     }
@@ -392,6 +392,31 @@ impl Store for SledStore {
             journal_file::sync(&journal)?;
         }
         Ok(())
+    }
+
+    fn flush_then(&self, done: SyncDone) {
+        // The request joins the writer's queue behind every commit sent so
+        // far, and the writer syncs once it has written them: no thread in
+        // between, one fdatasync for all the requests it finds together.
+        let Some(queue) = &self.queue else {
+            return done(Err(failed("the store is closing")), None);
+        };
+        {
+            let mut written = lock(&self.shared.written);
+            if let Some(failure) = &written.failure {
+                let error = failed(failure);
+                drop(written);
+                return done(Err(error), None);
+            }
+            written.syncs_queued += 1;
+        }
+        self.shared.wake.notify_one();
+        if let Err(mpsc::SendError(job)) = queue.send(Job::Sync(done)) {
+            lock(&self.shared.written).syncs_queued -= 1;
+            if let Job::Sync(done) = job {
+                done(Err(failed("the writer thread has stopped")), None);
+            }
+        }
     }
 
     fn rolled_forward_commits(&self) -> u64 {

@@ -24,7 +24,7 @@ use crate::{
     crash::{self, CrashPoint},
     journal::RequestRecord,
     store::{
-        StoreError, encode_account, encode_record,
+        FlushFigures, StoreError, encode_account, encode_record,
         request_index::{RequestIndex, hash_id},
     },
 };
@@ -68,6 +68,8 @@ pub(super) struct Written {
     pub(super) failure: Option<String>,
     /// Callers of [`SledStore::drain`] waiting now: the writer does not linger.
     pub(super) draining: usize,
+    /// Sync requests queued and not yet done: the writer does not linger either.
+    pub(super) syncs_queued: usize,
     /// The journal file being appended to, for flushes and scans.
     pub(super) journal: Option<Arc<File>>,
     /// Bytes of whole frames in it once `applied` commits are written.
@@ -238,49 +240,108 @@ pub(super) fn write_segment(
     Ok(())
 }
 
-/// Lets commits gather for [`WRITER_LINGER`], unless someone is draining.
+/// Lets commits gather for [`WRITER_LINGER`], unless someone is draining
+/// or waiting for a sync.
 pub(super) fn linger(shared: &Shared) {
     let written = lock(&shared.written);
-    if written.draining == 0 {
-        let _ = shared
-            .wake
-            .wait_timeout_while(written, WRITER_LINGER, |written| written.draining == 0);
+    let idle = |written: &mut Written| written.draining == 0 && written.syncs_queued == 0;
+    let mut written = written;
+    if idle(&mut written) {
+        let _ = shared.wake.wait_timeout_while(written, WRITER_LINGER, idle);
     }
 }
 
-/// The writer: takes everything queued, writes it as a segment, reports
-/// progress, checkpoints when due. Runs until the store is dropped, then
-/// writes a last checkpoint.
-pub(super) fn write_batches(
+/// Called once a requested sync is done (or failed), from the writer thread.
+pub(super) type SyncDone = crate::store::FlushDone;
+
+/// What the writer's queue carries, in the order committers and flushers sent it.
+pub(super) enum Job {
+    /// A commit's journal record.
+    Commit(JournalRecord),
+    /// Sync the journal once every commit queued before this is written.
+    Sync(SyncDone),
+}
+
+/// Takes the next batch off the queue after `first`: commits up to
+/// [`BATCH_COMMITS_MAX`], and the syncs among them.
+fn take_batch(
+    first: Job,
+    receiver: &mpsc::Receiver<Job>,
+    records: &mut Vec<JournalRecord>,
+    syncs: &mut Vec<SyncDone>,
+) {
+    let mut next = Some(first);
+    while let Some(job) = next.take() {
+        match job {
+            Job::Commit(record) => records.push(record),
+            Job::Sync(done) => syncs.push(done),
+        }
+        if records.len() < BATCH_COMMITS_MAX {
+            next = receiver.try_recv().ok();
+        }
+    }
+}
+
+/// Writes a batch as one segment, syncs the journal if anyone asked (the
+/// commits before each sync request are in this segment or an earlier one,
+/// so one fdatasync covers every request), and checkpoints when due.
+fn write_batch(
     trees: &Trees,
     shared: &Shared,
-    receiver: &mpsc::Receiver<JournalRecord>,
-) {
+    records: &[JournalRecord],
+    syncs: &mut Vec<SyncDone>,
+) -> Result<(), StoreError> {
+    let started = Instant::now();
+    let mut views = lock(&shared.views);
+    let mut outcome = if records.is_empty() {
+        Ok(())
+    } else {
+        write_segment(&mut views, records)
+    };
+    if outcome.is_ok() && !syncs.is_empty() {
+        outcome = journal_file::sync(&views.journal.handle());
+    }
+    let figures = FlushFigures {
+        requests: syncs.len(),
+        took: started.elapsed(),
+    };
+    let journal_end = views.journal.end();
+    if outcome.is_ok() && views.due() {
+        outcome = checkpoint_views(trees, shared, &mut views);
+    }
+    drop(views);
+    let mut written = lock(&shared.written);
+    if outcome.is_ok() {
+        written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
+        written.journal_end = journal_end;
+    }
+    written.syncs_queued = written.syncs_queued.saturating_sub(syncs.len());
+    drop(written);
+    for (n, done) in syncs.drain(..).enumerate() {
+        let result = match &outcome {
+            Ok(()) => Ok(()),
+            Err(error) => Err(failed(&error.to_string())),
+        };
+        done(result, (n == 0).then_some(figures));
+    }
+    outcome
+}
+
+/// The writer: takes everything queued, writes it as a segment, syncs when
+/// asked, reports progress, checkpoints when due. Runs until the store is
+/// dropped, then writes a last checkpoint.
+pub(super) fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Job>) {
+    let mut records = Vec::with_capacity(BATCH_COMMITS_MAX);
+    let mut syncs = Vec::new();
     loop {
         let outcome = match receiver.recv_timeout(CHECKPOINT_INTERVAL) {
             Ok(first) => {
-                linger(shared);
-                let mut records = vec![first];
-                while records.len() < BATCH_COMMITS_MAX {
-                    match receiver.try_recv() {
-                        Ok(record) => records.push(record),
-                        Err(_) => break,
-                    }
+                if matches!(first, Job::Commit(_)) {
+                    linger(shared);
                 }
-                let mut views = lock(&shared.views);
-                let outcome = write_segment(&mut views, &records).and_then(|()| {
-                    if views.due() {
-                        checkpoint_views(trees, shared, &mut views)?;
-                    }
-                    Ok(())
-                });
-                let journal_end = views.journal.end();
-                drop(views);
-                let mut written = lock(&shared.written);
-                if outcome.is_ok() {
-                    written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
-                    written.journal_end = journal_end;
-                }
+                take_batch(first, receiver, &mut records, &mut syncs);
+                let outcome = write_batch(trees, shared, &records, &mut syncs);
+                records.clear();
                 outcome
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
