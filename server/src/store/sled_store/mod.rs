@@ -143,10 +143,11 @@ impl SledStore {
         } = recovery::recover(dir, &trees)?;
         let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
         let writer_trees = trees.clone();
+        let writer_dir = dir.to_owned();
         let writer_shared = Arc::clone(&shared);
         let writer = thread::Builder::new()
             .name("sled-writer".into())
-            .spawn(move || write_batches(&writer_trees, &writer_shared, &receiver))
+            .spawn(move || write_batches(&writer_dir, &writer_trees, &writer_shared, &receiver))
             .map_err(|e| StoreError::Corrupt {
                 what: "writer thread",
                 detail: e.to_string(),

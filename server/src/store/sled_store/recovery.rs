@@ -12,6 +12,7 @@ use super::{
     journal_file::JournalFile,
     layout::{JournalRecord, Trees, account_id_of},
     lock,
+    seen::SeenIds,
     writer::{Owed, Requests, Shared, Views, Written, checkpoint_views},
 };
 use crate::store::{StoreError, decode_account, request_index::hash_id};
@@ -43,9 +44,13 @@ pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError
     }
     let mut journal = JournalFile::open(dir, checkpoint.journal_epoch, checkpoint.journal_offset)?;
     let mut requests = Requests::new(checkpoint.index.clone(), journal.handle())?;
-    checkpoint
-        .index
-        .for_each_hash(&trees.request_index, |hash| requests.seen.insert(hash))?;
+    let saved = SeenIds::take_saved(dir, checkpoint.journal_epoch, checkpoint.covered)?;
+    match saved {
+        Some(seen) => requests.seen = seen,
+        None => checkpoint
+            .index
+            .for_each_hash(&trees.request_index, |hash| requests.seen.insert(hash))?,
+    }
     // Replay what the checkpoint does not cover: the journal file past its offset.
     let mut owed = Owed {
         covered: checkpoint.covered,

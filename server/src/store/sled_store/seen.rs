@@ -1,6 +1,23 @@
-//! The filter of request ids seen since the last Reset.
+//! The filter of request ids seen since the last Reset, and its copy
+//! saved at a clean close.
 
-use super::super::StoreError;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::super::{StoreError, decode_record, encode_record};
+
+/// The file a clean close saves the filter to, beside the journal.
+const SAVED_FILE: &str = "seen-ids.bin";
+
+/// The filter as saved, with the checkpoint it is complete for.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    journal_epoch: u64,
+    covered: u64,
+    full: bool,
+    filter: qfilter::Filter,
+}
 
 /// Request ids the filter holds at first (4.5 MB); it doubles as it fills.
 pub(super) const SEEN_IDS_INITIAL: u64 = 1 << 20;
@@ -52,6 +69,77 @@ impl SeenIds {
         }
     }
 
+    /// Saves the filter for the next open, complete up to the checkpoint
+    /// (`journal_epoch`, `covered`) just written. Why: rebuilding it means
+    /// reading every pair of the request index through sled, whose page
+    /// cache keeps what it reads (16 bytes an id; 1.25 GB after 78M ids).
+    pub(super) fn save(
+        &self,
+        dir: &Path,
+        journal_epoch: u64,
+        covered: u64,
+    ) -> Result<(), StoreError> {
+        let saved = Saved {
+            journal_epoch,
+            covered,
+            full: self.full,
+            filter: self.filter.clone(),
+        };
+        let bytes = encode_record(&saved);
+        let temporary = dir.join(format!("{SAVED_FILE}.tmp"));
+        let write = || -> std::io::Result<()> {
+            let file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut &file, &bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, dir.join(SAVED_FILE))?;
+            std::fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| StoreError::Corrupt {
+            what: "saved request filter",
+            detail: e.to_string(),
+        })
+    }
+
+    /// The filter a clean close saved, if it is complete for this
+    /// checkpoint. The file is removed (durably) either way before the store
+    /// accepts a commit: from then on it would miss ids, and a filter that
+    /// misses an id lets its duplicate through.
+    pub(super) fn take_saved(
+        dir: &Path,
+        journal_epoch: u64,
+        covered: u64,
+    ) -> Result<Option<Self>, StoreError> {
+        let path = dir.join(SAVED_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => {
+                return Err(StoreError::Corrupt {
+                    what: "saved request filter",
+                    detail: error.to_string(),
+                });
+            }
+        };
+        let removed =
+            std::fs::remove_file(&path).and_then(|()| std::fs::File::open(dir)?.sync_all());
+        removed.map_err(|e| StoreError::Corrupt {
+            what: "saved request filter",
+            detail: format!("could not remove {}: {e}", path.display()),
+        })?;
+        let saved: Saved = match decode_record("saved request filter", &bytes) {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::warn!(%error, "ignored the saved request filter; rebuilding it");
+                return Ok(None);
+            }
+        };
+        let current = saved.journal_epoch == journal_epoch && saved.covered == covered;
+        Ok(current.then_some(Self {
+            filter: saved.filter,
+            full: saved.full,
+        }))
+    }
+
     pub(super) fn may_contain(&self, hash: u64) -> bool {
         self.full || self.filter.contains_fingerprint(hash)
     }
@@ -60,6 +148,33 @@ impl SeenIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Goal: a saved filter comes back only for the checkpoint it was saved
+    /// at, and only once (the file is gone after the first open). Method:
+    /// save, take for another checkpoint, save, take twice for the right one.
+    #[test]
+    fn a_saved_filter_returns_once_and_only_for_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut seen = SeenIds::new().unwrap();
+        seen.insert(42);
+        seen.save(dir.path(), 1, 100).unwrap();
+        assert!(
+            SeenIds::take_saved(dir.path(), 1, 101).unwrap().is_none(),
+            "stale"
+        );
+        assert!(
+            SeenIds::take_saved(dir.path(), 1, 100).unwrap().is_none(),
+            "gone"
+        );
+        seen.save(dir.path(), 1, 100).unwrap();
+        let back = SeenIds::take_saved(dir.path(), 1, 100).unwrap().unwrap();
+        assert!(back.may_contain(42));
+        assert!(!back.full);
+        assert!(
+            SeenIds::take_saved(dir.path(), 1, 100).unwrap().is_none(),
+            "once"
+        );
+    }
 
     /// Goal: the filter of seen ids never forgets one while it grows, keeps
     /// its false-positive rate near 1%, and once full answers "maybe" for

@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     fs::File,
+    path::Path,
     sync::{Arc, Condvar, Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -330,7 +331,12 @@ fn write_batch(
 /// The writer: takes everything queued, writes it as a segment, syncs when
 /// asked, reports progress, checkpoints when due. Runs until the store is
 /// dropped, then writes a last checkpoint.
-pub(super) fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Receiver<Job>) {
+pub(super) fn write_batches(
+    dir: &Path,
+    trees: &Trees,
+    shared: &Shared,
+    receiver: &mpsc::Receiver<Job>,
+) {
     let mut records = Vec::with_capacity(BATCH_COMMITS_MAX);
     let mut syncs = Vec::new();
     loop {
@@ -348,9 +354,7 @@ pub(super) fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Rec
                 checkpoint_views(trees, shared, &mut lock(&shared.views))
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
-                if let Err(error) = checkpoint_views(trees, shared, &mut lock(&shared.views)) {
-                    tracing::error!(%error, "the last checkpoint failed; the next open replays the journal");
-                }
+                close(dir, trees, shared);
                 return;
             }
         };
@@ -359,5 +363,20 @@ pub(super) fn write_batches(trees: &Trees, shared: &Shared, receiver: &mpsc::Rec
             lock(&shared.written).failure = Some(error.to_string());
         }
         shared.progress.notify_all();
+    }
+}
+
+/// A clean close: a last checkpoint, then the filter of seen ids saved for
+/// the next open (which otherwise rebuilds it from the whole index).
+fn close(dir: &Path, trees: &Trees, shared: &Shared) {
+    let mut views = lock(&shared.views);
+    if let Err(error) = checkpoint_views(trees, shared, &mut views) {
+        tracing::error!(%error, "the last checkpoint failed; the next open replays the journal");
+        return;
+    }
+    let (epoch, covered) = (views.journal.epoch(), views.owed.covered);
+    drop(views);
+    if let Err(error) = lock(&shared.requests).seen.save(dir, epoch, covered) {
+        tracing::warn!(%error, "could not save the request filter; the next open rebuilds it");
     }
 }
