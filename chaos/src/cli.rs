@@ -64,6 +64,9 @@ struct ProxyArgs {
     /// Append a JSON line per fault added or removed to this file (- for stdout).
     #[arg(long)]
     fault_log: Option<PathBuf>,
+    /// The token the control API requires when --control is beyond loopback.
+    #[arg(long, env = ADMIN_TOKEN_ENV, hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +74,15 @@ struct ControlArg {
     /// The proxy's control API.
     #[arg(long, env = "CHAOS_CONTROL", default_value = CONTROL_DEFAULT)]
     control: String,
+    /// The admin token (needed when the control API listens beyond loopback).
+    #[arg(long, env = ADMIN_TOKEN_ENV, hide_env_values = true)]
+    admin_token: Option<String>,
+}
+
+impl ControlArg {
+    fn client(&self) -> anyhow::Result<ControlClient> {
+        Ok(ControlClient::new(&self.control)?.with_token(self.admin_token.clone()))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,7 +167,7 @@ struct RunArgs {
     /// Write the fault log here (- for stdout).
     #[arg(long, default_value = "chaos-faults.jsonl")]
     fault_log: PathBuf,
-    /// The ledger's admin token.
+    /// The admin token, for the ledger and the proxy's control API.
     #[arg(long, env = ADMIN_TOKEN_ENV, hide_env_values = true)]
     admin_token: Option<String>,
 }
@@ -213,7 +225,7 @@ async fn proxy(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         None => FaultLog::disabled(),
     };
     let registry = Arc::new(Registry::new(args.seed, log));
-    let proxy = Proxy::new(&args.upstream, registry)?;
+    let proxy = Proxy::new(&args.upstream, registry)?.with_admin_token(args.admin_token);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on --listen {}: {e}", args.listen))?;
@@ -243,13 +255,11 @@ async fn fault_action(action: FaultAction) -> anyhow::Result<ExitCode> {
             control,
         } => {
             let fault = fault::from_words(&kind, &params)?;
-            ControlClient::new(&control.control)?.add(&fault).await?
+            control.client()?.add(&fault).await?
         }
-        FaultAction::List { control } => ControlClient::new(&control.control)?.list().await?,
-        FaultAction::Remove { id, control } => {
-            ControlClient::new(&control.control)?.remove(&id).await?
-        }
-        FaultAction::Reset { control } => ControlClient::new(&control.control)?.reset().await?,
+        FaultAction::List { control } => control.client()?.list().await?,
+        FaultAction::Remove { id, control } => control.client()?.remove(&id).await?,
+        FaultAction::Reset { control } => control.client()?.reset().await?,
     };
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)
@@ -335,7 +345,7 @@ async fn run_schedule(args: RunArgs) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let proxy = match &args.proxy {
-        Some(proxy) => Some(ControlClient::new(proxy)?),
+        Some(proxy) => Some(ControlClient::new(proxy)?.with_token(args.admin_token.clone())),
         None => None,
     };
     let log = FaultLog::to_path(&args.fault_log)?;

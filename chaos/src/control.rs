@@ -10,13 +10,21 @@
 //! | `GET /stats` | connections accepted |
 //!
 //! Errors are `{"error": "..."}` naming the field and the rule.
+//!
+//! Who may inject faults: the same rule as the ledger's Admin and Chaos
+//! services. On loopback the API is open, as for a laptop demo; when it
+//! listens beyond loopback every route requires `authorization: Bearer
+//! TOKEN` (`chaos proxy --admin-token`, or `OVERDRAFT_ADMIN_TOKEN`), and a
+//! call without it is refused with 401 before any route runs, so it changes
+//! nothing. Without a token configured, such a proxy refuses every call.
 
 use std::sync::{Arc, atomic::Ordering};
 
 use axum::{
     Json, Router,
-    extract::{Path, State, rejection::JsonRejection},
+    extract::{Path, Request, State, rejection::JsonRejection},
     http::StatusCode,
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
@@ -39,15 +47,70 @@ struct Shared {
     stats: Arc<ProxyStats>,
 }
 
-/// The control API's routes.
-pub fn router(registry: Arc<Registry>, stats: Arc<ProxyStats>) -> Router {
+/// Who may call the control API.
+#[derive(Clone, Debug)]
+pub struct ControlGuard {
+    /// False on loopback: every call passes.
+    required: bool,
+    token: Option<Arc<str>>,
+}
+
+impl ControlGuard {
+    /// The guard for a control API listening on `addr`, with the admin `token`.
+    pub fn new(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
+        Self {
+            required: !addr.ip().is_loopback(),
+            token: token.filter(|token| !token.is_empty()).map(Arc::from),
+        }
+    }
+
+    /// Whether calls need the token.
+    pub fn required(&self) -> bool {
+        self.required
+    }
+}
+
+/// The control API's routes, behind `guard`.
+pub fn router(registry: Arc<Registry>, stats: Arc<ProxyStats>, guard: ControlGuard) -> Router {
     Router::new()
         .route("/faults", get(list).post(add))
         .route("/faults/{id}", delete(remove))
         .route("/reset", post(reset))
         .route("/stats", get(stats_route))
         .layer(axum::extract::DefaultBodyLimit::max(CONTROL_BODY_BYTES_MAX))
+        .layer(middleware::from_fn_with_state(guard, authorize))
         .with_state(Shared { registry, stats })
+}
+
+/// Refuses a call beyond loopback that does not carry the admin token.
+async fn authorize(State(guard): State<ControlGuard>, request: Request, next: Next) -> Response {
+    if !guard.required {
+        return next.run(request).await;
+    }
+    let Some(token) = &guard.token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "this proxy's control API listens beyond loopback without --admin-token, so it is \
+             closed; restart `chaos proxy` with --admin-token (or OVERDRAFT_ADMIN_TOKEN)"
+                .into(),
+        );
+    };
+    let presented = request
+        .headers()
+        .get(overdraft_proto::admin_token::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(overdraft_proto::admin_token::bearer);
+    match presented {
+        Some(presented) if overdraft_proto::admin_token::matches(presented, token) => {
+            next.run(request).await
+        }
+        _ => error(
+            StatusCode::UNAUTHORIZED,
+            "the control API needs `authorization: Bearer <admin token>` beyond loopback \
+             (`chaos fault` and `chaos run` read it from OVERDRAFT_ADMIN_TOKEN or --admin-token)"
+                .into(),
+        ),
+    }
 }
 
 async fn list(State(shared): State<Shared>) -> Json<Vec<Listed>> {
@@ -102,6 +165,8 @@ fn error(code: StatusCode, message: String) -> Response {
 #[derive(Clone, Debug)]
 pub struct ControlClient {
     authority: String,
+    /// Sent as `authorization: Bearer TOKEN` when set.
+    token: Option<String>,
 }
 
 impl ControlClient {
@@ -114,7 +179,17 @@ impl ControlClient {
         if authority.is_empty() || authority.contains('/') {
             anyhow::bail!("--control {base:?} must be http://HOST:PORT");
         }
-        Ok(Self { authority })
+        Ok(Self {
+            authority,
+            token: None,
+        })
+    }
+
+    /// Sends `token` (the admin token) with every call: a proxy whose
+    /// control API listens beyond loopback requires it.
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.filter(|token| !token.is_empty());
+        self
     }
 
     /// Adds `fault`; returns it as listed, with its id.
@@ -155,12 +230,18 @@ impl ControlClient {
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let request = http::Request::builder()
+        let mut request = http::Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.authority)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            request = request.header(
+                overdraft_proto::admin_token::HEADER,
+                format!("Bearer {token}"),
+            );
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let bytes = response.into_body().collect().await?.to_bytes();

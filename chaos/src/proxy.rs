@@ -45,6 +45,8 @@ pub struct Proxy {
     /// Counters.
     pub stats: Arc<ProxyStats>,
     upstream: Channel,
+    /// What the control API requires beyond loopback.
+    admin_token: Option<String>,
 }
 
 impl Proxy {
@@ -59,7 +61,16 @@ impl Proxy {
             registry,
             stats: Arc::default(),
             upstream: endpoint.connect_lazy(),
+            admin_token: None,
         })
+    }
+
+    /// The admin token the control API requires when it listens beyond
+    /// loopback (see `control`'s header): without one, such a control API
+    /// refuses every call.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Self {
+        self.admin_token = token.filter(|token| !token.is_empty());
+        self
     }
 
     /// Serves clients on `listener` and the control API on `control` until
@@ -70,7 +81,9 @@ impl Proxy {
         control: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let control_app = control::router(Arc::clone(&self.registry), Arc::clone(&self.stats));
+        let guard = control::ControlGuard::new(control.local_addr()?, self.admin_token.as_deref());
+        let control_app =
+            control::router(Arc::clone(&self.registry), Arc::clone(&self.stats), guard);
         let control_task = tokio::spawn(async move { axum::serve(control, control_app).await });
         let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
         let calls = Calls {

@@ -36,7 +36,25 @@ pub mod admin_token {
         metadata
             .get(HEADER)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
+            .and_then(bearer)
+    }
+
+    /// The token in an `authorization` header's value, if it is a bearer token.
+    pub fn bearer(value: &str) -> Option<&str> {
+        value.strip_prefix("Bearer ")
+    }
+
+    /// Whether `presented` is `expected`, compared in time independent of
+    /// where they differ, so a token cannot be guessed byte by byte from
+    /// response times. The ledger and the chaos proxy both check with it.
+    pub fn matches(presented: &str, expected: &str) -> bool {
+        let (left, right) = (presented.as_bytes(), expected.as_bytes());
+        left.len() == right.len()
+            && left
+                .iter()
+                .zip(right)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
     }
 }
 

@@ -42,22 +42,12 @@ impl Interceptor for AdminGuard {
             ));
         };
         match overdraft_proto::admin_token::presented(request.metadata()) {
-            Some(presented) if same(presented.as_bytes(), token.as_bytes()) => Ok(request),
+            Some(presented) if overdraft_proto::admin_token::matches(presented, token) => {
+                Ok(request)
+            }
             _ => Err(Status::unauthenticated(
                 "Admin and Chaos need `authorization: Bearer <admin token>` when the ledger listens beyond loopback (the atm reads it from OVERDRAFT_ADMIN_TOKEN)",
             )),
         }
     }
-}
-
-/// Compares in time independent of where the inputs differ, so the token
-/// cannot be guessed byte by byte from response times.
-fn same(left: &[u8], right: &[u8]) -> bool {
-    if left.len() != right.len() {
-        return false;
-    }
-    left.iter()
-        .zip(right)
-        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-        == 0
 }
