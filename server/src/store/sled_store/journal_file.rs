@@ -80,19 +80,24 @@ fn io_error(what: &'static str, path: &Path, error: io::Error) -> StoreError {
     }
 }
 
+/// Opens (or creates) `path` for reading and positioned writes.
+fn open_file(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_error("journal file", path, e))
+}
+
 impl JournalFile {
     /// Opens epoch `epoch`'s file in `dir` (creating it), of which a
     /// checkpoint covers `from` bytes, and removes the files of other epochs.
     /// [`JournalFile::replay`] then reads the rest.
     pub(super) fn open(dir: &Path, epoch: u64, from: u64) -> Result<Self, StoreError> {
         let path = path_of(dir, epoch);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_error("journal file", &path, e))?;
+        let file = open_file(&path)?;
         let length = file
             .metadata()
             .map_err(|e| io_error("journal file", &path, e))?
@@ -164,13 +169,7 @@ impl JournalFile {
     /// records the epoch in a checkpoint, then calls [`remove_other_epochs`].
     pub(super) fn create(dir: &Path, epoch: u64) -> Result<Self, StoreError> {
         let path = path_of(dir, epoch);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_error("journal file", &path, e))?;
+        let file = open_file(&path)?;
         file.set_len(0)
             .and_then(|()| file.sync_all())
             .and_then(|()| File::open(dir)?.sync_all())
@@ -271,10 +270,30 @@ pub(super) fn remove_other_epochs(dir: &Path, epoch: u64) -> Result<(), StoreErr
 
 /// Reads the frame at `offset` (a request index lookup).
 pub(super) fn read_frame(file: &File, offset: u64) -> Result<Vec<JournalRecord>, StoreError> {
+    let mut position = offset;
+    let frame = decode_frame(offset, |buf| {
+        file.read_exact_at(buf, position)?;
+        position += u64::try_from(buf.len()).unwrap_or(u64::MAX);
+        Ok(())
+    })?;
+    frame
+        .map(|(_, records)| records)
+        .ok_or_else(|| corrupt_at(offset, "no frame here (zeros)"))
+}
+
+/// Decodes the frame at `offset`, reading its bytes in order through
+/// `read`: its length and records, or None at the zeros past the last
+/// frame. The length is checked before anything is allocated for it.
+fn decode_frame(
+    offset: u64,
+    mut read: impl FnMut(&mut [u8]) -> io::Result<()>,
+) -> Result<Option<(u32, Vec<JournalRecord>)>, StoreError> {
     let mut header = [0u8; HEADER_BYTES];
-    file.read_exact_at(&mut header, offset)
-        .map_err(|e| corrupt_at(offset, &e.to_string()))?;
+    read(&mut header).map_err(|e| corrupt_at(offset, &e.to_string()))?;
     let (length, crc) = parse_header(header);
+    if length == 0 && crc == 0 {
+        return Ok(None);
+    }
     if length == 0 || length > FRAME_BYTES_MAX {
         return Err(corrupt_at(
             offset,
@@ -282,12 +301,12 @@ pub(super) fn read_frame(file: &File, offset: u64) -> Result<Vec<JournalRecord>,
         ));
     }
     let mut payload = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
-    file.read_exact_at(&mut payload, offset + HEADER_BYTES as u64)
-        .map_err(|e| corrupt_at(offset, &e.to_string()))?;
+    read(&mut payload).map_err(|e| corrupt_at(offset, &e.to_string()))?;
     if crc32fast::hash(&payload) != crc {
         return Err(corrupt_at(offset, "checksum mismatch"));
     }
-    decode_record("journal segment", &payload)
+    let records = decode_record("journal segment", &payload)?;
+    Ok(Some((length, records)))
 }
 
 fn parse_header(header: [u8; HEADER_BYTES]) -> (u32, u32) {
@@ -356,29 +375,11 @@ impl Frames {
             return Ok(None);
         }
         let offset = self.position;
-        let mut header = [0u8; HEADER_BYTES];
-        self.reader
-            .read_exact(&mut header)
-            .map_err(|e| corrupt_at(offset, &e.to_string()))?;
-        let (length, crc) = parse_header(header);
-        if length == 0 && crc == 0 {
+        let reader = &mut self.reader;
+        let Some((length, records)) = decode_frame(offset, |buf| reader.read_exact(buf))? else {
             // The zeros ahead of the last frame: the journal ends here.
             return Ok(None);
-        }
-        if length == 0 || length > FRAME_BYTES_MAX {
-            return Err(corrupt_at(
-                offset,
-                "the frame's length is 0 or past the maximum",
-            ));
-        }
-        let mut payload = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
-        self.reader
-            .read_exact(&mut payload)
-            .map_err(|e| corrupt_at(offset, &e.to_string()))?;
-        if crc32fast::hash(&payload) != crc {
-            return Err(corrupt_at(offset, "checksum mismatch"));
-        }
-        let records = decode_record("journal segment", &payload)?;
+        };
         self.position = offset + HEADER_BYTES as u64 + u64::from(length);
         Ok(Some((offset, records)))
     }
