@@ -134,13 +134,14 @@ impl JournalFile {
         let mut frames = Frames::new(Arc::clone(&self.file), self.replay_from, length);
         let mut end = self.replay_from;
         let torn = loop {
-            match frames.next_frame() {
+            match frames.next_or_zeros() {
                 Ok(Some((offset, records))) => {
                     visit(offset, records);
                     end = frames.position;
                 }
                 Ok(None) => break None,
-                Err(error) => break Some(error),
+                Err(FrameFault::Torn(error)) => break Some(error),
+                Err(FrameFault::Fatal(error)) => return Err(error),
             }
         };
         if let Some(error) = torn {
@@ -268,6 +269,34 @@ pub(super) fn remove_other_epochs(dir: &Path, epoch: u64) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Why a frame could not be read.
+enum FrameFault {
+    /// Short, of a length no frame has, or failing its checksum: what a
+    /// write cut short leaves behind (a torn tail, when opening).
+    Torn(StoreError),
+    /// An I/O error, or a frame whose checksum holds but whose records do
+    /// not decode: no torn write does that, so opening refuses rather than
+    /// cut synced frames away.
+    Fatal(StoreError),
+}
+
+impl From<FrameFault> for StoreError {
+    fn from(fault: FrameFault) -> Self {
+        match fault {
+            FrameFault::Torn(error) | FrameFault::Fatal(error) => error,
+        }
+    }
+}
+
+fn read_fault(offset: u64, error: &io::Error) -> FrameFault {
+    let corrupt = corrupt_at(offset, &error.to_string());
+    if error.kind() == io::ErrorKind::UnexpectedEof {
+        FrameFault::Torn(corrupt)
+    } else {
+        FrameFault::Fatal(corrupt)
+    }
+}
+
 /// Reads the frame at `offset` (a request index lookup).
 pub(super) fn read_frame(file: &File, offset: u64) -> Result<Vec<JournalRecord>, StoreError> {
     let mut position = offset;
@@ -287,25 +316,25 @@ pub(super) fn read_frame(file: &File, offset: u64) -> Result<Vec<JournalRecord>,
 fn decode_frame(
     offset: u64,
     mut read: impl FnMut(&mut [u8]) -> io::Result<()>,
-) -> Result<Option<(u32, Vec<JournalRecord>)>, StoreError> {
+) -> Result<Option<(u32, Vec<JournalRecord>)>, FrameFault> {
     let mut header = [0u8; HEADER_BYTES];
-    read(&mut header).map_err(|e| corrupt_at(offset, &e.to_string()))?;
+    read(&mut header).map_err(|e| read_fault(offset, &e))?;
     let (length, crc) = parse_header(header);
     if length == 0 && crc == 0 {
         return Ok(None);
     }
     if length == 0 || length > FRAME_BYTES_MAX {
-        return Err(corrupt_at(
+        return Err(FrameFault::Torn(corrupt_at(
             offset,
             "the frame's length is 0 or past the maximum",
-        ));
+        )));
     }
     let mut payload = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
-    read(&mut payload).map_err(|e| corrupt_at(offset, &e.to_string()))?;
+    read(&mut payload).map_err(|e| read_fault(offset, &e))?;
     if crc32fast::hash(&payload) != crc {
-        return Err(corrupt_at(offset, "checksum mismatch"));
+        return Err(FrameFault::Torn(corrupt_at(offset, "checksum mismatch")));
     }
-    let records = decode_record("journal segment", &payload)?;
+    let records = decode_record("journal segment", &payload).map_err(FrameFault::Fatal)?;
     Ok(Some((length, records)))
 }
 
@@ -369,15 +398,28 @@ impl Frames {
         }
     }
 
-    /// The next frame and its offset; an error for a bad frame.
+    /// The next frame and its offset, within a range of whole frames (a
+    /// scan of what the writer has written): any bad frame, zeros included,
+    /// is an error.
     pub(super) fn next_frame(&mut self) -> Result<Option<(u64, Vec<JournalRecord>)>, StoreError> {
+        if self.position >= self.end {
+            return Ok(None);
+        }
+        let offset = self.position;
+        self.next_or_zeros()?
+            .map(Some)
+            .ok_or_else(|| corrupt_at(offset, "zeros inside the written journal"))
+    }
+
+    /// The next frame, or None at the end or at the zeros ahead of the last
+    /// frame (opening, where the range runs to the file's length).
+    fn next_or_zeros(&mut self) -> Result<Option<(u64, Vec<JournalRecord>)>, FrameFault> {
         if self.position >= self.end {
             return Ok(None);
         }
         let offset = self.position;
         let reader = &mut self.reader;
         let Some((length, records)) = decode_frame(offset, |buf| reader.read_exact(buf))? else {
-            // The zeros ahead of the last frame: the journal ends here.
             return Ok(None);
         };
         self.position = offset + HEADER_BYTES as u64 + u64::from(length);
@@ -480,6 +522,44 @@ mod tests {
         assert_eq!(seen, vec![0, 1]);
         assert_eq!(file.end(), offsets[2]);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), offsets[2]);
+    }
+
+    /// Goal: what no torn write leaves is refused, not cut away: a frame
+    /// whose checksum holds but whose records do not decode fails the open
+    /// and the file keeps its bytes; zeros inside the written range fail a
+    /// scan instead of ending it quietly. Method: frames written by hand.
+    #[test]
+    fn an_undecodable_frame_or_zeros_inside_are_errors_not_tails() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = path_of(dir.path(), 0);
+        let offset = {
+            let (_, mut file) = seqs(dir.path(), 0);
+            file.append(&records(0)).unwrap();
+            file.end()
+        };
+        let payload = [0xffu8; 16];
+        let mut frame = 16u32.to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&frame, offset).unwrap();
+        drop(file);
+        let length = std::fs::metadata(&path).unwrap().len();
+        let mut journal = JournalFile::open(dir.path(), 0, 0).unwrap();
+        let error = journal.replay(&mut |_, _| {}).unwrap_err().to_string();
+        assert!(error.contains("journal segment"), "{error}");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            length,
+            "nothing cut"
+        );
+        let handle = journal.handle();
+        let mut frames = Frames::new(Arc::clone(&handle), offset, offset + 64);
+        assert!(frames.next_frame().is_err(), "the undecodable frame");
+        let zeros_at = offset + 1024;
+        let mut frames = Frames::new(handle, zeros_at, zeros_at + 64);
+        let error = frames.next_frame().unwrap_err().to_string();
+        assert!(error.contains("zeros"), "{error}");
     }
 
     /// Goal: a checkpoint that covers more than the file holds is refused,

@@ -239,13 +239,6 @@ impl Store for SledStore {
         for write in &commit.writes {
             mirror.accounts.insert(write.account.clone(), write.new);
         }
-        if let Some((id, record)) = &commit.request {
-            let mut requests = lock(&self.shared.requests);
-            requests.seen.insert(hash_id(id.as_str()));
-            requests
-                .pending
-                .insert(id.as_str().to_owned(), (seq, record.clone()));
-        }
         let mut entry = commit.entry.clone();
         entry.seq = seq;
         entry.time_unix_ns = now_unix_ns();
@@ -260,6 +253,16 @@ impl Store for SledStore {
                 request: commit.request.clone(),
             }))
             .map_err(|_| failed("the writer thread has stopped"))?;
+        // Only now may a retry find the record: a retry's durable wait is
+        // a sync request, which must queue behind this commit to cover it.
+        // (Commits with the same id are held off by the mirror lock.)
+        if let Some((id, record)) = &commit.request {
+            let mut requests = lock(&self.shared.requests);
+            requests.seen.insert(hash_id(id.as_str()));
+            requests
+                .pending
+                .insert(id.as_str().to_owned(), (seq, record.clone()));
+        }
         Ok(Ok(seq))
     }
 
@@ -381,8 +384,12 @@ impl Store for SledStore {
             written.journal_end = 0;
         }
         views.journal = journal;
-        journal_file::remove_other_epochs(&self.dir, record.journal_epoch)?;
         mirror.accounts.clear();
+        // The checkpoint names the new epoch: an old file left behind is
+        // removed at the next open.
+        if let Err(error) = journal_file::remove_other_epochs(&self.dir, record.journal_epoch) {
+            tracing::warn!(%error, "could not remove the previous journal file");
+        }
         Ok(())
     }
 

@@ -85,7 +85,11 @@ impl SeenIds {
             full: self.full,
             filter: self.filter.clone(),
         };
-        let bytes = encode_record(&saved);
+        let payload = encode_record(&saved);
+        // A CRC-32 first: a filter read back wrong could say "new" for an
+        // id it holds, and let that id's duplicate apply twice.
+        let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
         let temporary = dir.join(format!("{SAVED_FILE}.tmp"));
         let write = || -> std::io::Result<()> {
             let file = std::fs::File::create(&temporary)?;
@@ -126,7 +130,14 @@ impl SeenIds {
             what: "saved request filter",
             detail: format!("could not remove {}: {e}", path.display()),
         })?;
-        let saved: Saved = match decode_record("saved request filter", &bytes) {
+        let intact = bytes.split_first_chunk::<4>().and_then(|(crc, payload)| {
+            (u32::from_le_bytes(*crc) == crc32fast::hash(payload)).then_some(payload)
+        });
+        let Some(payload) = intact else {
+            tracing::warn!("ignored the saved request filter (checksum mismatch); rebuilding it");
+            return Ok(None);
+        };
+        let saved: Saved = match decode_record("saved request filter", payload) {
             Ok(saved) => saved,
             Err(error) => {
                 tracing::warn!(%error, "ignored the saved request filter; rebuilding it");

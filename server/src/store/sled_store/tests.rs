@@ -313,3 +313,43 @@ fn a_reset_starts_a_new_journal_file_that_reopens() {
     assert_eq!(store.request(&key).unwrap(), None);
     assert!(store.request(&other).unwrap().is_some());
 }
+
+/// Goal: once a write has failed, no durable wait is answered Ok and the
+/// writer appends nothing more: a commit queued before the failure may be
+/// the one whose frame was lost. Method: mark a store failed as the writer
+/// does, then ask through `flush_then` and hand the writer's batch step a
+/// sync and a commit directly; a fresh store answers Ok (the control).
+#[test]
+fn after_a_failed_write_no_sync_is_answered_ok() {
+    let answers = |store: &SledStore| {
+        let (sender, answer) = std::sync::mpsc::channel();
+        store.flush_then(Box::new(move |outcome, _| {
+            sender.send(outcome.is_ok()).unwrap();
+        }));
+        answer.recv().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert!(answers(&store), "a healthy store syncs");
+    lock(&store.shared.written).failure = Some("disk full".into());
+    assert!(!answers(&store));
+    let end = lock(&store.shared.views).journal.end();
+    let (account, key, after) = deposit_k();
+    let record = JournalRecord {
+        entry: commit(&account, &key, after).entry,
+        request: None,
+    };
+    let (sender, answer) = std::sync::mpsc::channel();
+    let mut syncs: Vec<writer::SyncDone> = vec![Box::new(move |outcome, _| {
+        sender.send(outcome.is_ok()).unwrap();
+    })];
+    let outcome = writer::write_batch(&store.trees, &store.shared, &[record], &mut syncs);
+    assert!(outcome.is_err());
+    assert!(!answer.recv().unwrap(), "the queued sync is refused");
+    assert_eq!(
+        lock(&store.shared.views).journal.end(),
+        end,
+        "nothing appended"
+    );
+    assert!(store.commit(&commit(&account, &key, after)).is_err());
+}

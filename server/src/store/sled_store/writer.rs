@@ -286,12 +286,19 @@ fn take_batch(
 /// Writes a batch as one segment, syncs the journal if anyone asked (the
 /// commits before each sync request are in this segment or an earlier one,
 /// so one fdatasync covers every request), and checkpoints when due.
-fn write_batch(
+pub(super) fn write_batch(
     trees: &Trees,
     shared: &Shared,
     records: &[JournalRecord],
     syncs: &mut Vec<SyncDone>,
 ) -> Result<(), StoreError> {
+    // Once a write has failed, nothing more is written and no sync request
+    // is answered Ok: a commit queued before the failure may be the one
+    // whose frame was lost, and a later fdatasync would not cover it.
+    if let Some(failure) = lock(&shared.written).failure.clone() {
+        answer(syncs, &Err(failed(&failure)), None);
+        return Err(failed(&failure));
+    }
     let started = Instant::now();
     let mut views = lock(&shared.views);
     let mut outcome = if records.is_empty() {
@@ -306,26 +313,46 @@ fn write_batch(
         requests: syncs.len(),
         took: started.elapsed(),
     };
-    let journal_end = views.journal.end();
     if outcome.is_ok() && views.due() {
         outcome = checkpoint_views(trees, shared, &mut views);
     }
-    drop(views);
-    let mut written = lock(&shared.written);
-    if outcome.is_ok() {
-        written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
-        written.journal_end = journal_end;
+    {
+        // Under the views lock, so that a Reset (which swaps the journal
+        // file under it) never sees this batch's end beside its new file.
+        let mut written = lock(&shared.written);
+        if outcome.is_ok() {
+            written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
+            written.journal_end = views.journal.end();
+        } else if let Err(error) = &outcome
+            && written.failure.is_none()
+        {
+            tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
+            written.failure = Some(error.to_string());
+        }
+        written.syncs_queued = written.syncs_queued.saturating_sub(syncs.len());
     }
-    written.syncs_queued = written.syncs_queued.saturating_sub(syncs.len());
-    drop(written);
+    drop(views);
+    let answered = match &outcome {
+        Ok(()) => Ok(()),
+        Err(error) => Err(failed(&error.to_string())),
+    };
+    answer(syncs, &answered, Some(figures));
+    outcome
+}
+
+/// Answers every sync request in `syncs`; the first carries the figures.
+fn answer(
+    syncs: &mut Vec<SyncDone>,
+    outcome: &Result<(), StoreError>,
+    figures: Option<FlushFigures>,
+) {
     for (n, done) in syncs.drain(..).enumerate() {
-        let result = match &outcome {
+        let result = match outcome {
             Ok(()) => Ok(()),
             Err(error) => Err(failed(&error.to_string())),
         };
-        done(result, (n == 0).then_some(figures));
+        done(result, figures.filter(|_| n == 0));
     }
-    outcome
 }
 
 /// The writer: takes everything queued, writes it as a segment, syncs when
@@ -350,6 +377,9 @@ pub(super) fn write_batches(
                 records.clear();
                 outcome
             }
+            Err(mpsc::RecvTimeoutError::Timeout) if lock(&shared.written).failure.is_some() => {
+                continue;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 checkpoint_views(trees, shared, &mut lock(&shared.views))
             }
@@ -359,8 +389,11 @@ pub(super) fn write_batches(
             }
         };
         if let Err(error) = outcome {
-            tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
-            lock(&shared.written).failure = Some(error.to_string());
+            let mut written = lock(&shared.written);
+            if written.failure.is_none() {
+                tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
+                written.failure = Some(error.to_string());
+            }
         }
         shared.progress.notify_all();
     }
@@ -369,6 +402,11 @@ pub(super) fn write_batches(
 /// A clean close: a last checkpoint, then the filter of seen ids saved for
 /// the next open (which otherwise rebuilds it from the whole index).
 fn close(dir: &Path, trees: &Trees, shared: &Shared) {
+    if lock(&shared.written).failure.is_some() {
+        // Views past a failed write would not match the journal: the next
+        // open replays from the last good checkpoint instead.
+        return;
+    }
     let mut views = lock(&shared.views);
     if let Err(error) = checkpoint_views(trees, shared, &mut views) {
         tracing::error!(%error, "the last checkpoint failed; the next open replays the journal");
