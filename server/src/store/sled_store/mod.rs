@@ -4,16 +4,17 @@
 //! A commit is decided in memory: a std mutex guards a mirror of every
 //! account (balance and version), so guards are checked and seqs assigned in
 //! one short critical section. The commit's record then goes to one writer
-//! thread, which writes whatever is queued as one journal segment: one sled
-//! key, the commit point of all its commits, holding each commit's journal
-//! entry and idempotency record.
+//! thread, which writes whatever is queued as one journal segment: one frame
+//! appended to the journal file (`journal_file.rs`), the commit point of all
+//! its commits, holding each commit's journal entry and idempotency record.
 //!
 //! The views are derived from the journal, so the writer does not keep them
 //! up to date commit by commit: every [`CHECKPOINT_INTERVAL`] (or sooner,
 //! when [`CHECKPOINT_REQUESTS`] have gathered) it writes each account touched
 //! since the last checkpoint once, with its last state, adds the request ids
 //! as one sorted run to the [`RequestIndex`], and then the checkpoint record:
-//! the seq up to which the views are complete, and the index's runs. Until
+//! the seq and journal offset up to which the views are complete, and the
+//! index's runs. Until
 //! then the idempotency records wait in a pending map in memory.
 //!
 //! Why: sled inserts cost about 5 µs each. One account key and one request
@@ -23,26 +24,30 @@
 //! sled transactions (about 50 µs each, under a process-wide lock) and
 //! `apply_batch` (every batch seals a log buffer) were slower still.
 //!
-//! Durability: sled recovers a prefix of its log, so after a crash the store
-//! holds a prefix of the segments and the views of some checkpoint before
-//! them (in part of the next one, if the crash cut a checkpoint short: those
-//! writes are states that replaying overwrites). [`SledStore::open`] replays
-//! every commit the last checkpoint record does not cover.
-//! [`Store::flush`] waits for the writer to drain, then fsyncs: the group
-//! committer acknowledges `--durability sync` operations only after that.
+//! Durability: after a crash the journal file holds an intact synced prefix
+//! (and perhaps a torn tail, which opening cuts), and sled the views of some
+//! checkpoint within it (in part of the next one, if the crash cut a
+//! checkpoint short: those writes are states that replaying overwrites).
+//! [`SledStore::open`] replays every frame past the last checkpoint's
+//! offset. [`Store::flush`] waits for the writer to drain, then fdatasyncs
+//! the file; a `--durability sync` operation's request
+//! ([`Store::flush_then`]) queues behind its commit and the writer syncs for
+//! all the requests it finds together.
 //!
-//! Layout: `layout.rs` the trees and their records, `seen.rs` the filter of
-//! request ids, `writer.rs` the writer thread and checkpoints,
-//! `recovery.rs` what opening replays; this file the committers' side.
+//! Layout: `journal_file.rs` the journal file, `layout.rs` the trees and
+//! their records, `seen.rs` the filter of request ids, `writer.rs` the
+//! writer thread and checkpoints, `recovery.rs` what opening replays,
+//! `state.rs` the mirror and the lock they all share; this file the
+//! committers' side.
 
 mod journal_file;
 mod layout;
 mod recovery;
 mod seen;
+mod state;
 mod writer;
 
 use std::{
-    collections::HashMap,
     fs::File,
     ops::ControlFlow,
     path::{Path, PathBuf},
@@ -61,6 +66,7 @@ use crate::{
 use journal_file::{Frames, JournalFile};
 use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
 use seen::SeenIds;
+use state::{Mirror, lock};
 use writer::{Job, Owed, Shared, SyncDone, WRITE_QUEUE_MAX, failed, write_batches};
 
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
@@ -68,17 +74,6 @@ const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Attempts at an index lookup that a concurrent merge keeps making stale.
 const LOOKUP_ATTEMPTS: usize = 8;
-/// The in-memory side of the store, guarded by one mutex.
-#[derive(Debug, Default)]
-pub(super) struct Mirror {
-    pub(super) accounts: HashMap<AccountId, Account>,
-    pub(super) next_seq: u64,
-}
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every holder checks before it mutates, so the state is consistent
-    // even if a holder panicked: carry on.
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// A ledger kept in a sled database on disk.
 #[derive(Debug)]

@@ -8,11 +8,10 @@ use std::{
 };
 
 use super::{
-    Mirror,
     journal_file::JournalFile,
     layout::{JournalRecord, Trees, account_id_of},
-    lock,
     seen::SeenIds,
+    state::{Mirror, lock},
     writer::{Owed, Requests, Shared, Views, Written, checkpoint_views},
 };
 use crate::store::{StoreError, decode_account, request_index::hash_id};

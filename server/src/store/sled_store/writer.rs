@@ -17,8 +17,8 @@ use std::{
 use super::{
     journal_file::{self, JournalFile},
     layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees},
-    lock,
     seen::SeenIds,
+    state::lock,
 };
 use crate::{
     bank::{Account, AccountId},
