@@ -31,6 +31,7 @@ use axum::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use overdraft_proto::admin_token::{self, Gate, Refusal};
 use serde_json::json;
 
 use crate::{
@@ -47,31 +48,8 @@ struct Shared {
     stats: Arc<ProxyStats>,
 }
 
-/// Who may call the control API.
-#[derive(Clone, Debug)]
-pub struct ControlGuard {
-    /// False on loopback: every call passes.
-    required: bool,
-    token: Option<Arc<str>>,
-}
-
-impl ControlGuard {
-    /// The guard for a control API listening on `addr`, with the admin `token`.
-    pub fn new(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
-        Self {
-            required: !addr.ip().is_loopback(),
-            token: token.filter(|token| !token.is_empty()).map(Arc::from),
-        }
-    }
-
-    /// Whether calls need the token.
-    pub fn required(&self) -> bool {
-        self.required
-    }
-}
-
 /// The control API's routes, behind `guard`.
-pub fn router(registry: Arc<Registry>, stats: Arc<ProxyStats>, guard: ControlGuard) -> Router {
+pub fn router(registry: Arc<Registry>, stats: Arc<ProxyStats>, guard: Gate) -> Router {
     Router::new()
         .route("/faults", get(list).post(add))
         .route("/faults/{id}", delete(remove))
@@ -83,28 +61,21 @@ pub fn router(registry: Arc<Registry>, stats: Arc<ProxyStats>, guard: ControlGua
 }
 
 /// Refuses a call beyond loopback that does not carry the admin token.
-async fn authorize(State(guard): State<ControlGuard>, request: Request, next: Next) -> Response {
-    if !guard.required {
-        return next.run(request).await;
-    }
-    let Some(token) = &guard.token else {
-        return error(
+async fn authorize(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(admin_token::HEADER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(admin_token::bearer);
+    match gate.admit(presented) {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::NoTokenConfigured) => error(
             StatusCode::UNAUTHORIZED,
             "this proxy's control API listens beyond loopback without --admin-token, so it is \
              closed; restart `chaos proxy` with --admin-token (or OVERDRAFT_ADMIN_TOKEN)"
                 .into(),
-        );
-    };
-    let presented = request
-        .headers()
-        .get(overdraft_proto::admin_token::HEADER)
-        .and_then(|value| value.to_str().ok())
-        .and_then(overdraft_proto::admin_token::bearer);
-    match presented {
-        Some(presented) if overdraft_proto::admin_token::matches(presented, token) => {
-            next.run(request).await
-        }
-        _ => error(
+        ),
+        Err(Refusal::WrongOrMissing) => error(
             StatusCode::UNAUTHORIZED,
             "the control API needs `authorization: Bearer <admin token>` beyond loopback \
              (`chaos fault` and `chaos run` read it from OVERDRAFT_ADMIN_TOKEN or --admin-token)"

@@ -81,7 +81,10 @@ impl Proxy {
         control: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let guard = control::ControlGuard::new(control.local_addr()?, self.admin_token.as_deref());
+        let guard = overdraft_proto::admin_token::Gate::new(
+            control.local_addr()?,
+            self.admin_token.as_deref(),
+        );
         let control_app =
             control::router(Arc::clone(&self.registry), Arc::clone(&self.stats), guard);
         let control_task = tokio::spawn(async move { axum::serve(control, control_app).await });

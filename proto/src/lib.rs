@@ -44,6 +44,54 @@ pub mod admin_token {
         value.strip_prefix("Bearer ")
     }
 
+    /// Why a gate refused a call.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Refusal {
+        /// The listener is beyond loopback and no token was configured:
+        /// closed to everyone until one is.
+        NoTokenConfigured,
+        /// The call carried no bearer token, or another one.
+        WrongOrMissing,
+    }
+
+    /// The rule the ledger's Admin and Chaos services and the chaos proxy's
+    /// control API share: open on loopback (a laptop demo), and beyond it
+    /// only to calls that carry the configured token.
+    #[derive(Clone, Debug)]
+    pub struct Gate {
+        /// False on loopback: every call passes.
+        required: bool,
+        token: Option<std::sync::Arc<str>>,
+    }
+
+    impl Gate {
+        /// The gate for a listener on `addr` with the admin `token` (an
+        /// empty token counts as none).
+        pub fn new(addr: std::net::SocketAddr, token: Option<&str>) -> Self {
+            Self {
+                required: !addr.ip().is_loopback(),
+                token: token.filter(|token| !token.is_empty()).map(Into::into),
+            }
+        }
+
+        /// Whether calls need the token.
+        pub fn required(&self) -> bool {
+            self.required
+        }
+
+        /// Admits or refuses a call that carried `presented` (the bearer token, if any).
+        pub fn admit(&self, presented: Option<&str>) -> Result<(), Refusal> {
+            if !self.required {
+                return Ok(());
+            }
+            let token = self.token.as_deref().ok_or(Refusal::NoTokenConfigured)?;
+            match presented {
+                Some(presented) if matches(presented, token) => Ok(()),
+                _ => Err(Refusal::WrongOrMissing),
+            }
+        }
+    }
+
     /// Whether `presented` is `expected`, compared in time independent of
     /// where they differ, so a token cannot be guessed byte by byte from
     /// response times. The ledger and the chaos proxy both check with it.

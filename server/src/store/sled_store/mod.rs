@@ -56,7 +56,7 @@ use std::{
 };
 
 use super::{
-    Commit, Rejected, Store, StoreError, encode_record, now_unix_ns,
+    Commit, FlushDone, Rejected, Store, StoreError, encode_record, now_unix_ns,
     request_index::{Lookup, RequestIndex, hash_id},
 };
 use crate::{
@@ -67,7 +67,7 @@ use journal_file::{Frames, JournalFile};
 use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
 use seen::SeenIds;
 use state::{Mirror, lock};
-use writer::{Job, Owed, Shared, SyncDone, WRITE_QUEUE_MAX, failed, write_batches};
+use writer::{Job, Owed, Shared, WRITE_QUEUE_MAX, failed, write_batches};
 
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
 const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -166,7 +166,7 @@ impl SledStore {
 
     /// Waits until the writer has written every commit queued so far, and
     /// returns the journal file with the bytes those commits fill.
-    fn drain(&self) -> Result<(Option<Arc<File>>, u64), StoreError> {
+    fn drain(&self) -> Result<(Arc<File>, u64), StoreError> {
         let mut written = lock(&self.shared.written);
         let target = written.queued;
         written.draining += 1;
@@ -181,7 +181,7 @@ impl SledStore {
         written.draining -= 1;
         match &written.failure {
             Some(failure) => Err(failed(failure)),
-            None => Ok((written.journal.clone(), written.journal_end)),
+            None => Ok((Arc::clone(&written.journal), written.journal_end)),
         }
     }
 
@@ -326,9 +326,7 @@ impl Store for SledStore {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        let (Some(journal), end) = self.drain()? else {
-            return Ok(());
-        };
+        let (journal, end) = self.drain()?;
         // One segment (at most BATCH_COMMITS_MAX entries) and one read
         // buffer in memory at a time, read past any page cache of sled's.
         let mut frames = Frames::new(journal, 0, end);
@@ -375,7 +373,7 @@ impl Store for SledStore {
         drop(requests);
         {
             let mut written = lock(&self.shared.written);
-            written.journal = Some(journal.handle());
+            written.journal = journal.handle();
             written.journal_end = 0;
         }
         views.journal = journal;
@@ -391,13 +389,11 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         // The journal file is the commit point; sled's views are derived
         // from it and synced at checkpoints.
-        if let (Some(journal), _) = self.drain()? {
-            journal_file::sync(&journal)?;
-        }
-        Ok(())
+        let (journal, _) = self.drain()?;
+        journal_file::sync(&journal)
     }
 
-    fn flush_then(&self, done: SyncDone) {
+    fn flush_then(&self, done: FlushDone) {
         // The request joins the writer's queue behind every commit sent so
         // far, and the writer syncs once it has written them: no thread in
         // between, one fdatasync for all the requests it finds together.

@@ -75,11 +75,7 @@ pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError
     // The fold kept each replayed account's last state.
     mirror.accounts.extend(owed.accounts.clone());
     mirror.next_seq = owed.covered;
-    let written = Written {
-        journal: Some(journal.handle()),
-        journal_end: journal.end(),
-        ..Written::default()
-    };
+    let written = Written::new(journal.handle(), journal.end());
     let views = Views {
         owed,
         index: checkpoint.index,

@@ -340,7 +340,7 @@ fn after_a_failed_write_no_sync_is_answered_ok() {
         request: None,
     };
     let (sender, answer) = std::sync::mpsc::channel();
-    let mut syncs: Vec<writer::SyncDone> = vec![Box::new(move |outcome, _| {
+    let mut syncs: Vec<crate::store::FlushDone> = vec![Box::new(move |outcome, _| {
         sender.send(outcome.is_ok()).unwrap();
     })];
     let outcome = writer::write_batch(&store.trees, &store.shared, &[record], &mut syncs);

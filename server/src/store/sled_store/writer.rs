@@ -25,7 +25,7 @@ use crate::{
     crash::{self, CrashPoint},
     journal::RequestRecord,
     store::{
-        FlushFigures, StoreError, encode_account, encode_record,
+        FlushDone, FlushFigures, StoreError, encode_account, encode_record,
         request_index::{RequestIndex, hash_id},
     },
 };
@@ -59,7 +59,7 @@ pub(super) const CHECKPOINT_REQUESTS: usize = 65_536;
 pub(super) const CHECKPOINT_ACCOUNTS: usize = 65_536;
 
 /// Progress of the writer, for those waiting on it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Written {
     /// Commits handed to the writer.
     pub(super) queued: u64,
@@ -72,10 +72,35 @@ pub(super) struct Written {
     /// Sync requests queued and not yet done: the writer does not linger either.
     pub(super) syncs_queued: usize,
     /// The journal file being appended to, for flushes and scans.
-    pub(super) journal: Option<Arc<File>>,
+    pub(super) journal: Arc<File>,
     /// Bytes of whole frames in it once `applied` commits are written.
     pub(super) journal_end: u64,
 }
+
+impl Written {
+    /// Nothing queued yet, the journal file holding `journal_end` bytes of frames.
+    pub(super) fn new(journal: Arc<File>, journal_end: u64) -> Self {
+        Self {
+            queued: 0,
+            applied: 0,
+            failure: None,
+            draining: 0,
+            syncs_queued: 0,
+            journal,
+            journal_end,
+        }
+    }
+
+    /// Records the first write that failed: from then on the store refuses
+    /// commits and the writer answers no sync Ok.
+    fn fail(&mut self, error: &StoreError) {
+        if self.failure.is_none() {
+            tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
+            self.failure = Some(error.to_string());
+        }
+    }
+}
+
 /// What readers of request records need, under one lock so that a record is
 /// always in one place or the other: pending, or in the published index.
 #[derive(Debug)]
@@ -244,23 +269,19 @@ pub(super) fn write_segment(
 /// Lets commits gather for [`WRITER_LINGER`], unless someone is draining
 /// or waiting for a sync.
 pub(super) fn linger(shared: &Shared) {
-    let written = lock(&shared.written);
+    let mut written = lock(&shared.written);
     let idle = |written: &mut Written| written.draining == 0 && written.syncs_queued == 0;
-    let mut written = written;
     if idle(&mut written) {
         let _ = shared.wake.wait_timeout_while(written, WRITER_LINGER, idle);
     }
 }
-
-/// Called once a requested sync is done (or failed), from the writer thread.
-pub(super) type SyncDone = crate::store::FlushDone;
 
 /// What the writer's queue carries, in the order committers and flushers sent it.
 pub(super) enum Job {
     /// A commit's journal record.
     Commit(JournalRecord),
     /// Sync the journal once every commit queued before this is written.
-    Sync(SyncDone),
+    Sync(FlushDone),
 }
 
 /// Takes the next batch off the queue after `first`: commits up to
@@ -269,7 +290,7 @@ fn take_batch(
     first: Job,
     receiver: &mpsc::Receiver<Job>,
     records: &mut Vec<JournalRecord>,
-    syncs: &mut Vec<SyncDone>,
+    syncs: &mut Vec<FlushDone>,
 ) {
     let mut next = Some(first);
     while let Some(job) = next.take() {
@@ -290,13 +311,13 @@ pub(super) fn write_batch(
     trees: &Trees,
     shared: &Shared,
     records: &[JournalRecord],
-    syncs: &mut Vec<SyncDone>,
+    syncs: &mut Vec<FlushDone>,
 ) -> Result<(), StoreError> {
     // Once a write has failed, nothing more is written and no sync request
     // is answered Ok: a commit queued before the failure may be the one
     // whose frame was lost, and a later fdatasync would not cover it.
     if let Some(failure) = lock(&shared.written).failure.clone() {
-        answer(syncs, &Err(failed(&failure)), None);
+        answer(syncs, Some(&failure), None);
         return Err(failed(&failure));
     }
     let started = Instant::now();
@@ -320,38 +341,29 @@ pub(super) fn write_batch(
         // Under the views lock, so that a Reset (which swaps the journal
         // file under it) never sees this batch's end beside its new file.
         let mut written = lock(&shared.written);
-        if outcome.is_ok() {
-            written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
-            written.journal_end = views.journal.end();
-        } else if let Err(error) = &outcome
-            && written.failure.is_none()
-        {
-            tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
-            written.failure = Some(error.to_string());
+        match &outcome {
+            Ok(()) => {
+                written.applied += u64::try_from(records.len()).unwrap_or(u64::MAX);
+                written.journal_end = views.journal.end();
+            }
+            Err(error) => written.fail(error),
         }
         written.syncs_queued = written.syncs_queued.saturating_sub(syncs.len());
     }
     drop(views);
-    let answered = match &outcome {
-        Ok(()) => Ok(()),
-        Err(error) => Err(failed(&error.to_string())),
-    };
-    answer(syncs, &answered, Some(figures));
+    let failure = outcome.as_ref().err().map(ToString::to_string);
+    answer(syncs, failure.as_deref(), Some(figures));
     outcome
 }
 
-/// Answers every sync request in `syncs`; the first carries the figures.
-fn answer(
-    syncs: &mut Vec<SyncDone>,
-    outcome: &Result<(), StoreError>,
-    figures: Option<FlushFigures>,
-) {
+/// Answers every sync request in `syncs`: Ok, or refused for `failure`. The
+/// first carries the figures.
+fn answer(syncs: &mut Vec<FlushDone>, failure: Option<&str>, figures: Option<FlushFigures>) {
     for (n, done) in syncs.drain(..).enumerate() {
-        let result = match outcome {
-            Ok(()) => Ok(()),
-            Err(error) => Err(failed(&error.to_string())),
-        };
-        done(result, figures.filter(|_| n == 0));
+        done(
+            failure.map_or(Ok(()), |failure| Err(failed(failure))),
+            figures.filter(|_| n == 0),
+        );
     }
 }
 
@@ -389,11 +401,7 @@ pub(super) fn write_batches(
             }
         };
         if let Err(error) = outcome {
-            let mut written = lock(&shared.written);
-            if written.failure.is_none() {
-                tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
-                written.failure = Some(error.to_string());
-            }
+            lock(&shared.written).fail(&error);
         }
         shared.progress.notify_all();
     }
