@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     check::{self, CheckArgs},
     compare,
-    connect::ClientError,
+    connect::{ClientError, Clients},
     demo, embedded,
     journal::{self, JournalArgs},
     load::{self, LoadArgs},
@@ -109,6 +109,9 @@ pub enum Command {
         /// The workload.
         #[command(flatten)]
         load: LoadArgs,
+        /// Alone, or one member of a crowd.
+        #[command(flatten)]
+        crowd: load::CrowdArgs,
         /// Runtime threads of this process (see `atm compare --help`).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(THREADS_MAX)))]
         threads: u16,
@@ -169,6 +172,29 @@ pub enum Command {
     /// Write the ledger's journal (what each applied operation read and
     /// wrote) as JSON lines, streamed: for `atm check --journal`.
     Journal(JournalArgs),
+    /// Open the accounts of a crowd's run: a Reset to acct-0 .. acct-(K-1),
+    /// each with the opening balance, and the mode when given. The members
+    /// then `atm load --join` with the same --accounts and --opening-cents.
+    Reset {
+        /// The ledger (e.g. http://127.0.0.1:50051).
+        #[arg(long)]
+        target: String,
+        /// Accounts to open.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(load::ACCOUNTS_MAX)))]
+        accounts: u32,
+        /// Opening balance of every account.
+        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+        opening_cents: i64,
+        /// Switch the ledger to this mode as well.
+        #[arg(long, value_enum)]
+        mode: Option<Mode>,
+    },
+    /// Judge a crowd of `atm load --join` members once all have finished:
+    /// final reads, the journal, `atm check` over every history with the
+    /// journal and the fault log, every acknowledged operation looked up in
+    /// the journal, a postmortem. Exit 0 when the run showed what its mode
+    /// should (unsafe: anomalies; mutex, cas, actor: none), 1 otherwise.
+    Referee(crate::referee::RefereeArgs),
     /// Ask a ledger for its health (the standard gRPC health service):
     /// prints SERVING and exits 0, or exits 1 (another status) or 2 (no
     /// answer in time). For container health checks.
@@ -243,6 +269,25 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
         Command::Check(_) | Command::Postmortem(_) => Ok(true),
         Command::Drill(args) => crate::drill::run(&args).await,
         Command::Health(args) => crate::health::check(&args).await,
+        Command::Referee(args) => crate::referee::run(&args).await,
+        Command::Reset {
+            target,
+            accounts,
+            opening_cents,
+            mode,
+        } => {
+            let mut clients = Clients::connect(&target).await?;
+            clients
+                .reset(load::opening(accounts, opening_cents))
+                .await?;
+            if let Some(mode) = mode {
+                clients.set_mode(mode).await?;
+            }
+            eprintln!(
+                "atm reset: {accounts} accounts opened with {opening_cents} cents each at {target}"
+            );
+            Ok(true)
+        }
         Command::Journal(args) => {
             let written = journal::export(&args.target, &args.output).await?;
             eprintln!(
@@ -296,13 +341,20 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             target,
             mode,
             load,
+            crowd,
             json,
             threads: _,
         } => {
-            let report = load::run(&target, &load, mode, !json).await?;
+            let report = match crowd.member().map_err(ClientError::Usage)? {
+                Some(member) => load::join(&target, &load, &member, !json).await?,
+                None => load::run(&target, &load, mode, !json).await?,
+            };
             print_load(&report, json);
             let reconciled = report.reconciliation.mismatched.is_empty();
-            Ok(report.mode == "unsafe" || (reconciled && report.audit.clean))
+            // A member's verdict is the referee's, over the whole crowd.
+            Ok(report.member.is_some()
+                || report.mode == "unsafe"
+                || (reconciled && report.audit.as_ref().is_some_and(|a| a.clean)))
         }
         Command::Compare {
             target,
@@ -622,19 +674,23 @@ fn print_load(report: &load::LoadReport, json: bool) {
         "server: {} CAS retries, {} aborts, {} deadlocks detected",
         report.retries, report.aborts, report.deadlocks
     );
+    let r = &report.reconciliation;
+    let Some(audit) = &report.audit else {
+        println!(
+            "audit and reconciliation: left to `atm referee` ({} joined a crowd); {} operations with unknown outcome",
+            report.member.as_deref().unwrap_or("this member"),
+            r.unknown_outcomes
+        );
+        return;
+    };
     println!(
         "audit: {} ({} overdrafts, {} lost updates, money {} cents, {} findings)",
-        if report.audit.clean {
-            "clean"
-        } else {
-            "ANOMALIES"
-        },
-        report.audit.overdrafts,
-        report.audit.lost_updates,
-        report::signed(report.audit.money_delta_cents),
-        report.audit.findings
+        if audit.clean { "clean" } else { "ANOMALIES" },
+        audit.overdrafts,
+        audit.lost_updates,
+        report::signed(audit.money_delta_cents),
+        audit.findings
     );
-    let r = &report.reconciliation;
     println!(
         "reconciliation: {}/{} accounts match the client's model; {} operations with unknown outcome",
         r.matched, r.accounts, r.unknown_outcomes

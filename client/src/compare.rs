@@ -71,7 +71,7 @@ pub struct Percentiles {
 }
 
 /// Anomalies of one run.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Anomalies {
     /// Overdrafts.
     pub overdrafts: u64,
@@ -160,11 +160,15 @@ fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRu
             p99: all.p99,
             p999: all.p999,
         },
-        anomalies: Anomalies {
-            overdrafts: load.audit.overdrafts,
-            lost_updates: load.audit.lost_updates,
-            money_delta_cents: load.audit.money_delta_cents,
-        },
+        anomalies: load
+            .audit
+            .as_ref()
+            .map(|audit| Anomalies {
+                overdrafts: audit.overdrafts,
+                lost_updates: audit.lost_updates,
+                money_delta_cents: audit.money_delta_cents,
+            })
+            .unwrap_or_default(),
         retries: load.retries,
         aborts: load.aborts,
         reconcile_mismatches: load.reconciliation.mismatched.len(),

@@ -35,5 +35,6 @@ pub mod journal;
 pub mod latency;
 pub mod load;
 pub mod postmortem;
+pub mod referee;
 pub mod report;
 pub mod scenario;

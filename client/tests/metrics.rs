@@ -66,6 +66,8 @@ fn args() -> LoadArgs {
         seed: 11,
         opening_cents: 10_000,
         history: None,
+        deadline: None,
+        attempts: 1,
     }
 }
 

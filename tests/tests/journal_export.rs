@@ -31,6 +31,8 @@ fn load_args(history: std::path::PathBuf) -> LoadArgs {
         seed: 11,
         opening_cents: 50_000,
         history: Some(history),
+        deadline: None,
+        attempts: 1,
     }
 }
 

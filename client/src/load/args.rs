@@ -22,6 +22,12 @@ pub const OPS_MAX: u64 = 100_000_000;
 /// Longest run: a day.
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3_600);
 
+/// Most attempts of one operation (the first send and its resends).
+pub const ATTEMPTS_MAX: u32 = 20;
+
+/// Longest name of a crowd member: it goes into every request id.
+pub(super) const NAME_BYTES_MAX: usize = 64;
+
 /// The workload flags `atm load` and `atm compare` share.
 #[derive(Clone, Debug, clap::Args, Serialize)]
 pub struct LoadArgs {
@@ -59,9 +65,68 @@ pub struct LoadArgs {
     /// Opening balance of every account.
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
     pub opening_cents: i64,
-    /// Write one JSON line per operation here (format: docs/HISTORY.md).
+    /// Write one JSON line per operation here (format: docs/HISTORY.md). An
+    /// existing directory gets NAME.jsonl (a --join member's name), written
+    /// as NAME.jsonl.part until the run ends.
     #[arg(long)]
     pub history: Option<PathBuf>,
+    /// gRPC deadline of each attempt (e.g. 500ms). Without it an attempt
+    /// waits up to 10 s for its reply.
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(skip)]
+    pub deadline: Option<Duration>,
+    /// Sends of one operation in all: an attempt with no reply (deadline
+    /// passed, ledger unreachable) is sent again with the same request_id,
+    /// after a backoff, until one answers or the attempts run out.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=i64::from(ATTEMPTS_MAX)))]
+    pub attempts: u32,
+}
+
+/// How `atm load` takes part in a run: alone (it resets the ledger and
+/// reconciles every balance at the end) or as one member of a crowd.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct CrowdArgs {
+    /// Join a run that `atm reset` set up, as one member of a crowd (one
+    /// container of many): no Reset, no mode switch, no final reads and no
+    /// reconciliation; `atm referee` does those once every member is done.
+    /// --accounts and --opening-cents must say what `atm reset` opened.
+    #[arg(long, conflicts_with = "mode")]
+    pub join: bool,
+    /// This member's name: in its request ids, its history's ATM names, and
+    /// the history's file name when --history is a directory. Letters,
+    /// digits, '.', '_' and '-', at most 64. Default: the host name.
+    #[arg(long, requires = "join", value_parser = parse_name)]
+    pub name: Option<String>,
+}
+
+impl CrowdArgs {
+    /// The member's name when joining a crowd (the host name unless given);
+    /// None for a run of its own.
+    pub fn member(&self) -> Result<Option<String>, String> {
+        if !self.join {
+            return Ok(None);
+        }
+        if let Some(name) = &self.name {
+            return Ok(Some(name.clone()));
+        }
+        let host = nix::unistd::gethostname()
+            .map_err(|e| format!("cannot read the host name ({e}); give --name"))?;
+        let host = host.to_string_lossy();
+        parse_name(&host)
+            .map(Some)
+            .map_err(|e| format!("the host name cannot name this member: {e}; give --name"))
+    }
+}
+
+/// A crowd member's name: what a file name and a request id can both carry.
+pub fn parse_name(text: &str) -> Result<String, String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if text.is_empty() || text.len() > NAME_BYTES_MAX || !text.chars().all(allowed) {
+        return Err(format!(
+            "`{text}`: a name is 1 to {NAME_BYTES_MAX} letters, digits, '.', '_' or '-'"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 impl LoadArgs {
@@ -127,6 +192,18 @@ mod tests {
                 error.contains("duration") || error.contains("at most 24h"),
                 "{bad}: {error}"
             );
+        }
+    }
+
+    /// Goal: a member's name is what both a file name and a request id can
+    /// carry; anything else is refused with the rule.
+    #[test]
+    fn member_names_are_checked() {
+        assert_eq!(parse_name("overdraft_atm_3").unwrap(), "overdraft_atm_3");
+        assert_eq!(parse_name("a1b2c3.local").unwrap(), "a1b2c3.local");
+        for bad in ["", "../etc", "a b", "x/y", &"n".repeat(NAME_BYTES_MAX + 1)] {
+            let error = parse_name(bad).unwrap_err();
+            assert!(error.contains("1 to 64 letters"), "{bad}: {error}");
         }
     }
 }

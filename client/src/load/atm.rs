@@ -10,7 +10,7 @@ use std::{
 
 use overdraft_history::format::Operation;
 use overdraft_proto::v1 as pb;
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::transport::Channel;
 
 use super::{plan::AtmPlan, progress::Progress, workload::account_id};
@@ -21,6 +21,16 @@ use crate::{
 
 /// Longest one operation may take before its outcome counts as unknown.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much longer than its gRPC deadline an attempt may wait for the
+/// transport to give up (a paused ledger holds the connection open).
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
+/// The backoff before the first resend; it doubles per attempt, with jitter.
+const RESEND_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest backoff between two attempts.
+const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// One ATM's share of the results.
 #[derive(Debug, Default)]
@@ -60,11 +70,7 @@ pub(super) async fn run_atm(
     progress: Arc<Progress>,
 ) -> AtmResult {
     let mut ledger = pb::ledger_client::LedgerClient::new(channel);
-    let mut rng = StdRng::seed_from_u64(
-        plan.seed
-            .wrapping_mul(1_000_003)
-            .wrapping_add(u64::from(plan.atm)),
-    );
+    let mut rng = StdRng::seed_from_u64(plan.stream());
     let mut result = AtmResult::default();
     let mut k = 0u64;
     while plan.more(k, Instant::now()) {
@@ -86,7 +92,7 @@ pub(super) async fn run_atm(
             second,
             amount_cents: plan.amounts.pick(&mut rng),
         };
-        let request_id = format!("load-{}-{}-{k}", plan.seed, plan.atm);
+        let request_id = plan.request_id(k);
         let first = account_id(drawn.first);
         let second = (drawn.method == Operation::Transfer).then(|| account_id(drawn.second));
         let request = crate::call::Request {
@@ -95,9 +101,9 @@ pub(super) async fn run_atm(
             to: second.as_deref(),
             amount_cents: drawn.amount_cents,
             request_id,
-            deadline: None,
+            deadline: plan.deadline_per_attempt,
         };
-        let (record, _) = crate::call::send(&mut ledger, request, OPERATION_TIMEOUT).await;
+        let record = send_attempts(&mut ledger, &plan, request, intended, &mut rng, &sink).await;
         let complete = Instant::now();
         result
             .latency
@@ -109,16 +115,55 @@ pub(super) async fn run_atm(
         if record.outcome != Some(Outcome::Ok) {
             progress.errors.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(sink) = &sink {
-            let mut line = record;
-            line.atm = Some(plan.atm);
-            line.invoke_ns = plan.clock.since(intended);
-            line.complete_ns = plan.clock.since(complete);
-            sink.record(line).await;
-        }
         k += 1;
     }
     result
+}
+
+/// Sends `request` until an attempt answers or `plan.attempts` have gone
+/// unanswered, each after a backoff, all with the same request_id (the
+/// ledger applies it at most once); records every attempt in the history
+/// and returns the last.
+async fn send_attempts(
+    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    plan: &AtmPlan,
+    request: crate::call::Request<'_>,
+    intended: Instant,
+    rng: &mut StdRng,
+    sink: &Option<HistorySink>,
+) -> OpLine {
+    let wait_max = plan
+        .deadline_per_attempt
+        .map_or(OPERATION_TIMEOUT, |deadline| deadline + DEADLINE_GRACE);
+    let mut attempt = 1;
+    let mut invoked = intended;
+    loop {
+        let (mut record, _) = crate::call::send(ledger, request.clone(), wait_max).await;
+        let complete = Instant::now();
+        let again = record.outcome == Some(Outcome::Unknown) && attempt < plan.attempts;
+        if let Some(sink) = sink {
+            let mut line = record.clone();
+            line.atm = Some(plan.atm);
+            line.atm_name = plan.atm_name();
+            if plan.attempts > 1 {
+                line.intent = Some(request.request_id.clone());
+            }
+            line.invoke_ns = plan.clock.since(invoked);
+            line.complete_ns = plan.clock.since(complete);
+            sink.record(line).await;
+        }
+        if !again {
+            record.atm = Some(plan.atm);
+            return record;
+        }
+        let ceiling = RESEND_BACKOFF_FIRST
+            .saturating_mul(1 << (attempt - 1).min(8))
+            .min(RESEND_BACKOFF_MAX);
+        let backoff = ceiling.mul_f64(rng.random_range(0.5..=1.0));
+        tokio::time::sleep(backoff).await;
+        attempt += 1;
+        invoked = Instant::now();
+    }
 }
 
 /// Folds one operation's outcome into the ATM's status counts and model.

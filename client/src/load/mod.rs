@@ -25,6 +25,7 @@ pub mod workload;
 
 use std::{
     collections::BTreeMap,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -35,8 +36,8 @@ use tokio::task::JoinSet;
 
 pub use self::{
     args::{
-        ACCOUNTS_MAX, ATMS_MAX, CONNECTIONS_MAX, DURATION_MAX, LoadArgs, OPS_MAX, RATE_PER_SEC_MAX,
-        RATE_PER_SEC_MIN, parse_duration,
+        ACCOUNTS_MAX, ATMS_MAX, ATTEMPTS_MAX, CONNECTIONS_MAX, CrowdArgs, DURATION_MAX, LoadArgs,
+        OPS_MAX, RATE_PER_SEC_MAX, RATE_PER_SEC_MIN, parse_duration, parse_name,
     },
     report::{AuditSummary, FlushSummary, LatencySummary, LoadReport, Mismatch, Reconciliation},
 };
@@ -53,23 +54,44 @@ use crate::{
     latency::Latency,
 };
 
-/// Runs the load against `url`; switches to `mode` first when given.
+/// Runs the load against `url` alone: a Reset first (switching to `mode`
+/// when given), a reconciliation of every balance at the end.
 pub async fn run(
     url: &str,
     args: &LoadArgs,
     mode: Option<Mode>,
     show_progress: bool,
 ) -> Result<LoadReport, ClientError> {
+    drive(url, args, None, mode, show_progress).await
+}
+
+/// Runs the load against `url` as `member` of a crowd: on the accounts
+/// `atm reset` opened, with no Reset and no reconciliation (`atm referee`
+/// judges the crowd once every member is done).
+pub async fn join(
+    url: &str,
+    args: &LoadArgs,
+    member: &str,
+    show_progress: bool,
+) -> Result<LoadReport, ClientError> {
+    drive(url, args, Some(Arc::from(member)), None, show_progress).await
+}
+
+async fn drive(
+    url: &str,
+    args: &LoadArgs,
+    member: Option<Arc<str>>,
+    mode: Option<Mode>,
+    show_progress: bool,
+) -> Result<LoadReport, ClientError> {
     let mut clients = Clients::connect(url).await?;
-    let opening = (0..args.accounts)
-        .map(|n| pb::OpenAccountRequest {
-            account_id: account_id(n),
-            initial_balance_cents: args.opening_cents,
-        })
-        .collect();
-    clients.reset(opening).await?;
-    if let Some(mode) = mode {
-        clients.set_mode(mode).await?;
+    if member.is_none() {
+        clients
+            .reset(opening(args.accounts, args.opening_cents))
+            .await?;
+        if let Some(mode) = mode {
+            clients.set_mode(mode).await?;
+        }
     }
     let mode = clients
         .mode()
@@ -81,13 +103,18 @@ pub async fn run(
         channels.push(crate::connect::channel(url).await?);
     }
     let clock = Clock::start();
-    let (sink, writer) = match &args.history {
-        Some(path) => {
+    let place = args
+        .history
+        .as_deref()
+        .map(|path| HistoryPlace::of(path, member.as_deref(), args.seed))
+        .transpose()?;
+    let (sink, writer) = match &place {
+        Some(place) => {
             let header = history_header(&mut clients, url, args, &mode, &clock).await?;
             let opens: Vec<OpenLine> = (0..args.accounts)
                 .map(|n| OpenLine::new(&account_id(n), args.opening_cents, 0))
                 .collect();
-            let (sink, writer) = history::create(path, &header, &opens)?;
+            let (sink, writer) = history::create(&place.writing, &header, &opens)?;
             (Some(sink), Some(writer))
         }
         None => (None, None),
@@ -100,7 +127,7 @@ pub async fn run(
         .then(|| tokio::spawn(show(Arc::clone(&progress), args.run_duration(), args.ops)));
     let mut atms = JoinSet::new();
     for atm in 0..args.atms {
-        let plan = AtmPlan::new(args, atm, started, clock);
+        let plan = AtmPlan::new(args, member.clone(), atm, started, clock);
         let channel = channels[atm as usize % channels.len()].clone();
         atms.spawn(run_atm(channel, plan, sink.clone(), Arc::clone(&progress)));
     }
@@ -117,13 +144,82 @@ pub async fn run(
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    if let (Some(sink), Some(writer)) = (sink, writer) {
-        record_final_reads(&mut clients, args, &sink, &clock).await?;
+    if let (Some(sink), Some(writer), Some(place)) = (sink, writer, place) {
+        if member.is_none() {
+            record_final_reads(&mut clients, args, &sink, &clock).await?;
+        }
         drop(sink);
         writer.finish().await?;
+        place.complete()?;
     }
-    finish(&mut clients, args, mode, total, elapsed, cost).await
+    let mut report = finish(
+        &mut clients,
+        args,
+        mode,
+        total,
+        elapsed,
+        cost,
+        member.is_none(),
+    )
+    .await?;
+    report.member = member.map(|name| name.to_string());
+    Ok(report)
 }
+
+/// The accounts a run opens: acct-0 .. acct-(K-1), each with `cents`.
+pub fn opening(accounts: u32, cents: i64) -> Vec<pb::OpenAccountRequest> {
+    (0..accounts)
+        .map(|n| pb::OpenAccountRequest {
+            account_id: account_id(n),
+            initial_balance_cents: cents,
+        })
+        .collect()
+}
+
+/// Where a history goes: the file named, or NAME.jsonl in a directory
+/// (written as NAME.jsonl.part until the run ends, so that a referee
+/// waiting on the directory never reads half a history).
+struct HistoryPlace {
+    writing: PathBuf,
+    done: PathBuf,
+}
+
+impl HistoryPlace {
+    /// A member always writes into a directory (created when missing);
+    /// a run of its own into one only when the path is one.
+    fn of(path: &Path, member: Option<&str>, seed: u64) -> Result<Self, ClientError> {
+        if member.is_some() {
+            history::create_dir(path)?;
+        }
+        if !path.is_dir() {
+            return Ok(Self {
+                writing: path.to_owned(),
+                done: path.to_owned(),
+            });
+        }
+        let name = member.map_or_else(|| format!("load-{seed}"), str::to_owned);
+        Ok(Self {
+            writing: path.join(format!("{name}.jsonl{PART_SUFFIX}")),
+            done: path.join(format!("{name}.jsonl")),
+        })
+    }
+
+    fn complete(&self) -> Result<(), ClientError> {
+        if self.writing == self.done {
+            return Ok(());
+        }
+        std::fs::rename(&self.writing, &self.done).map_err(|e| {
+            ClientError::Usage(format!(
+                "cannot rename {} to {}: {e}",
+                self.writing.display(),
+                self.done.display()
+            ))
+        })
+    }
+}
+
+/// What a history file is called while its run is still writing it.
+pub const PART_SUFFIX: &str = ".part";
 
 /// The history's header: what `atm check` needs to judge the file alone.
 async fn history_header(
@@ -172,8 +268,15 @@ async fn finish(
     total: AtmResult,
     elapsed: Duration,
     cost: RunCost,
+    alone: bool,
 ) -> Result<LoadReport, ClientError> {
-    let audit = clients.audit().await?;
+    // A crowd member leaves the audit to the referee: the other members
+    // are still changing the ledger it would audit.
+    let audit = if alone {
+        Some(clients.audit().await?)
+    } else {
+        None
+    };
     let stats = clients.stats().await?;
     let counters = stats
         .modes
@@ -185,7 +288,7 @@ async fn finish(
         unknown_outcomes: total.unknown,
         ..Reconciliation::default()
     };
-    for n in 0..args.accounts {
+    for n in (0..args.accounts).filter(|_| alone) {
         let id = account_id(n);
         let actual = clients.balance(&id).await?.balance_cents;
         let expected = args.opening_cents + total.deltas.get(&n).copied().unwrap_or_default();
@@ -228,17 +331,18 @@ async fn finish(
         retries: counters.retries,
         aborts: counters.aborts,
         deadlocks: counters.deadlocks_detected,
-        audit: AuditSummary {
+        audit: audit.map(|audit| AuditSummary {
             clean: audit.clean,
             overdrafts: audit.overdrafts,
             lost_updates: audit.lost_updates,
             money_delta_cents: audit.money_delta_cents,
             findings: audit.findings.len(),
-        },
+        }),
         reconciliation,
         client_cpu_percent: 100.0 * cost.atm_cpu.as_secs_f64() / elapsed.as_secs_f64().max(1e-9),
         cpu_per_op: cost.per_op,
         ledger_rss_bytes: cost.ledger_rss_bytes,
         flushes: FlushSummary::of(&stats, elapsed),
+        member: None,
     })
 }

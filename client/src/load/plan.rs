@@ -2,7 +2,10 @@
 //! reply returns) or the open one (arrivals on a fixed schedule), and what it
 //! draws from its seeded workload.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{
     LoadArgs,
@@ -17,6 +20,12 @@ pub(super) struct AtmPlan {
     /// ATMs in the run: the open model staggers their schedules by 1/atms.
     pub(super) atms: u32,
     pub(super) seed: u64,
+    /// A crowd member's name, in its request ids and history lines.
+    pub(super) member: Option<Arc<str>>,
+    /// Sends of one operation in all (the first and its resends).
+    pub(super) attempts: u32,
+    /// gRPC deadline of each attempt.
+    pub(super) deadline_per_attempt: Option<Duration>,
     pub(super) mix: Mix,
     pub(super) amounts: AmountRange,
     pub(super) picker: AccountPicker,
@@ -29,7 +38,13 @@ pub(super) struct AtmPlan {
 }
 
 impl AtmPlan {
-    pub(super) fn new(args: &LoadArgs, atm: u32, started: Instant, clock: Clock) -> Self {
+    pub(super) fn new(
+        args: &LoadArgs,
+        member: Option<Arc<str>>,
+        atm: u32,
+        started: Instant,
+        clock: Clock,
+    ) -> Self {
         let quota = args.ops.map(|ops| {
             let atms = u64::from(args.atms);
             ops / atms + u64::from(u64::from(atm) < ops % atms)
@@ -38,6 +53,9 @@ impl AtmPlan {
             atm,
             atms: args.atms.max(1),
             seed: args.seed,
+            member,
+            attempts: args.attempts,
+            deadline_per_attempt: args.deadline,
             mix: args.mix.clone(),
             amounts: args.amount_cents,
             picker: AccountPicker::new(args.accounts, args.skew),
@@ -49,6 +67,42 @@ impl AtmPlan {
                 .rate
                 .map(|rate| Duration::from_secs_f64(f64::from(args.atms) / rate)),
         }
+    }
+
+    /// The seed of this ATM's draws: the run's seed, the ATM's number and,
+    /// in a crowd, the member's name, so that members sharing a seed do not
+    /// all send the same operations.
+    pub(super) fn stream(&self) -> u64 {
+        let member = self.member.as_deref().map_or(0, |name| {
+            // FNV-1a: stable across builds and platforms, unlike std's hasher.
+            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        });
+        self.seed
+            .wrapping_mul(1_000_003)
+            .wrapping_add(u64::from(self.atm))
+            ^ member
+    }
+
+    /// The request id of operation `k`: unique to the run's seed, this ATM
+    /// and, in a crowd, its member.
+    pub(super) fn request_id(&self, k: u64) -> String {
+        match &self.member {
+            Some(name) => format!("load-{name}-{}-{}-{k}", self.seed, self.atm),
+            None => format!("load-{}-{}-{k}", self.seed, self.atm),
+        }
+    }
+
+    /// The ATM's name in a crowd member's history: the member's, with the
+    /// ATM's number when the member runs several.
+    pub(super) fn atm_name(&self) -> Option<String> {
+        let name = self.member.as_deref()?;
+        Some(if self.atms == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}/{}", self.atm)
+        })
     }
 
     pub(super) fn more(&self, sent: u64, now: Instant) -> bool {
@@ -92,12 +146,14 @@ mod tests {
             seed: 1,
             opening_cents: 0,
             history: None,
+            deadline: None,
+            attempts: 1,
         };
         let started = Instant::now();
         let clock = Clock::start();
         let offsets_us: Vec<u128> = (0..4)
             .map(|atm| {
-                let plan = AtmPlan::new(&args, atm, started, clock);
+                let plan = AtmPlan::new(&args, None, atm, started, clock);
                 assert_eq!(
                     plan.intended(1) - plan.intended(0),
                     Duration::from_millis(10)

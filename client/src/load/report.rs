@@ -110,8 +110,8 @@ pub struct LoadReport {
     pub aborts: u64,
     /// Deadlocks the server detected.
     pub deadlocks: u64,
-    /// The audit.
-    pub audit: AuditSummary,
+    /// The audit (None for a crowd member: the referee audits the crowd).
+    pub audit: Option<AuditSummary>,
     /// The client's model against the final balances.
     pub reconciliation: Reconciliation,
     /// CPU this process used, as a percentage of one core over the run.
@@ -122,6 +122,10 @@ pub struct LoadReport {
     pub ledger_rss_bytes: u64,
     /// Durable flushes during the run (`--durability sync`); None without any.
     pub flushes: Option<FlushSummary>,
+    /// The crowd member's name when the run joined a crowd (`--join`): its
+    /// reconciliation is left to `atm referee`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
 }
 
 /// What group commit did during a run: how often it flushed, how many

@@ -1,0 +1,234 @@
+//! A crowd of `atm load --join` members on one ledger, judged by `atm
+//! referee`: unsafe shows anomalies and passes, the safe modes come back
+//! clean and pass, a lost acknowledgement fails, a member still writing
+//! holds the referee back, and resends after lost replies apply once.
+
+mod common;
+
+use std::{path::Path, time::Duration};
+
+use overdraft_client::{
+    connect::Clients,
+    load::{self, LoadArgs},
+    referee::{self, Expect, RefereeArgs},
+};
+use overdraft_history::Verdict;
+use overdraft_proto::v1 as pb;
+use overdraft_server::{RunningLedger, config::Mode};
+
+const ACCOUNTS: u32 = 4;
+const OPENING_CENTS: i64 = 50_000;
+const MEMBERS: u32 = 3;
+
+/// A ledger in `mode` with the race window open up to 3 ms and the crowd's
+/// accounts opened, as `atm reset --mode` leaves it.
+async fn bank(mode: Mode) -> RunningLedger {
+    let ledger = common::ledger().await;
+    let mut clients = Clients::connect(&ledger.url()).await.unwrap();
+    clients
+        .configure(pb::ConfigureRequest {
+            race_window_ms_max: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    clients
+        .reset(load::opening(ACCOUNTS, OPENING_CENTS))
+        .await
+        .unwrap();
+    clients.set_mode(mode).await.unwrap();
+    ledger
+}
+
+fn member_args(histories: &Path, attempts: u32) -> LoadArgs {
+    LoadArgs {
+        atms: 2,
+        accounts: ACCOUNTS,
+        duration: None,
+        ops: Some(160),
+        mix: "deposit=35,withdraw=40,transfer=25".parse().unwrap(),
+        amount_cents: "100..20000".parse().unwrap(),
+        skew: "uniform".parse().unwrap(),
+        rate: None,
+        connections: 1,
+        seed: 5,
+        opening_cents: OPENING_CENTS,
+        history: Some(histories.to_owned()),
+        deadline: Some(Duration::from_secs(5)),
+        attempts,
+    }
+}
+
+/// Runs `MEMBERS` members at once, as containers would.
+async fn crowd(ledger: &RunningLedger, histories: &Path, attempts: u32) {
+    let mut members = tokio::task::JoinSet::new();
+    for n in 0..MEMBERS {
+        let url = ledger.url();
+        let args = member_args(histories, attempts);
+        members.spawn(async move {
+            load::join(&url, &args, &format!("atm-{n}"), false)
+                .await
+                .unwrap()
+        });
+    }
+    while let Some(report) = members.join_next().await {
+        let report = report.unwrap();
+        assert_eq!(report.operations, 160);
+        assert!(
+            report.audit.is_none(),
+            "a member leaves the audit to the referee"
+        );
+    }
+}
+
+fn referee_args(ledger: &RunningLedger, histories: &Path, expect: Expect) -> RefereeArgs {
+    RefereeArgs {
+        target: ledger.url(),
+        histories: histories.to_owned(),
+        fault_log: None,
+        out: None,
+        atms: MEMBERS,
+        wait: Duration::from_secs(30),
+        expect,
+        time_budget: Duration::from_secs(60),
+        show: 5,
+        json: false,
+    }
+}
+
+/// Goal: the referee judges the whole crowd and passes each mode on what it
+/// should show: unsafe anomalies, mutex and cas none; asked to expect the
+/// opposite it fails. Operation: three members of two ATMs each, 320
+/// operations per member on four accounts with the race window open; the
+/// referee reads all three histories, exports the journal, finds every
+/// acknowledged operation in it and writes a postmortem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referee_passes_each_mode_on_what_it_should_show() {
+    for mode in [Mode::Unsafe, Mode::Mutex, Mode::Cas] {
+        let ledger = bank(mode).await;
+        let dir = tempfile::tempdir().unwrap();
+        let histories = dir.path().join("histories");
+        crowd(&ledger, &histories, 1).await;
+
+        let ruling = referee::judge(&referee_args(&ledger, &histories, Expect::Auto))
+            .await
+            .unwrap();
+        assert_eq!(ruling.mode, mode.as_str());
+        assert_eq!(ruling.members.len(), MEMBERS as usize);
+        assert_eq!(ruling.report.counts.accounts, ACCOUNTS as u64);
+        assert!(ruling.acknowledged > 0);
+        assert_eq!(
+            ruling.missing_count, 0,
+            "{mode}: {:?}",
+            ruling.missing_from_journal
+        );
+        let expected = if mode == Mode::Unsafe {
+            Verdict::Anomalies
+        } else {
+            Verdict::Valid
+        };
+        assert_eq!(ruling.report.verdict, expected, "{mode}: {}", ruling.reason);
+        assert!(ruling.held, "{mode}: {}", ruling.reason);
+        assert!(histories.join("referee/postmortem.md").is_file());
+        assert!(histories.join("referee/verdict.json").is_file());
+
+        let opposite = if mode == Mode::Unsafe {
+            Expect::Clean
+        } else {
+            Expect::Anomalies
+        };
+        let ruling = referee::judge(&referee_args(&ledger, &histories, opposite))
+            .await
+            .unwrap();
+        assert!(!ruling.held, "{mode} judged against {opposite:?}");
+    }
+}
+
+/// Goal: an operation a member saw acknowledged that the ledger's journal
+/// does not hold fails the run in any mode, named by its request id.
+/// Operation: a clean mutex crowd, then a forged member history claiming
+/// one more acknowledged deposit the ledger never received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_operation_missing_from_the_journal_fails_the_run() {
+    let ledger = bank(Mode::Mutex).await;
+    let dir = tempfile::tempdir().unwrap();
+    let histories = dir.path().join("histories");
+    crowd(&ledger, &histories, 1).await;
+    let header = std::fs::read_to_string(histories.join("atm-0.jsonl")).unwrap();
+    let header = header.lines().next().unwrap();
+    let forged = serde_json::json!({
+        "atm": 0, "atm_name": "ghost", "op": "deposit", "account_id": "acct-0",
+        "amount_cents": 100, "request_id": "ghost-1", "invoke_ns": 1, "complete_ns": 2,
+        "outcome": "ok",
+    });
+    std::fs::write(
+        histories.join("ghost.jsonl"),
+        format!("{header}\n{forged}\n"),
+    )
+    .unwrap();
+    let mut args = referee_args(&ledger, &histories, Expect::Auto);
+    args.atms = MEMBERS + 1;
+    let ruling = referee::judge(&args).await.unwrap();
+    assert_eq!(ruling.missing_count, 1);
+    assert_eq!(ruling.missing_from_journal, ["ghost-1"]);
+    assert!(!ruling.held);
+    assert!(
+        ruling.reason.contains("not in the ledger's journal"),
+        "{}",
+        ruling.reason
+    );
+}
+
+/// Goal: the referee does not judge while a member is still writing, and
+/// says so when the wait runs out. Operation: one finished history and one
+/// `.part`, a one-second wait.
+#[tokio::test]
+async fn the_referee_waits_for_members_still_writing() {
+    let ledger = common::ledger().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.jsonl"), "").unwrap();
+    std::fs::write(dir.path().join("b.jsonl.part"), "").unwrap();
+    let mut args = referee_args(&ledger, dir.path(), Expect::Auto);
+    args.atms = 1;
+    args.wait = Duration::from_secs(1);
+    let error = referee::judge(&args).await.unwrap_err().to_string();
+    assert!(error.contains("did not finish within 1s"), "{error}");
+    assert!(error.contains("1 still being written"), "{error}");
+}
+
+/// Goal: a member resends an operation whose reply was lost with the same
+/// request_id, the ledger replays its first reply, and nothing applies
+/// twice. Operation: the ledger loses the replies of its next 12 mutations
+/// (applied, then UNAVAILABLE); a mutex crowd with 4 attempts per
+/// operation; each resend is answered as a replay, the journal holds each
+/// lost reply's operation once, and the referee passes the run clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resends_after_lost_replies_apply_once() {
+    let ledger = bank(Mode::Mutex).await;
+    let mut clients = Clients::connect(&ledger.url()).await.unwrap();
+    clients.arm_lost_acks(12).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let histories = dir.path().join("histories");
+    crowd(&ledger, &histories, 4).await;
+    let ruling = referee::judge(&referee_args(&ledger, &histories, Expect::Auto))
+        .await
+        .unwrap();
+    let counts = &ruling.report.counts;
+    assert_eq!(counts.unknown, 12, "{counts:?}");
+    assert_eq!(counts.unknown_resolved_by_journal, 12, "{counts:?}");
+    let replayed: usize = (0..MEMBERS)
+        .map(|n| {
+            std::fs::read_to_string(histories.join(format!("atm-{n}.jsonl")))
+                .unwrap()
+                .lines()
+                .filter(|line| line.contains("\"replayed\":true"))
+                .count()
+        })
+        .sum();
+    assert_eq!(
+        replayed, 12,
+        "each lost reply's resend is answered as a replay"
+    );
+    assert_eq!(ruling.report.verdict, Verdict::Valid, "{}", ruling.reason);
+    assert!(ruling.held);
+}
