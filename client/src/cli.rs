@@ -188,6 +188,11 @@ pub enum Command {
         /// Switch the ledger to this mode as well.
         #[arg(long, value_enum)]
         mode: Option<Mode>,
+        /// Remove an earlier run's histories (NAME.jsonl, NAME.jsonl.part)
+        /// from this directory, creating it when missing, so that the
+        /// referee judges this run alone.
+        #[arg(long)]
+        fresh_histories: Option<PathBuf>,
     },
     /// Judge a crowd of `atm load --join` members once all have finished:
     /// final reads, the journal, `atm check` over every history with the
@@ -275,7 +280,15 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
             accounts,
             opening_cents,
             mode,
+            fresh_histories,
         } => {
+            if let Some(dir) = &fresh_histories {
+                let removed = crate::referee::clear_histories(dir)?;
+                eprintln!(
+                    "atm reset: removed {removed} histories of an earlier run from {}",
+                    dir.display()
+                );
+            }
             let mut clients = Clients::connect(&target).await?;
             clients
                 .reset(load::opening(accounts, opening_cents))

@@ -103,6 +103,10 @@ pub struct Ruling {
     pub missing_from_journal: Vec<String>,
     /// How many are missing in all.
     pub missing_count: u64,
+    /// Attempts that resent a request_id sent before (no reply came back).
+    pub resends: u64,
+    /// Replies the ledger flagged as replays of an earlier application.
+    pub replayed_replies: u64,
     /// Whether the ledger's own audit came back clean.
     pub audit_clean: bool,
     /// The checker's report.
@@ -159,6 +163,7 @@ pub async fn judge(args: &RefereeArgs) -> Result<Ruling, ClientError> {
     let loaded = Loaded::read(&files, Some(&journal), args.fault_log.as_deref())?;
     let report = loaded.check(args.time_budget);
     let (acknowledged, missing, missing_count) = acknowledged_in_journal(&loaded);
+    let (resends, replayed_replies) = resends(&loaded.run);
 
     let postmortem = out.join("postmortem.md");
     let incident = Incident {
@@ -179,6 +184,8 @@ pub async fn judge(args: &RefereeArgs) -> Result<Ruling, ClientError> {
         acknowledged,
         missing_from_journal: missing,
         missing_count,
+        resends,
+        replayed_replies,
         audit_clean: audit.clean,
         report,
         held,
@@ -263,6 +270,29 @@ fn survey(dir: &Path) -> Result<(Vec<PathBuf>, usize), ClientError> {
     Ok((done, writing))
 }
 
+/// Removes the member histories (finished or not) from `dir`, creating it
+/// when missing; returns how many it removed.
+pub fn clear_histories(dir: &Path) -> Result<usize, ClientError> {
+    history::create_dir(dir)?;
+    let cannot = |e: std::io::Error| {
+        ClientError::Usage(format!(
+            "cannot clear the histories in {}: {e}",
+            dir.display()
+        ))
+    };
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(cannot)? {
+        let entry = entry.map_err(cannot)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let history = name.ends_with(".jsonl") || name.ends_with(&format!(".jsonl{PART_SUFFIX}"));
+        if history && entry.path().is_file() {
+            std::fs::remove_file(entry.path()).map_err(cannot)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Reads every account the members opened, once all have stopped: the
 /// state the run left, in a history file of its own.
 async fn record_final_reads(
@@ -326,6 +356,21 @@ fn acknowledged_in_journal(loaded: &Loaded) -> (u64, Vec<String>, u64) {
     (acknowledged, missing, missing_count)
 }
 
+/// Attempts that resent a request_id, and replies flagged as replays.
+fn resends(run: &overdraft_history::Run) -> (u64, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut resends = 0;
+    let mut replayed = 0;
+    for op in &run.ops {
+        let id = run.request_id(op);
+        if !id.is_empty() && !seen.insert(id) {
+            resends += 1;
+        }
+        replayed += u64::from(op.replayed);
+    }
+    (resends, replayed)
+}
+
 /// Whether the run showed what it should, and why.
 fn rule(expected: Expect, mode: &str, verdict: Verdict, missing: u64) -> (bool, String) {
     if missing > 0 {
@@ -383,6 +428,10 @@ fn text(ruling: &Ruling, show: usize) -> String {
                 ruling.acknowledged - ruling.missing_count,
                 ruling.acknowledged
             ),
+        ),
+        (
+            "resent (no reply), answered as replays",
+            format!("{}, {}", ruling.resends, ruling.replayed_replies),
         ),
         (
             "ledger's audit",
@@ -446,5 +495,9 @@ mod tests {
         assert_eq!(writing, 1);
         let (none, zero) = survey(&dir.path().join("absent")).unwrap();
         assert!(none.is_empty() && zero == 0);
+
+        assert_eq!(clear_histories(dir.path()).unwrap(), 2);
+        assert_eq!(survey(dir.path()).unwrap(), (Vec::new(), 0));
+        assert!(dir.path().join("notes.txt").is_file());
     }
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The compose demo, end to end, as CI runs it: builds the image (nothing
+# pulled), runs the crowd in each mode given and requires the referee's
+# verdict (unsafe: anomalies, exit 0; the safe modes: none, exit 0). The
+# project's containers, network and volumes are removed after each mode,
+# and on any failure.
+# Usage: scripts/compose-demo.sh [MODE...]        (default: unsafe mutex)
+# Environment: ATMS (crowd size, default 8), DURATION (each ATM's run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+modes=("$@")
+[ ${#modes[@]} -gt 0 ] || modes=(unsafe mutex)
+project="overdraft-demo-$$"
+compose() { docker-compose -p "$project" "$@"; }
+cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+bash scripts/docker-image.sh
+for mode in "${modes[@]}"; do
+  echo "== compose demo: MODE=$mode, ${ATMS:-8} ATM containers"
+  started=$(date +%s)
+  status=0
+  MODE="$mode" compose up --abort-on-container-exit --exit-code-from referee referee || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "== compose demo: MODE=$mode FAILED (referee exit $status); the crowd's last words:" >&2
+    compose logs --tail 20 ledger chaos faults atm >&2 || true
+    exit 1
+  fi
+  echo "== compose demo: MODE=$mode passed in $(( $(date +%s) - started )) s"
+  cleanup
+done
