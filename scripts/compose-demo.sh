@@ -8,6 +8,7 @@
 # Environment: ATMS (crowd size, default 8), DURATION (each ATM's run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+command -v curl >/dev/null || { echo "curl missing: apt-get install curl" >&2; exit 2; }
 modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(unsafe mutex)
 project="overdraft-demo-$$"
@@ -20,7 +21,27 @@ for mode in "${modes[@]}"; do
   echo "== compose demo: MODE=$mode, ${ATMS:-8} ATM containers"
   started=$(date +%s)
   status=0
-  MODE="$mode" compose up --abort-on-container-exit --exit-code-from referee referee || status=$?
+  # VIEW_PORT=0: the live view on a free host port, asked for its snapshot
+  # from the host while the crowd runs.
+  MODE="$mode" VIEW_PORT=0 compose up --abort-on-container-exit --exit-code-from referee referee &
+  up=$!
+  view=""
+  for _ in $(seq 240); do
+    port="$(compose port view 8080 2>/dev/null | sed -n 's/.*:\([0-9]*\)$/\1/p' || true)"
+    if [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/snapshot" | grep -q "\"mode\":\"$mode\""; then
+      view="http://127.0.0.1:$port/"
+      break
+    fi
+    kill -0 "$up" 2>/dev/null || break
+    sleep 0.5
+  done
+  wait "$up" || status=$?
+  if [ -z "$view" ]; then
+    echo "== compose demo: MODE=$mode FAILED: the live view never answered on the host" >&2
+    compose logs --tail 20 view >&2 || true
+    exit 1
+  fi
+  echo "== compose demo: the live view answered at $view"
   if [ "$status" -ne 0 ]; then
     echo "== compose demo: MODE=$mode FAILED (referee exit $status); the crowd's last words:" >&2
     compose logs --tail 20 ledger chaos faults atm >&2 || true

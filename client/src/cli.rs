@@ -200,6 +200,12 @@ pub enum Command {
     /// the journal, a postmortem. Exit 0 when the run showed what its mode
     /// should (unsafe: anomalies; mutex, cas, actor: none), 1 otherwise.
     Referee(crate::referee::RefereeArgs),
+    /// Serve the live page for a projector: the mode, operations per second
+    /// by method, the busiest accounts' balances, the faults active, the
+    /// audit's anomalies with the operations behind them, and a swimlane of
+    /// each ATM's recent operations, pushed twice a second (server-sent
+    /// events). Runs until stopped.
+    View(crate::view::ViewArgs),
     /// Ask a ledger for its health (the standard gRPC health service):
     /// prints SERVING and exits 0, or exits 1 (another status) or 2 (no
     /// answer in time). For container health checks.
@@ -275,6 +281,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
         Command::Drill(args) => crate::drill::run(&args).await,
         Command::Health(args) => crate::health::check(&args).await,
         Command::Referee(args) => crate::referee::run(&args).await,
+        Command::View(args) => crate::view::run(&args).await,
         Command::Reset {
             target,
             accounts,

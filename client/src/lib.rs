@@ -38,3 +38,4 @@ pub mod postmortem;
 pub mod referee;
 pub mod report;
 pub mod scenario;
+pub mod view;
