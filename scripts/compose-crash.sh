@@ -47,12 +47,17 @@ say "unpaused; the referee judges once every ATM is done"
 status=0
 # --no-deps: `up` would start the exited bank again (a Reset) and rerun the
 # crowd; the referee waits for every ATM's history itself (ATMS of them).
-compose up --no-deps --abort-on-container-exit --exit-code-from referee referee || status=$?
+ruling="$(mktemp)"
+compose up --no-deps --abort-on-container-exit --exit-code-from referee referee 2>&1 | tee "$ruling" || status=$?
 if [ "$status" -ne 0 ]; then
   say "FAILED (referee exit $status)"
   compose logs --tail 20 ledger atm >&2 || true
   exit 1
 fi
+# The faults must have caught operations in flight: some were resent.
+resends="$(sed -n 's/.*resent (no reply), answered as replays *\([0-9]*\),.*/\1/p' "$ruling" | head -1)"
+rm -f "$ruling"
+[ "${resends:-0}" -gt 0 ] || { say "FAILED: no operation was resent; the kill and the pause caught nothing in flight"; exit 1; }
 starts="$(compose logs ledger 2>/dev/null | grep -c 'ledger serving' || true)"
 [ "$starts" -ge 2 ] || { say "FAILED: the ledger started $starts time(s), expected a restart"; exit 1; }
-say "passed: the ledger started $starts times; nothing acknowledged lost, nothing applied twice"
+say "passed: the ledger started $starts times, $resends operations were resent; nothing acknowledged lost, nothing applied twice"

@@ -28,7 +28,10 @@ for mode in "${modes[@]}"; do
   view=""
   for _ in $(seq 240); do
     port="$(compose port view 8080 2>/dev/null | sed -n 's/.*:\([0-9]*\)$/\1/p' || true)"
-    if [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/snapshot" | grep -q "\"mode\":\"$mode\""; then
+    # Not `curl | grep -q`: grep would stop reading early, and under
+    # pipefail curl's broken pipe would fail the check.
+    body="$( [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/snapshot" || true)"
+    if grep -q "\"mode\":\"$mode\"" <<<"$body"; then
       view="http://127.0.0.1:$port/"
       break
     fi
@@ -36,17 +39,17 @@ for mode in "${modes[@]}"; do
     sleep 0.5
   done
   wait "$up" || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "== compose demo: MODE=$mode FAILED (referee exit $status); the crowd's last words:" >&2
+    compose logs --tail 20 ledger chaos faults atm view >&2 || true
+    exit 1
+  fi
   if [ -z "$view" ]; then
     echo "== compose demo: MODE=$mode FAILED: the live view never answered on the host" >&2
     compose logs --tail 20 view >&2 || true
     exit 1
   fi
   echo "== compose demo: the live view answered at $view"
-  if [ "$status" -ne 0 ]; then
-    echo "== compose demo: MODE=$mode FAILED (referee exit $status); the crowd's last words:" >&2
-    compose logs --tail 20 ledger chaos faults atm >&2 || true
-    exit 1
-  fi
   echo "== compose demo: MODE=$mode passed in $(( $(date +%s) - started )) s"
   cleanup
 done

@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::{
     check::{self, CheckArgs},
     compare,
-    connect::{ClientError, Clients},
+    connect::ClientError,
     demo, embedded,
     journal::{self, JournalArgs},
     load::{self, LoadArgs},
@@ -175,25 +175,7 @@ pub enum Command {
     /// Open the accounts of a crowd's run: a Reset to acct-0 .. acct-(K-1),
     /// each with the opening balance, and the mode when given. The members
     /// then `atm load --join` with the same --accounts and --opening-cents.
-    Reset {
-        /// The ledger (e.g. http://127.0.0.1:50051).
-        #[arg(long)]
-        target: String,
-        /// Accounts to open.
-        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(load::ACCOUNTS_MAX)))]
-        accounts: u32,
-        /// Opening balance of every account.
-        #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
-        opening_cents: i64,
-        /// Switch the ledger to this mode as well.
-        #[arg(long, value_enum)]
-        mode: Option<Mode>,
-        /// Remove an earlier run's histories (NAME.jsonl, NAME.jsonl.part)
-        /// from this directory, creating it when missing, so that the
-        /// referee judges this run alone.
-        #[arg(long)]
-        fresh_histories: Option<PathBuf>,
-    },
+    Reset(crate::referee::ResetArgs),
     /// Judge a crowd of `atm load --join` members once all have finished:
     /// final reads, the journal, `atm check` over every history with the
     /// journal and the fault log, every acknowledged operation looked up in
@@ -282,32 +264,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
         Command::Health(args) => crate::health::check(&args).await,
         Command::Referee(args) => crate::referee::run(&args).await,
         Command::View(args) => crate::view::run(&args).await,
-        Command::Reset {
-            target,
-            accounts,
-            opening_cents,
-            mode,
-            fresh_histories,
-        } => {
-            if let Some(dir) = &fresh_histories {
-                let removed = crate::referee::clear_histories(dir)?;
-                eprintln!(
-                    "atm reset: removed {removed} histories of an earlier run from {}",
-                    dir.display()
-                );
-            }
-            let mut clients = Clients::connect(&target).await?;
-            clients
-                .reset(load::opening(accounts, opening_cents))
-                .await?;
-            if let Some(mode) = mode {
-                clients.set_mode(mode).await?;
-            }
-            eprintln!(
-                "atm reset: {accounts} accounts opened with {opening_cents} cents each at {target}"
-            );
-            Ok(true)
-        }
+        Command::Reset(args) => crate::referee::reset(&args).await,
         Command::Journal(args) => {
             let written = journal::export(&args.target, &args.output).await?;
             eprintln!(

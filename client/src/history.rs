@@ -106,10 +106,37 @@ pub fn create(
     header: &Header,
     opens: &[OpenLine],
 ) -> Result<(HistorySink, HistoryFile), ClientError> {
-    let cannot = |e: std::io::Error| {
-        ClientError::Usage(format!("cannot write --history {}: {e}", path.display()))
-    };
-    let mut out = BufWriter::new(File::create(path).map_err(cannot)?);
+    let file = File::create(path).map_err(|e| cannot_write(path, &e))?;
+    start(file, path, header, opens)
+}
+
+/// As [`create`], but refuses a `path` that exists: a crowd member's file,
+/// which no other member may share.
+pub fn create_new(
+    path: &Path,
+    header: &Header,
+    opens: &[OpenLine],
+) -> Result<(HistorySink, HistoryFile), ClientError> {
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| cannot_write(path, &e))?;
+    start(file, path, header, opens)
+}
+
+fn cannot_write(path: &Path, e: &std::io::Error) -> ClientError {
+    ClientError::Usage(format!("cannot write --history {}: {e}", path.display()))
+}
+
+fn start(
+    file: File,
+    path: &Path,
+    header: &Header,
+    opens: &[OpenLine],
+) -> Result<(HistorySink, HistoryFile), ClientError> {
+    let cannot = |e: std::io::Error| cannot_write(path, &e);
+    let mut out = BufWriter::new(file);
     write_line(&mut out, header).map_err(cannot)?;
     for open in opens {
         write_line(&mut out, open).map_err(cannot)?;

@@ -16,6 +16,9 @@
 //! - [`health`]: `atm health`, the gRPC health check for containers and scripts.
 //! - [`postmortem`]: `atm postmortem`, a checked run as an incident report.
 //! - [`drill`]: `atm drill`, symptoms, questions, grades, then the answer.
+//! - [`referee`]: `atm referee`, a crowd of `atm load --join` members judged
+//!   once all are done (and `atm reset --fresh-histories`'s clearing).
+//! - [`view`]: `atm view`, the live page pushed to a projector.
 //! - [`latency`], [`report`]: histograms and human-readable output.
 //! - [`embedded`]: a ledger in the same process, for the demo.
 //! - [`child`]: a ledger in a child process, for scenarios that crash it.

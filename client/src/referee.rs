@@ -33,6 +33,15 @@ const WAIT_POLL: Duration = Duration::from_millis(250);
 /// Most member histories one referee reads (a crowd, not a fleet).
 pub const MEMBERS_MAX: usize = 1_024;
 
+/// Longest the final reads may take: one read per account, each a
+/// millisecond or so; a ledger that does not answer fails the referee
+/// instead of hanging it.
+const FINAL_READS_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// Longest first line read to tell a history by its header: a history
+/// line's own bound.
+const HEADER_BYTES_MAX: u64 = 64 << 10;
+
 /// Acknowledged operations missing from the journal listed by request id.
 const MISSING_LISTED_MAX: usize = 10;
 
@@ -46,6 +55,73 @@ pub enum Expect {
     Anomalies,
     /// No anomaly.
     Clean,
+}
+
+/// `atm reset` arguments: what a crowd's run starts from.
+#[derive(Debug, Args)]
+pub struct ResetArgs {
+    /// The ledger (e.g. http://127.0.0.1:50051).
+    #[arg(long)]
+    pub target: String,
+    /// Accounts to open.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::load::ACCOUNTS_MAX)))]
+    pub accounts: u32,
+    /// Opening balance of every account.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(i64).range(0..=1_000_000_000_000))]
+    pub opening_cents: i64,
+    /// Switch the ledger to this mode as well.
+    #[arg(long, value_enum)]
+    pub mode: Option<overdraft_server::config::Mode>,
+    /// Remove an earlier run's histories (files whose first line is a
+    /// history header, finished or not) from this directory, creating it
+    /// when missing, so that the referee judges this run alone.
+    #[arg(long)]
+    pub fresh_histories: Option<PathBuf>,
+}
+
+/// `atm reset`: clears the histories when asked, opens the accounts, sets
+/// the mode.
+pub async fn reset(args: &ResetArgs) -> Result<bool, ClientError> {
+    if let Some(dir) = &args.fresh_histories {
+        let removed = clear_histories(dir)?;
+        eprintln!(
+            "atm reset: removed {removed} histories of an earlier run from {}",
+            dir.display()
+        );
+    }
+    let mut clients = Clients::connect(&args.target).await?;
+    clients
+        .reset(crate::load::opening(args.accounts, args.opening_cents))
+        .await?;
+    if let Some(mode) = args.mode {
+        clients.set_mode(mode).await?;
+    }
+    eprintln!(
+        "atm reset: {} accounts opened with {} cents each at {}",
+        args.accounts, args.opening_cents, args.target
+    );
+    Ok(true)
+}
+
+/// What the run should have shown, once `auto` is settled by the mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expected {
+    /// Anomalies (the unsafe mode's lesson).
+    Anomalies,
+    /// No anomaly, and a clean audit.
+    Clean,
+}
+
+impl Expect {
+    /// What `self` asks of a run in `mode`.
+    pub fn settle(self, mode: &str) -> Expected {
+        match self {
+            Expect::Auto if mode == "unsafe" => Expected::Anomalies,
+            Expect::Auto | Expect::Clean => Expected::Clean,
+            Expect::Anomalies => Expected::Anomalies,
+        }
+    }
 }
 
 /// `atm referee` arguments.
@@ -66,8 +142,9 @@ pub struct RefereeArgs {
     /// Default: a `referee` directory inside --histories.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Wait until at least this many members have finished.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MEMBERS_MAX as i64))]
+    /// Members to wait for: at least this many finished histories (the
+    /// crowd's size; a member creates its file only once connected).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=MEMBERS_MAX as i64))]
     pub atms: u32,
     /// Longest wait for the crowd to finish (e.g. 90s, 10m).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
@@ -94,7 +171,9 @@ pub struct Ruling {
     /// The ledger's mode.
     pub mode: String,
     /// What the run should have shown.
-    pub expected: Expect,
+    pub expected: Expected,
+    /// The mode the members' histories state.
+    pub run_mode: Option<String>,
     /// The members' history files.
     pub members: Vec<String>,
     /// Acknowledged mutations with a request id.
@@ -147,13 +226,20 @@ pub async fn judge(args: &RefereeArgs) -> Result<Ruling, ClientError> {
         .mode()
         .await?
         .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
-    let expected = match args.expect {
-        Expect::Auto if mode == "unsafe" => Expect::Anomalies,
-        Expect::Auto => Expect::Clean,
-        other => other,
-    };
+    let expected = args.expect.settle(&mode);
     let finals = out.join("final.jsonl");
-    record_final_reads(&mut clients, &members, &finals).await?;
+    tokio::time::timeout(
+        FINAL_READS_WAIT_MAX,
+        record_final_reads(&mut clients, &members, &finals),
+    )
+    .await
+    .map_err(|_| ClientError::Unreachable {
+        target: args.target.clone(),
+        reason: format!(
+            "the final reads took over {} s",
+            FINAL_READS_WAIT_MAX.as_secs()
+        ),
+    })??;
     let journal = out.join("journal.jsonl");
     crate::journal::export(&args.target, &journal).await?;
     let audit = clients.audit().await?;
@@ -175,9 +261,18 @@ pub async fn judge(args: &RefereeArgs) -> Result<Ruling, ClientError> {
     };
     write(&incident, &postmortem, Some(&out.join("postmortem.html")))?;
 
-    let (held, reason) = rule(expected, &mode, report.verdict, missing_count);
+    let (held, reason) = rule(&Weighed {
+        expected,
+        ledger_mode: &mode,
+        run_mode: loaded.run.mode.as_deref(),
+        verdict: report.verdict,
+        acknowledged,
+        missing: missing_count,
+        audit_clean: audit.clean,
+    });
     let ruling = Ruling {
         schema: 1,
+        run_mode: loaded.run.mode.clone(),
         mode,
         expected,
         members: members.iter().map(|p| p.display().to_string()).collect(),
@@ -284,13 +379,26 @@ pub fn clear_histories(dir: &Path) -> Result<usize, ClientError> {
     for entry in std::fs::read_dir(dir).map_err(cannot)? {
         let entry = entry.map_err(cannot)?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let history = name.ends_with(".jsonl") || name.ends_with(&format!(".jsonl{PART_SUFFIX}"));
-        if history && entry.path().is_file() {
+        let named = name.ends_with(".jsonl") || name.ends_with(&format!(".jsonl{PART_SUFFIX}"));
+        if named && entry.path().is_file() && is_history(&entry.path()) {
             std::fs::remove_file(entry.path()).map_err(cannot)?;
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Whether `path` starts with a history header: nothing else is removed.
+fn is_history(path: &Path) -> bool {
+    use std::io::{BufRead, Read};
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut first = Vec::new();
+    let read = std::io::BufReader::new(file)
+        .take(HEADER_BYTES_MAX)
+        .read_until(b'\n', &mut first);
+    read.is_ok() && serde_json::from_slice::<Header>(first.trim_ascii()).is_ok()
 }
 
 /// Reads every account the members opened, once all have stopped: the
@@ -371,38 +479,73 @@ fn resends(run: &overdraft_history::Run) -> (u64, u64) {
     (resends, replayed)
 }
 
-/// Whether the run showed what it should, and why.
-fn rule(expected: Expect, mode: &str, verdict: Verdict, missing: u64) -> (bool, String) {
-    if missing > 0 {
+/// What the ruling weighs.
+struct Weighed<'a> {
+    expected: Expected,
+    ledger_mode: &'a str,
+    run_mode: Option<&'a str>,
+    verdict: Verdict,
+    acknowledged: u64,
+    missing: u64,
+    audit_clean: bool,
+}
+
+/// Whether the run showed what it should, and why. The evidence must hold
+/// before the verdict counts: the histories and the ledger agree on the
+/// mode, something was acknowledged, and nothing acknowledged was lost.
+fn rule(w: &Weighed<'_>) -> (bool, String) {
+    let mode = w.ledger_mode;
+    if let Some(run_mode) = w.run_mode.filter(|m| *m != mode) {
         return (
             false,
             format!(
-                "{missing} acknowledged operation(s) are not in the ledger's journal: acknowledged, then lost"
+                "the histories ran in {run_mode} mode but the ledger is in {mode} mode now: judge a run in one mode"
             ),
         );
     }
-    match (expected, verdict) {
+    if w.acknowledged == 0 {
+        return (
+            false,
+            "no operation was acknowledged: the ATMs never reached the ledger (see their logs)"
+                .to_owned(),
+        );
+    }
+    if w.missing > 0 {
+        return (
+            false,
+            format!(
+                "{} acknowledged operation(s) are not in the ledger's journal: acknowledged, then lost",
+                w.missing
+            ),
+        );
+    }
+    match (w.expected, w.verdict) {
         (_, Verdict::Unknown) => (
             false,
             "the checker could not decide (see `undecided`); raise --time-budget".to_owned(),
         ),
-        (Expect::Anomalies, Verdict::Anomalies) => {
+        (Expected::Anomalies, Verdict::Anomalies) => {
             (true, format!("{mode} mode showed anomalies, as it should"))
         }
-        (Expect::Anomalies, Verdict::Valid) => (
+        (Expected::Anomalies, Verdict::Valid) => (
             false,
             format!(
                 "{mode} mode showed no anomaly: the race did not happen (more ATMs, a longer run, or a wider race window)"
             ),
         ),
-        (Expect::Clean, Verdict::Valid) => {
+        (Expected::Clean, Verdict::Valid) if w.audit_clean => {
             (true, format!("{mode} mode came back clean, as it should"))
         }
-        (Expect::Clean | Expect::Auto, Verdict::Anomalies) => (
+        (Expected::Clean, Verdict::Valid) => (
+            false,
+            format!(
+                "the histories fit the bank model, but the ledger's audit in {mode} mode has findings"
+            ),
+        ),
+        (Expected::Clean, Verdict::Anomalies) => (
             false,
             format!("{mode} mode showed anomalies; it should show none"),
         ),
-        (Expect::Auto, Verdict::Valid) => (true, format!("{mode} mode came back clean")),
     }
 }
 
@@ -416,8 +559,8 @@ fn text(ruling: &Ruling, show: usize) -> String {
         (
             "expected",
             match ruling.expected {
-                Expect::Anomalies => "anomalies".to_owned(),
-                _ => "no anomaly".to_owned(),
+                Expected::Anomalies => "anomalies".to_owned(),
+                Expected::Clean => "no anomaly".to_owned(),
             },
         ),
         ("ATM histories", ruling.members.len().to_string()),
@@ -471,23 +614,76 @@ mod tests {
     /// a lost acknowledgement fails every mode.
     #[test]
     fn rules_follow_the_mode() {
-        let held = |expect, verdict, missing| rule(expect, "m", verdict, missing).0;
-        assert!(held(Expect::Anomalies, Verdict::Anomalies, 0));
-        assert!(!held(Expect::Anomalies, Verdict::Valid, 0));
-        assert!(held(Expect::Clean, Verdict::Valid, 0));
-        assert!(!held(Expect::Clean, Verdict::Anomalies, 0));
-        assert!(!held(Expect::Clean, Verdict::Unknown, 0));
-        assert!(!held(Expect::Anomalies, Verdict::Anomalies, 1));
-        assert!(!held(Expect::Clean, Verdict::Valid, 3));
+        let held = |expected, verdict, missing| {
+            let weighed = Weighed {
+                expected,
+                ledger_mode: "m",
+                run_mode: Some("m"),
+                verdict,
+                acknowledged: 10,
+                missing,
+                audit_clean: true,
+            };
+            rule(&weighed).0
+        };
+        assert!(held(Expected::Anomalies, Verdict::Anomalies, 0));
+        assert!(!held(Expected::Anomalies, Verdict::Valid, 0));
+        assert!(held(Expected::Clean, Verdict::Valid, 0));
+        assert!(!held(Expected::Clean, Verdict::Anomalies, 0));
+        assert!(!held(Expected::Clean, Verdict::Unknown, 0));
+        assert!(!held(Expected::Anomalies, Verdict::Anomalies, 1));
+        assert!(!held(Expected::Clean, Verdict::Valid, 3));
+        assert_eq!(Expect::Auto.settle("unsafe"), Expected::Anomalies);
+        assert_eq!(Expect::Auto.settle("cas"), Expected::Clean);
+    }
+
+    /// Goal: a clean verdict does not pass without evidence behind it: a
+    /// run with nothing acknowledged, a ledger whose audit has findings, or
+    /// histories from another mode than the ledger's all fail.
+    #[test]
+    fn a_clean_verdict_needs_evidence() {
+        let clean = Weighed {
+            expected: Expected::Clean,
+            ledger_mode: "mutex",
+            run_mode: Some("mutex"),
+            verdict: Verdict::Valid,
+            acknowledged: 10,
+            missing: 0,
+            audit_clean: true,
+        };
+        assert!(rule(&clean).0);
+        assert!(
+            !rule(&Weighed {
+                acknowledged: 0,
+                ..clean
+            })
+            .0
+        );
+        assert!(
+            !rule(&Weighed {
+                audit_clean: false,
+                ..clean
+            })
+            .0
+        );
+        assert!(
+            !rule(&Weighed {
+                run_mode: Some("unsafe"),
+                ..clean
+            })
+            .0
+        );
     }
 
     /// Goal: a member still writing holds the referee back, a finished one
-    /// counts, and the referee's own directory is not taken for a member.
+    /// counts, the referee's own directory is not taken for a member, and
+    /// clearing removes histories only.
     #[test]
     fn survey_counts_finished_and_running_members() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.jsonl"), "").unwrap();
-        std::fs::write(dir.path().join("b.jsonl.part"), "").unwrap();
+        let header = r#"{"schema":2,"kind":"overdraft-history","mode":"cas","seed":1,"overdraft":{"policy":"reject"},"wall_unix_ns_at_zero":5}"#;
+        std::fs::write(dir.path().join("a.jsonl"), format!("{header}\n")).unwrap();
+        std::fs::write(dir.path().join("b.jsonl.part"), format!("{header}\n")).unwrap();
         std::fs::write(dir.path().join("notes.txt"), "").unwrap();
         std::fs::create_dir(dir.path().join("referee")).unwrap();
         let (done, writing) = survey(dir.path()).unwrap();
@@ -496,8 +692,12 @@ mod tests {
         let (none, zero) = survey(&dir.path().join("absent")).unwrap();
         assert!(none.is_empty() && zero == 0);
 
+        // A journal beside them is no history: it stays.
+        std::fs::write(dir.path().join("journal.jsonl"), "{\"seq\":1}\n").unwrap();
         assert_eq!(clear_histories(dir.path()).unwrap(), 2);
-        assert_eq!(survey(dir.path()).unwrap(), (Vec::new(), 0));
+        let (left, writing) = survey(dir.path()).unwrap();
+        assert_eq!(left, vec![dir.path().join("journal.jsonl")]);
+        assert_eq!(writing, 0);
         assert!(dir.path().join("notes.txt").is_file());
     }
 }

@@ -81,6 +81,20 @@ async fn crowd(ledger: &RunningLedger, histories: &Path, attempts: u32) {
     }
 }
 
+/// Every operation line of the members' histories, as JSON.
+fn member_lines(histories: &Path) -> Vec<serde_json::Value> {
+    (0..MEMBERS)
+        .flat_map(|n| {
+            std::fs::read_to_string(histories.join(format!("atm-{n}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .filter(|line| line.get("op").is_some_and(|op| op != "open"))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn referee_args(ledger: &RunningLedger, histories: &Path, expect: Expect) -> RefereeArgs {
     RefereeArgs {
         target: ledger.url(),
@@ -98,7 +112,7 @@ fn referee_args(ledger: &RunningLedger, histories: &Path, expect: Expect) -> Ref
 
 /// Goal: the referee judges the whole crowd and passes each mode on what it
 /// should show: unsafe anomalies, mutex and cas none; asked to expect the
-/// opposite it fails. Operation: three members of two ATMs each, 320
+/// opposite it fails. Operation: three members of two ATMs each, 160
 /// operations per member on four accounts with the race window open; the
 /// referee reads all three histories, exports the journal, finds every
 /// acknowledged operation in it and writes a postmortem.
@@ -198,7 +212,8 @@ async fn the_referee_waits_for_members_still_writing() {
 
 /// Goal: a member resends an operation whose reply was lost with the same
 /// request_id, the ledger replays its first reply, and nothing applies
-/// twice. Operation: the ledger loses the replies of its next 12 mutations
+/// twice, and the operations drawn are those of the same crowd with no
+/// reply lost. Operation: the ledger loses the replies of its next 12 mutations
 /// (applied, then UNAVAILABLE); a mutex crowd with 4 attempts per
 /// operation; each resend is answered as a replay, the journal holds each
 /// lost reply's operation once, and the referee passes the run clean.
@@ -216,19 +231,46 @@ async fn resends_after_lost_replies_apply_once() {
     let counts = &ruling.report.counts;
     assert_eq!(counts.unknown, 12, "{counts:?}");
     assert_eq!(counts.unknown_resolved_by_journal, 12, "{counts:?}");
-    let replayed: usize = (0..MEMBERS)
-        .map(|n| {
-            std::fs::read_to_string(histories.join(format!("atm-{n}.jsonl")))
-                .unwrap()
-                .lines()
-                .filter(|line| line.contains("\"replayed\":true"))
-                .count()
-        })
-        .sum();
+    let lines = member_lines(&histories);
+    let replayed = lines.iter().filter(|l| l["replayed"] == true).count();
     assert_eq!(
         replayed, 12,
         "each lost reply's resend is answered as a replay"
     );
+    // Every attempt is its own line: the unanswered one, then the resend,
+    // with the same request_id and the same intent.
+    for resend in lines.iter().filter(|l| l["replayed"] == true) {
+        let id = resend["request_id"].as_str().unwrap();
+        let attempts: Vec<_> = lines.iter().filter(|l| l["request_id"] == id).collect();
+        assert_eq!(attempts.len(), 2, "{id}: {attempts:?}");
+        assert_eq!(attempts[0]["outcome"], "unknown");
+        assert_eq!(attempts[0]["code"], "Unavailable");
+        assert_eq!(attempts[1]["outcome"], "ok");
+        assert!(attempts.iter().all(|a| a["intent"] == id));
+        assert!(attempts[0]["complete_ns"].as_u64() <= attempts[1]["invoke_ns"].as_u64());
+    }
+
+    // The same crowd with no reply lost sends the same operations: the
+    // resends' jitter does not draw from the workload's generator.
+    let calm = bank(Mode::Mutex).await;
+    let calm_dir = tempfile::tempdir().unwrap();
+    crowd(&calm, calm_dir.path(), 4).await;
+    let drawn = |lines: &[serde_json::Value]| {
+        let mut ops: Vec<String> = lines
+            .iter()
+            .filter(|l| l["replayed"] != true)
+            .map(|l| {
+                format!(
+                    "{} {} {} {}",
+                    l["request_id"], l["op"], l["account_id"], l["amount_cents"]
+                )
+            })
+            .collect();
+        ops.sort();
+        ops.dedup();
+        ops
+    };
+    assert_eq!(drawn(&lines), drawn(&member_lines(calm_dir.path())));
     assert_eq!(ruling.report.verdict, Verdict::Valid, "{}", ruling.reason);
     assert!(ruling.held);
 }

@@ -22,7 +22,9 @@ pub const OPS_MAX: u64 = 100_000_000;
 /// Longest run: a day.
 pub const DURATION_MAX: Duration = Duration::from_secs(24 * 3_600);
 
-/// Most attempts of one operation (the first send and its resends).
+/// Most attempts of one operation (the first send and its resends): with
+/// the backoff's 2 s ceiling, twenty attempts ride out a ledger that is
+/// away for about half a minute, longer than any restart it makes.
 pub const ATTEMPTS_MAX: u32 = 20;
 
 /// Longest name of a crowd member: it goes into every request id.
@@ -90,7 +92,7 @@ pub struct CrowdArgs {
     /// container of many): no Reset, no mode switch, no final reads and no
     /// reconciliation; `atm referee` does those once every member is done.
     /// --accounts and --opening-cents must say what `atm reset` opened.
-    #[arg(long, conflicts_with = "mode")]
+    #[arg(long, conflicts_with = "mode", requires = "history")]
     pub join: bool,
     /// This member's name: in its request ids, its history's ATM names, and
     /// the history's file name when --history is a directory. Letters,

@@ -26,11 +26,17 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// transport to give up (a paused ledger holds the connection open).
 const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
-/// The backoff before the first resend; it doubles per attempt, with jitter.
+/// The backoff before the first resend: long enough that a ledger that
+/// dropped a connection has accepted the next; it doubles per attempt,
+/// with jitter so that a crowd does not resend in step.
 const RESEND_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 
-/// The longest backoff between two attempts.
+/// The longest backoff between two attempts: about a restart of the
+/// ledger on a small data directory.
 const RESEND_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Mixed into an ATM's seed for its resend jitter ("jitter" in ASCII).
+const JITTER_STREAM: u64 = 0x6a69_7474_6572;
 
 /// One ATM's share of the results.
 #[derive(Debug, Default)]
@@ -71,6 +77,9 @@ pub(super) async fn run_atm(
 ) -> AtmResult {
     let mut ledger = pb::ledger_client::LedgerClient::new(channel);
     let mut rng = StdRng::seed_from_u64(plan.stream());
+    // The resends' jitter draws from a generator of its own, so that the
+    // operations a seed sends do not depend on which replies were lost.
+    let mut jitter = StdRng::seed_from_u64(plan.stream() ^ JITTER_STREAM);
     let mut result = AtmResult::default();
     let mut k = 0u64;
     while plan.more(k, Instant::now()) {
@@ -103,7 +112,7 @@ pub(super) async fn run_atm(
             request_id,
             deadline: plan.deadline_per_attempt,
         };
-        let record = send_attempts(&mut ledger, &plan, request, intended, &mut rng, &sink).await;
+        let record = send_attempts(&mut ledger, &plan, request, intended, &mut jitter, &sink).await;
         let complete = Instant::now();
         result
             .latency

@@ -114,7 +114,11 @@ async fn drive(
             let opens: Vec<OpenLine> = (0..args.accounts)
                 .map(|n| OpenLine::new(&account_id(n), args.opening_cents, 0))
                 .collect();
-            let (sink, writer) = history::create(&place.writing, &header, &opens)?;
+            let (sink, writer) = if member.is_some() {
+                history::create_new(&place.writing, &header, &opens)?
+            } else {
+                history::create(&place.writing, &header, &opens)?
+            };
             (Some(sink), Some(writer))
         }
         None => (None, None),
@@ -140,14 +144,23 @@ async fn drive(
     }
     let elapsed = started.elapsed();
     let sent = total.latency.values().map(Latency::count).sum();
-    let cost = meter.finish(&mut clients, sent).await?;
     if let Some(ticker) = ticker {
         ticker.abort();
     }
-    if let (Some(sink), Some(writer), Some(place)) = (sink, writer, place) {
-        if member.is_none() {
-            record_final_reads(&mut clients, args, &sink, &clock).await?;
-        }
+    let mut history = sink.zip(writer).zip(place);
+    if member.is_some()
+        && let Some(((sink, writer), place)) = history.take()
+    {
+        // A member's history is whole once its ATMs stop: published before
+        // any further call, so that a call failing now cannot leave the
+        // referee waiting on a .part.
+        drop(sink);
+        writer.finish().await?;
+        place.complete()?;
+    }
+    let cost = meter.finish(&mut clients, sent).await?;
+    if let Some(((sink, writer), place)) = history {
+        record_final_reads(&mut clients, args, &sink, &clock).await?;
         drop(sink);
         writer.finish().await?;
         place.complete()?;
@@ -198,9 +211,18 @@ impl HistoryPlace {
             });
         }
         let name = member.map_or_else(|| format!("load-{seed}"), str::to_owned);
+        let done = path.join(format!("{name}.jsonl"));
+        if member.is_some() && done.exists() {
+            return Err(ClientError::Usage(format!(
+                "{} exists: another member is named {name}, or an earlier run's history is \
+                 there (`atm reset --fresh-histories {}` clears them)",
+                done.display(),
+                path.display()
+            )));
+        }
         Ok(Self {
             writing: path.join(format!("{name}.jsonl{PART_SUFFIX}")),
-            done: path.join(format!("{name}.jsonl")),
+            done,
         })
     }
 

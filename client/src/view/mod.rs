@@ -15,15 +15,16 @@ use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::
 use axum::{
     Json, Router,
     extract::State,
+    http::StatusCode,
     response::{
-        Html, IntoResponse,
+        Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
     },
     routing::get,
 };
 use clap::Args;
-use tokio::sync::watch;
-use tokio_stream::{Stream, StreamExt, wrappers::WatchStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_stream::{StreamExt, wrappers::WatchStream};
 
 use self::state::Watcher;
 pub use self::state::{AccountRow, AuditView, FaultRow, FindingRow, Lane, LaneOp, Snapshot};
@@ -31,6 +32,10 @@ use crate::connect::ClientError;
 
 /// How often a snapshot is taken and pushed.
 pub const EVERY: Duration = Duration::from_millis(500);
+
+/// Most pages listening at once: a projector and a room's laptops, not the
+/// internet. Each holds one connection and a snapshot being sent.
+pub const PAGES_MAX: usize = 64;
 
 /// `atm view` arguments.
 #[derive(Debug, Args)]
@@ -55,6 +60,7 @@ pub struct ViewArgs {
 struct Shared {
     target: Arc<str>,
     latest: watch::Receiver<Arc<Snapshot>>,
+    pages: Arc<Semaphore>,
 }
 
 /// Serves the page until the process is stopped.
@@ -90,6 +96,7 @@ pub async fn serve(
     let shared = Shared {
         target: Arc::from(args.target.as_str()),
         latest,
+        pages: Arc::new(Semaphore::new(PAGES_MAX)),
     };
     let app = Router::new()
         .route("/", get(index))
@@ -112,14 +119,23 @@ async fn snapshot(State(shared): State<Shared>) -> impl IntoResponse {
 }
 
 /// Every snapshot from now on; a slow page skips to the latest (a watch
-/// channel holds one), so nothing queues up behind it.
-async fn events(
-    State(shared): State<Shared>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = WatchStream::new(shared.latest).map(|snapshot| {
-        Ok(Event::default()
-            .json_data(&*snapshot)
-            .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())))
+/// channel holds one), so nothing queues up behind it. Past PAGES_MAX open
+/// pages, 503.
+async fn events(State(shared): State<Shared>) -> Response {
+    let Ok(page) = Arc::clone(&shared.pages).try_acquire_owned() else {
+        let refusal = format!("{PAGES_MAX} pages are already open; close one and reload");
+        return (StatusCode::SERVICE_UNAVAILABLE, refusal).into_response();
+    };
+    let stream = WatchStream::new(shared.latest).map(move |snapshot| {
+        // The permit lives as long as the stream: one page, one place.
+        let _page = &page;
+        Ok::<_, Infallible>(
+            Event::default()
+                .json_data(&*snapshot)
+                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
+        )
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -33,16 +33,25 @@ const ACCOUNTS_SHOWN: usize = 8;
 const LANES_MAX: usize = 32;
 const LANE_OPS_MAX: usize = 400;
 
-/// Most audit findings shown (the latest).
+/// Most audit findings shown (the latest), and request ids per finding: a
+/// projector's worth.
 const FINDINGS_SHOWN: usize = 12;
+const FINDING_IDS_SHOWN: usize = 8;
 
 /// Operations per second are counted over one second that ended this long
 /// ago: a member's history reaches the disk in buffered bursts.
 const RATE_LAG_NS: u64 = 500_000_000;
 
-/// The shortest gap between two audits; an audit that took long widens it
-/// to five times its own duration, so the page never keeps the ledger busy.
-const AUDIT_EVERY_MIN: Duration = Duration::from_secs(2);
+/// The shortest gap between two audits. An audit holds the ledger's mode
+/// lock (no operation runs while it folds the journal), so one that took
+/// long widens the gap to AUDIT_GAP_FACTOR times its own duration: the view
+/// never stops the ledger for more than 1/20 of the time it watches.
+const AUDIT_EVERY_MIN: Duration = Duration::from_secs(3);
+const AUDIT_GAP_FACTOR: u32 = 20;
+
+/// Longest the ledger may take to answer one look's calls: a paused or
+/// restarting ledger leaves the rest of the page live.
+const LEDGER_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// Largest fault log read on each look.
 const FAULT_LOG_MAX_BYTES: u64 = 8 << 20;
@@ -169,133 +178,24 @@ pub struct Snapshot {
     pub error: Option<String>,
 }
 
-/// What the view keeps between snapshots.
-pub(super) struct Watcher {
-    target: String,
-    clients: Option<Clients>,
+/// The files the view follows: read on a blocking thread, never on the
+/// runtime's workers.
+struct Files {
     tail: Option<Tail>,
     fault_log: Option<PathBuf>,
-    recent: VecDeque<Seen>,
-    audit: AuditView,
-    next_audit: Instant,
-    last_total: Option<(Instant, u64)>,
+    /// The faults active at the last look that could read the log.
     faults: Vec<FaultRow>,
-    sequence: u64,
 }
 
-impl Watcher {
-    /// Watches `target`, following the histories in `histories` and the
-    /// fault log when given.
-    pub(super) fn new(
-        target: &str,
-        histories: Option<PathBuf>,
-        fault_log: Option<PathBuf>,
-    ) -> Self {
-        Self {
-            target: target.to_owned(),
-            clients: None,
-            tail: histories.as_deref().map(Tail::new),
-            fault_log,
-            recent: VecDeque::new(),
-            audit: AuditView::default(),
-            next_audit: Instant::now(),
-            last_total: None,
-            faults: Vec::new(),
-            sequence: 0,
-        }
-    }
-
-    /// Takes the next snapshot. Never fails: what could not be gathered is
-    /// named in `error`, and the rest is shown.
-    pub(super) async fn snapshot(&mut self) -> Snapshot {
-        let now_unix_ns = unix_ns();
-        let mut errors = Vec::new();
-        if let Some(tail) = &mut self.tail {
-            let mut seen = Vec::new();
-            if let Err(e) = tail.poll(&mut seen) {
-                errors.push(format!("reading the histories: {e}"));
-            }
-            self.recent.extend(seen);
-        }
-        let oldest = now_unix_ns.saturating_sub(WINDOW_NS);
-        while self
-            .recent
-            .front()
-            .is_some_and(|s| s.complete_unix_ns < oldest)
-            || self.recent.len() > RECENT_MAX
+impl Files {
+    /// Reads what the histories and the fault log gained since the last look.
+    fn look(&mut self, now_unix_ns: u64, seen: &mut Vec<Seen>, errors: &mut Vec<String>) {
+        if let Some(tail) = &mut self.tail
+            && let Err(e) = tail.poll(seen)
         {
-            self.recent.pop_front();
+            errors.push(format!("reading the histories: {e}"));
         }
-        self.read_faults(now_unix_ns, &mut errors);
-
-        let mut snapshot = Snapshot {
-            schema: 1,
-            at_unix_ms: now_unix_ns / 1_000_000,
-            sequence: self.sequence,
-            target: self.target.clone(),
-            mode: "unknown".to_owned(),
-            window_ms: LANE_WINDOW_NS / 1_000_000,
-            faults: self.faults.clone(),
-            ..Snapshot::default()
-        };
-        self.sequence += 1;
-        if let Err(e) = self.ask_ledger(&mut snapshot).await {
-            // Connect again on the next look (the ledger may be restarting).
-            self.clients = None;
-            errors.push(e);
-        }
-        self.rates(&mut snapshot, now_unix_ns);
-        snapshot.lanes = self.lanes(now_unix_ns);
-        snapshot.audit = self.audit.clone();
-        if !errors.is_empty() {
-            snapshot.error = Some(errors.join("; "));
-        }
-        snapshot
-    }
-
-    async fn ask_ledger(&mut self, snapshot: &mut Snapshot) -> Result<(), String> {
-        if self.clients.is_none() {
-            self.clients = Some(
-                Clients::connect(&self.target)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let Some(clients) = self.clients.as_mut() else {
-            return Ok(());
-        };
-        let stats = clients.stats().await.map_err(|e| e.to_string())?;
-        snapshot.mode = overdraft_server::config::Mode::from_proto(stats.mode)
-            .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
-        snapshot.operations_total = stats.modes.iter().map(|m| m.operations).sum();
-        let now = Instant::now();
-        if self.tail.is_none()
-            && let Some((then, total)) = self.last_total
-        {
-            let seconds = now.duration_since(then).as_secs_f64().max(1e-3);
-            let rate = snapshot.operations_total.saturating_sub(total) as f64 / seconds;
-            snapshot.ops_per_sec.insert("all".to_owned(), rate);
-        }
-        self.last_total = Some((now, snapshot.operations_total));
-
-        for (account, recent_ops) in busiest(&self.recent) {
-            let state = clients.balance(&account).await.map_err(|e| e.to_string())?;
-            snapshot.accounts.push(AccountRow {
-                account_id: account,
-                balance_cents: state.balance_cents,
-                version: state.version,
-                recent_ops,
-            });
-        }
-
-        if now >= self.next_audit {
-            let started = Instant::now();
-            let audit = clients.audit().await.map_err(|e| e.to_string())?;
-            let took = started.elapsed();
-            self.next_audit = Instant::now() + AUDIT_EVERY_MIN.max(took * 5);
-            self.audit = audit_view(&audit);
-        }
-        Ok(())
+        self.read_faults(now_unix_ns, errors);
     }
 
     fn read_faults(&mut self, now_unix_ns: u64, errors: &mut Vec<String>) {
@@ -333,11 +233,167 @@ impl Watcher {
                 .collect();
         }
     }
+}
+
+/// What the view keeps between snapshots.
+pub(super) struct Watcher {
+    target: String,
+    clients: Option<Clients>,
+    /// None only while a look has them on the blocking thread.
+    files: Option<Files>,
+    follows_histories: bool,
+    recent: VecDeque<Seen>,
+    audit: AuditView,
+    next_audit: Instant,
+    last_total: Option<(Instant, u64)>,
+    sequence: u64,
+}
+
+impl Watcher {
+    /// Watches `target`, following the histories in `histories` and the
+    /// fault log when given.
+    pub(super) fn new(
+        target: &str,
+        histories: Option<PathBuf>,
+        fault_log: Option<PathBuf>,
+    ) -> Self {
+        Self {
+            target: target.to_owned(),
+            clients: None,
+            follows_histories: histories.is_some(),
+            files: Some(Files {
+                tail: histories.as_deref().map(Tail::new),
+                fault_log,
+                faults: Vec::new(),
+            }),
+            recent: VecDeque::new(),
+            audit: AuditView::default(),
+            next_audit: Instant::now(),
+            last_total: None,
+            sequence: 0,
+        }
+    }
+
+    /// Takes the next snapshot. Never fails: what could not be gathered is
+    /// named in `error`, and the rest is shown.
+    pub(super) async fn snapshot(&mut self) -> Snapshot {
+        let now_unix_ns = unix_ns();
+        let mut errors = Vec::new();
+        let mut faults = Vec::new();
+        if let Some(mut files) = self.files.take() {
+            let looked = tokio::task::spawn_blocking(move || {
+                let mut seen = Vec::new();
+                let mut errors = Vec::new();
+                files.look(now_unix_ns, &mut seen, &mut errors);
+                (files, seen, errors)
+            })
+            .await;
+            match looked {
+                Ok((files, seen, look_errors)) => {
+                    faults.clone_from(&files.faults);
+                    self.files = Some(files);
+                    self.recent.extend(seen);
+                    errors.extend(look_errors);
+                }
+                Err(e) => errors.push(format!(
+                    "reading the files failed ({e}); no longer followed"
+                )),
+            }
+        }
+        let oldest = now_unix_ns.saturating_sub(WINDOW_NS);
+        while self
+            .recent
+            .front()
+            .is_some_and(|s| s.complete_unix_ns < oldest)
+            || self.recent.len() > RECENT_MAX
+        {
+            self.recent.pop_front();
+        }
+
+        let mut snapshot = Snapshot {
+            schema: 1,
+            at_unix_ms: now_unix_ns / 1_000_000,
+            sequence: self.sequence,
+            target: self.target.clone(),
+            mode: "unknown".to_owned(),
+            window_ms: LANE_WINDOW_NS / 1_000_000,
+            faults,
+            ..Snapshot::default()
+        };
+        self.sequence += 1;
+        let asked = tokio::time::timeout(LEDGER_WAIT_MAX, self.ask_ledger(&mut snapshot)).await;
+        let failed = match asked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(format!(
+                "the ledger did not answer within {} s",
+                LEDGER_WAIT_MAX.as_secs()
+            )),
+        };
+        if let Some(e) = failed {
+            // Connect again on the next look (the ledger may be restarting).
+            self.clients = None;
+            errors.push(e);
+        }
+        self.rates(&mut snapshot, now_unix_ns);
+        snapshot.lanes = self.lanes(now_unix_ns);
+        snapshot.audit = self.audit.clone();
+        if !errors.is_empty() {
+            snapshot.error = Some(errors.join("; "));
+        }
+        snapshot
+    }
+
+    async fn ask_ledger(&mut self, snapshot: &mut Snapshot) -> Result<(), String> {
+        if self.clients.is_none() {
+            self.clients = Some(
+                Clients::connect(&self.target)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let Some(clients) = self.clients.as_mut() else {
+            return Ok(());
+        };
+        let stats = clients.stats().await.map_err(|e| e.to_string())?;
+        snapshot.mode = overdraft_server::config::Mode::from_proto(stats.mode)
+            .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
+        snapshot.operations_total = stats.modes.iter().map(|m| m.operations).sum();
+        let now = Instant::now();
+        if !self.follows_histories
+            && let Some((then, total)) = self.last_total
+        {
+            let seconds = now.duration_since(then).as_secs_f64().max(1e-3);
+            let rate = snapshot.operations_total.saturating_sub(total) as f64 / seconds;
+            snapshot.ops_per_sec.insert("all".to_owned(), rate);
+        }
+        self.last_total = Some((now, snapshot.operations_total));
+
+        let oldest = unix_ns().saturating_sub(WINDOW_NS);
+        for (account, recent_ops) in busiest(&self.recent, oldest) {
+            let state = clients.balance(&account).await.map_err(|e| e.to_string())?;
+            snapshot.accounts.push(AccountRow {
+                account_id: account,
+                balance_cents: state.balance_cents,
+                version: state.version,
+                recent_ops,
+            });
+        }
+
+        if now >= self.next_audit {
+            let started = Instant::now();
+            let audit = clients.audit().await.map_err(|e| e.to_string())?;
+            let took = started.elapsed();
+            self.next_audit = Instant::now() + AUDIT_EVERY_MIN.max(took * AUDIT_GAP_FACTOR);
+            self.audit = audit_view(&audit);
+        }
+        Ok(())
+    }
 
     /// Operations per second by method over one second that ended
     /// RATE_LAG ago, from the histories.
     fn rates(&self, snapshot: &mut Snapshot, now_unix_ns: u64) {
-        if self.tail.is_none() {
+        if !self.follows_histories {
             return;
         }
         let until = now_unix_ns.saturating_sub(RATE_LAG_NS);
@@ -391,10 +447,10 @@ impl Watcher {
     }
 }
 
-/// The accounts touched most in the window, with their counts.
-fn busiest(recent: &VecDeque<Seen>) -> Vec<(String, u64)> {
+/// The accounts touched most since `oldest`, with their counts.
+fn busiest(recent: &VecDeque<Seen>, oldest: u64) -> Vec<(String, u64)> {
     let mut counts: HashMap<&str, u64> = HashMap::new();
-    for seen in recent {
+    for seen in recent.iter().filter(|s| s.complete_unix_ns >= oldest) {
         *counts.entry(seen.account.as_str()).or_default() += 1;
         if let Some(to) = &seen.to {
             *counts.entry(to.as_str()).or_default() += 1;
@@ -431,7 +487,12 @@ fn audit_view(audit: &pb::AuditReply) -> AuditView {
             account_id: f.account_id.clone(),
             cents: f.cents,
             detail: f.detail.clone(),
-            request_ids: f.request_ids.iter().take(8).cloned().collect(),
+            request_ids: f
+                .request_ids
+                .iter()
+                .take(FINDING_IDS_SHOWN)
+                .cloned()
+                .collect(),
         })
         .collect();
     AuditView {
