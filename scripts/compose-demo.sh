@@ -13,7 +13,12 @@ modes=("$@")
 [ ${#modes[@]} -gt 0 ] || modes=(unsafe mutex)
 project="overdraft-demo-$$"
 compose() { docker-compose -p "$project" "$@"; }
-cleanup() { compose down -v --remove-orphans >/dev/null 2>&1 || true; }
+up=""
+cleanup() {
+  # A failure while `up` runs in the background: stop it before removing.
+  if [ -n "$up" ]; then kill "$up" 2>/dev/null || true; wait "$up" 2>/dev/null || true; fi
+  compose down -v --remove-orphans >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 bash scripts/docker-image.sh
@@ -39,6 +44,7 @@ for mode in "${modes[@]}"; do
     sleep 0.5
   done
   wait "$up" || status=$?
+  up=""
   if [ "$status" -ne 0 ]; then
     echo "== compose demo: MODE=$mode FAILED (referee exit $status); the crowd's last words:" >&2
     compose logs --tail 20 ledger chaos faults atm view >&2 || true
