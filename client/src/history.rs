@@ -161,6 +161,24 @@ fn start(
     ))
 }
 
+/// Reads each of `accounts` once and records it as a final read: the state
+/// a run left, taken after its ATMs stopped.
+pub async fn record_final_reads<'a>(
+    clients: &mut crate::connect::Clients,
+    accounts: impl IntoIterator<Item = &'a str>,
+    sink: &HistorySink,
+    clock: &Clock,
+) -> Result<(), ClientError> {
+    for account in accounts {
+        let invoke_ns = clock.now();
+        let state = clients.balance(account).await?;
+        let mut line = OpLine::final_read(account, invoke_ns, state.balance_cents, state.version);
+        line.complete_ns = clock.now();
+        sink.record(line).await;
+    }
+    Ok(())
+}
+
 fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value).map_err(std::io::Error::other)?;
     out.write_all(b"\n")

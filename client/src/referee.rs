@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::{
     check::Loaded,
     connect::{ClientError, Clients},
-    history::{self, Clock, Header, OpLine},
+    history::{self, Clock, Header},
     load::{PART_SUFFIX, parse_duration},
     postmortem::{Incident, write},
 };
@@ -423,13 +423,8 @@ async fn record_final_reads(
     header.source = Some("atm referee".to_owned());
     header.target = first.target.clone();
     let (sink, writer) = history::create(path, &header, &[])?;
-    for account in &run.accounts {
-        let invoke_ns = clock.now();
-        let state = clients.balance(account).await?;
-        let mut line = OpLine::final_read(account, invoke_ns, state.balance_cents, state.version);
-        line.complete_ns = clock.now();
-        sink.record(line).await;
-    }
+    let accounts = run.accounts.iter().map(String::as_str);
+    history::record_final_reads(clients, accounts, &sink, &clock).await?;
     drop(sink);
     writer.finish().await?;
     Ok(())

@@ -50,7 +50,7 @@ use self::{
 };
 use crate::{
     connect::{ClientError, Clients},
-    history::{self, Clock, Header, HistorySink, OpLine, OpenLine},
+    history::{self, Clock, Header, OpenLine},
     latency::Latency,
 };
 
@@ -160,7 +160,14 @@ async fn drive(
     }
     let cost = meter.finish(&mut clients, sent).await?;
     if let Some(((sink, writer), place)) = history {
-        record_final_reads(&mut clients, args, &sink, &clock).await?;
+        let accounts: Vec<String> = (0..args.accounts).map(account_id).collect();
+        history::record_final_reads(
+            &mut clients,
+            accounts.iter().map(String::as_str),
+            &sink,
+            &clock,
+        )
+        .await?;
         drop(sink);
         writer.finish().await?;
         place.complete()?;
@@ -263,24 +270,6 @@ async fn history_header(
     header.atms = Some(args.atms);
     header.idempotency = Some(settings.idempotency);
     Ok(header)
-}
-
-/// A read of every account after the ATMs stopped: the state the run left.
-async fn record_final_reads(
-    clients: &mut Clients,
-    args: &LoadArgs,
-    sink: &HistorySink,
-    clock: &Clock,
-) -> Result<(), ClientError> {
-    for n in 0..args.accounts {
-        let id = account_id(n);
-        let invoke_ns = clock.now();
-        let state = clients.balance(&id).await?;
-        let mut line = OpLine::final_read(&id, invoke_ns, state.balance_cents, state.version);
-        line.complete_ns = clock.now();
-        sink.record(line).await;
-    }
-    Ok(())
 }
 
 async fn finish(
