@@ -13,31 +13,14 @@ use overdraft_client::{
     referee::{self, Expect, RefereeArgs},
 };
 use overdraft_history::Verdict;
-use overdraft_proto::v1 as pb;
 use overdraft_server::{RunningLedger, config::Mode};
 
 const ACCOUNTS: u32 = 4;
 const OPENING_CENTS: i64 = 50_000;
 const MEMBERS: u32 = 3;
 
-/// A ledger in `mode` with the race window open up to 3 ms and the crowd's
-/// accounts opened, as `atm reset --mode` leaves it.
 async fn bank(mode: Mode) -> RunningLedger {
-    let ledger = common::ledger().await;
-    let mut clients = Clients::connect(&ledger.url()).await.unwrap();
-    clients
-        .configure(pb::ConfigureRequest {
-            race_window_ms_max: Some(3),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    clients
-        .reset(load::opening(ACCOUNTS, OPENING_CENTS))
-        .await
-        .unwrap();
-    clients.set_mode(mode).await.unwrap();
-    ledger
+    common::bank(mode, ACCOUNTS, OPENING_CENTS).await
 }
 
 fn member_args(histories: &Path, attempts: u32) -> LoadArgs {

@@ -7,32 +7,16 @@ mod common;
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use overdraft_client::{
-    connect::Clients,
     load::{self, LoadArgs},
     view::{self, ViewArgs},
 };
-use overdraft_proto::v1 as pb;
 use overdraft_server::{RunningLedger, config::Mode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const ACCOUNTS: u32 = 6;
 
 async fn bank(mode: Mode) -> RunningLedger {
-    let ledger = common::ledger().await;
-    let mut clients = Clients::connect(&ledger.url()).await.unwrap();
-    clients
-        .configure(pb::ConfigureRequest {
-            race_window_ms_max: Some(3),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    clients
-        .reset(load::opening(ACCOUNTS, 100_000))
-        .await
-        .unwrap();
-    clients.set_mode(mode).await.unwrap();
-    ledger
+    common::bank(mode, ACCOUNTS, 100_000).await
 }
 
 /// Three crowd members for `seconds`, writing into `histories`.

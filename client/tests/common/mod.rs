@@ -25,3 +25,29 @@ pub async fn atm(args: &[&str]) -> Output {
         .await
         .expect("the atm binary runs")
 }
+
+/// A ledger in `mode` with the race window open up to 3 ms and `accounts`
+/// opened with `opening_cents` each, as `atm reset --mode` leaves it for a
+/// crowd.
+pub async fn bank(
+    mode: overdraft_server::config::Mode,
+    accounts: u32,
+    opening_cents: i64,
+) -> RunningLedger {
+    use overdraft_client::{connect::Clients, load};
+    let ledger = ledger().await;
+    let mut clients = Clients::connect(&ledger.url()).await.unwrap();
+    clients
+        .configure(overdraft_proto::v1::ConfigureRequest {
+            race_window_ms_max: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    clients
+        .reset(load::opening(accounts, opening_cents))
+        .await
+        .unwrap();
+    clients.set_mode(mode).await.unwrap();
+    ledger
+}
