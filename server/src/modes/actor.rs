@@ -18,7 +18,10 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Applied, Attempt, Request, WriteKind, commit_attempt, read_account, read_check_write};
+use super::{
+    Applied, Attempt, Request, WriteKind, commit_attempt, read_check_write, read_then_decide,
+    writes_for,
+};
 use crate::{
     bank::{self, Account, AccountId, EntryKind, Operation, RequestId},
     config::Mode,
@@ -26,8 +29,7 @@ use crate::{
     crash::{self, CrashPoint},
     error::LedgerError,
     journal::{JournalEntry, OpenTransfers, RequestRecord, StoredReply},
-    race::{HookContext, RacePoint},
-    store::{Commit, Guard, Write},
+    store::Commit,
 };
 
 /// Owner tasks. 32 spreads uniform load over both cores many times over
@@ -268,23 +270,20 @@ async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, Led
 
 /// Applies one transfer leg: read, race hook, check, write, like every mode.
 async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerError> {
-    let read = read_account(core, &work.account)?;
-    let accounts = [&work.account];
-    let context = HookContext {
-        kind: work.kind,
-        accounts: &accounts,
-        mode: Mode::Actor,
-    };
-    core.hook.pause(RacePoint::ReadToWrite, &context).await;
-    let (leg, fee_cents) = match work.kind {
-        EntryKind::TransferDebit => bank::debit(
-            &work.account,
-            read,
-            work.amount_cents,
-            &core.settings().policy,
-        )?,
-        _ => (bank::credit(&work.account, read, work.amount_cents)?, 0),
-    };
+    let (leg, fee_cents) =
+        read_then_decide(core, Mode::Actor, work.kind, &[&work.account], |reads| {
+            let read = reads[0];
+            Ok(match work.kind {
+                EntryKind::TransferDebit => bank::debit(
+                    &work.account,
+                    read,
+                    work.amount_cents,
+                    &core.settings().policy,
+                )?,
+                _ => (bank::credit(&work.account, read, work.amount_cents)?, 0),
+            })
+        })
+        .await?;
     let written = (leg.account.clone(), leg.written);
     let request = work.request_id.clone().map(|id| {
         let record = match (&work.kind, &work.refund_of, &work.debited) {
@@ -304,11 +303,7 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
         (id, record)
     });
     let commit = Commit {
-        writes: vec![Write {
-            account: work.account.clone(),
-            guard: Guard::Version(read.version),
-            new: leg.written,
-        }],
+        writes: writes_for(std::slice::from_ref(&leg), WriteKind::Guarded),
         replace_request: work.kind == EntryKind::TransferCredit,
         request,
         entry: JournalEntry {

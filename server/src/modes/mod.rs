@@ -81,44 +81,53 @@ pub(crate) enum WriteKind {
     Guarded,
 }
 
-/// Read, race hook, check, write: the sequence every mode runs.
+/// Read, race hook, check, write: the sequence every mode runs. A transfer's
+/// two legs go in one commit, so there is no point between them.
 pub(crate) async fn read_check_write(
     core: &Arc<Core>,
     mode: Mode,
     request: &Request,
     write_kind: WriteKind,
 ) -> Result<Attempt, LedgerError> {
+    let planned = read_and_plan(core, mode, request, write_kind).await?;
+    if matches!(request.op, Operation::Transfer { .. }) {
+        // A crash here, before the commit, loses the whole transfer and the
+        // client was never told it succeeded. All or nothing.
+        crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
+    }
+    commit_attempt(core, planned.commit, &planned.fingerprint).await
+}
+
+/// What an operation read and decided: the commit it is about to make.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    /// Every write, the journal entry and the idempotency record, together.
+    pub(crate) commit: Commit,
+    /// The operation's fingerprint, to tell a replay from a reused request_id.
+    pub(crate) fingerprint: String,
+}
+
+/// The first half of [`read_check_write`]: read, race hook, the bank's rules.
+pub(crate) async fn read_and_plan(
+    core: &Arc<Core>,
+    mode: Mode,
+    request: &Request,
+    write_kind: WriteKind,
+) -> Result<Planned, LedgerError> {
     let ids = request.op.accounts();
-    let mut reads = Vec::with_capacity(ids.len());
-    for id in &ids {
-        reads.push(read_account(core, id)?);
-    }
-    let context = HookContext {
-        kind: request.op.kind(),
-        accounts: &ids,
-        mode,
-    };
-    core.hook.pause(RacePoint::ReadToWrite, &context).await;
-    let effect = bank::apply(&request.op, &reads, &core.settings().policy)?;
-    if effect.legs.len() != ids.len() {
-        return Err(LedgerError::Invariant(format!(
-            "{} accounts read but {} legs computed",
-            ids.len(),
-            effect.legs.len()
-        )));
-    }
-    let writes = effect
-        .legs
-        .iter()
-        .map(|leg| Write {
-            account: leg.account.clone(),
-            guard: match write_kind {
-                WriteKind::Blind => Guard::Blind,
-                WriteKind::Guarded => Guard::Version(leg.read.version),
-            },
-            new: leg.written,
-        })
-        .collect();
+    let effect = read_then_decide(core, mode, request.op.kind(), &ids, |reads| {
+        let effect = bank::apply(&request.op, reads, &core.settings().policy)?;
+        if effect.legs.len() != ids.len() {
+            return Err(LedgerError::Invariant(format!(
+                "{} accounts read but {} legs computed",
+                ids.len(),
+                effect.legs.len()
+            )));
+        }
+        Ok(effect)
+    })
+    .await?;
+    let writes = writes_for(&effect.legs, write_kind);
     let accounts = effect
         .legs
         .iter()
@@ -126,10 +135,9 @@ pub(crate) async fn read_check_write(
         .collect();
     let fingerprint = request.op.fingerprint();
     let key = request.idempotency_key(core).cloned();
-    let transfer = matches!(request.op, Operation::Transfer { .. });
     let commit = Commit {
         writes,
-        request: key.clone().map(|id| {
+        request: key.map(|id| {
             let reply = StoredReply {
                 fingerprint: fingerprint.clone(),
                 accounts,
@@ -151,91 +159,47 @@ pub(crate) async fn read_check_write(
             time_unix_ns: 0,
         },
     };
-    if transfer && write_kind == WriteKind::Blind {
-        return commit_legs_apart(core, commit, &fingerprint).await;
-    }
-    if transfer {
-        // Both legs go in one commit, so there is no point between them: a
-        // crash here, before the commit, loses the whole transfer and the
-        // client was never told it succeeded. All or nothing.
-        crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
-    }
-    commit_attempt(core, commit, &fingerprint).await
+    Ok(Planned {
+        commit,
+        fingerprint,
+    })
 }
 
-/// The unsafe mode's transfer: the debit and the credit as two commits, the
-/// way a naive ledger writes two rows. A crash between them leaves the money
-/// debited and never credited; the audit reports it as a half-applied
-/// transfer, and nothing at restart finishes it.
-async fn commit_legs_apart(
+/// Reads `ids`, pauses at the race hook (the window every race needs), and
+/// hands the reads to `decide`. Each mode's step, and the actor's transfer
+/// legs, start here.
+pub(crate) async fn read_then_decide<T>(
     core: &Arc<Core>,
-    commit: Commit,
-    fingerprint: &str,
-) -> Result<Attempt, LedgerError> {
-    let Commit {
-        writes,
-        entry,
-        request,
-        ..
-    } = commit;
-    let (Ok([debit_write, credit_write]), Ok([debit_leg, credit_leg])) = (
-        <[Write; 2]>::try_from(writes),
-        <[bank::Leg; 2]>::try_from(entry.legs.clone()),
-    ) else {
-        return Err(LedgerError::Invariant(
-            "a transfer computed other than two legs".into(),
-        ));
-    };
-    let transfer_id = Some(core.next_transfer_id());
-    let fee_cents = entry.fee_cents;
-    let accounts = vec![
-        (debit_write.account.clone(), debit_write.new),
-        (credit_write.account.clone(), credit_write.new),
-    ];
-    let debit = Commit {
-        request: request.as_ref().map(|(id, _)| {
-            let fingerprint = fingerprint.to_owned();
-            (id.clone(), RequestRecord::InFlight { fingerprint })
-        }),
-        replace_request: false,
-        entry: JournalEntry {
-            kind: EntryKind::TransferDebit,
-            transfer_id: transfer_id.clone(),
-            counterparty: Some(credit_write.account.clone()),
-            legs: vec![debit_leg],
-            ..entry.clone()
-        },
-        writes: vec![debit_write.clone()],
-    };
-    if let Err(rejected) = core.commit(debit).await? {
-        return match rejected {
-            Rejected::Duplicate(record) => replay(record, fingerprint).map(Attempt::Applied),
-            Rejected::Conflict { account, .. } => Ok(Attempt::Conflict(account)),
-        };
+    mode: Mode,
+    kind: EntryKind,
+    ids: &[&AccountId],
+    decide: impl FnOnce(&[Account]) -> Result<T, LedgerError>,
+) -> Result<T, LedgerError> {
+    let mut reads = Vec::with_capacity(ids.len());
+    for id in ids {
+        reads.push(read_account(core, id)?);
     }
-    crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
-    let credit = Commit {
-        request,
-        replace_request: true,
-        entry: JournalEntry {
-            kind: EntryKind::TransferCredit,
-            transfer_id,
-            counterparty: Some(debit_write.account.clone()),
-            fee_cents: 0,
-            legs: vec![credit_leg],
-            ..entry
-        },
-        writes: vec![credit_write],
+    let context = HookContext {
+        kind,
+        accounts: ids,
+        mode,
     };
-    match core.commit(credit).await? {
-        Ok(_seq) => Ok(Attempt::Applied(Applied {
-            accounts,
-            fee_cents,
-            replayed: false,
-        })),
-        Err(Rejected::Conflict { account, .. }) => Ok(Attempt::Conflict(account)),
-        Err(Rejected::Duplicate(record)) => replay(record, fingerprint).map(Attempt::Applied),
-    }
+    core.hook.pause(RacePoint::ReadToWrite, &context).await;
+    decide(&reads)
+}
+
+/// The writes that put `legs` in the store, guarded or blind.
+pub(crate) fn writes_for(legs: &[bank::Leg], write_kind: WriteKind) -> Vec<Write> {
+    legs.iter()
+        .map(|leg| Write {
+            account: leg.account.clone(),
+            guard: match write_kind {
+                WriteKind::Blind => Guard::Blind,
+                WriteKind::Guarded => Guard::Version(leg.read.version),
+            },
+            new: leg.written,
+        })
+        .collect()
 }
 
 /// Reads one account, or NOT_FOUND.
