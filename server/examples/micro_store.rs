@@ -7,6 +7,9 @@ use std::time::Instant;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sled = SledStore::open(dir.path()).unwrap();
     let memory = MemoryStore::new();
@@ -55,7 +58,7 @@ fn main() {
                 )),
                 replace_request: false,
             };
-            store.commit(&commit).unwrap().unwrap();
+            runtime.block_on(store.commit(&commit)).unwrap().unwrap();
         }
         // Include the writer's work: wait until everything is in sled (no fsync for memory).
         if name == "sled" {

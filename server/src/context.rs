@@ -75,7 +75,7 @@ impl Core {
     /// job), so it is shorter than a hop to the blocking pool, which cost a
     /// quarter of the throughput when measured.
     pub async fn commit(&self, commit: Commit) -> Result<Result<u64, Rejected>, StoreError> {
-        self.store.commit(&commit)
+        self.store.commit(&commit).await
     }
 
     /// The settings in force.

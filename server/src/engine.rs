@@ -57,11 +57,18 @@ impl Engine {
         let core = Arc::new(Core::new(config, Arc::clone(&store)));
         // One pass over the journal, holding only the transfers left open:
         // reading it whole took a reopened ledger past 1 GB at 2.7M entries.
-        let mut open = OpenTransfers::default();
-        core.store.scan_journal(&mut |entry| {
-            open.push(&entry);
-            std::ops::ControlFlow::Continue(())
-        })?;
+        // On a blocking thread, as every whole-journal read (Store's contract).
+        let scanned = Arc::clone(&store);
+        let open = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let mut open = OpenTransfers::default();
+            scanned.scan_journal(&mut |entry| {
+                open.push(&entry);
+                std::ops::ControlFlow::Continue(())
+            })?;
+            Ok(open)
+        })
+        .await
+        .map_err(|e| LedgerError::Invariant(format!("journal scan task failed: {e}")))??;
         let transfers_finished = actor::recover_in_flight(&core, &open).await?;
         let half_applied = unprotected::half_applied(&open);
         if transfers_finished > 0 {
@@ -129,7 +136,7 @@ impl Engine {
         request: Request,
         guard: ModeGuard,
     ) -> Result<Applied, LedgerError> {
-        let outcome = match self.replay_if_known(&request)? {
+        let outcome = match self.replay_if_known(&request).await? {
             Some(applied) => Ok(applied),
             None => self.run_in(mode, request, guard).await,
         };
@@ -163,7 +170,7 @@ impl Engine {
         }
     }
 
-    fn replay_if_known(&self, request: &Request) -> Result<Option<Applied>, LedgerError> {
+    async fn replay_if_known(&self, request: &Request) -> Result<Option<Applied>, LedgerError> {
         let Some(id) = request
             .request_id
             .as_ref()
@@ -172,7 +179,7 @@ impl Engine {
             return Ok(None);
         };
         let fingerprint = request.op.fingerprint();
-        match self.core.store.request(id)? {
+        match self.core.store.request(id).await? {
             Some(RequestRecord::InFlight {
                 fingerprint: original,
             }) if original == fingerprint && self.was_half_applied(id) => {
@@ -271,7 +278,7 @@ impl Engine {
     /// An account's balance and version.
     pub async fn balance(&self, account: &AccountId) -> Result<Account, LedgerError> {
         let started = Instant::now();
-        let read = crate::modes::read_account(&self.core, account);
+        let read = crate::modes::read_account(&self.core, account).await;
         let code = read
             .as_ref()
             .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
@@ -329,7 +336,7 @@ impl Engine {
     /// opens `accounts`. Waits for operations in flight first.
     pub async fn reset(&self, accounts: Vec<(AccountId, i64)>) -> Result<usize, LedgerError> {
         let guard = self.mode.write().await;
-        self.core.store.clear()?;
+        self.core.store.clear().await?;
         self.half_applied
             .lock()
             .unwrap_or_else(|p| p.into_inner())

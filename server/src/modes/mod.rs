@@ -177,7 +177,7 @@ pub(crate) async fn read_then_decide<T>(
 ) -> Result<T, LedgerError> {
     let mut reads = Vec::with_capacity(ids.len());
     for id in ids {
-        reads.push(read_account(core, id)?);
+        reads.push(read_account(core, id).await?);
     }
     let context = HookContext {
         kind,
@@ -203,9 +203,10 @@ pub(crate) fn writes_for(legs: &[bank::Leg], write_kind: WriteKind) -> Vec<Write
 }
 
 /// Reads one account, or NOT_FOUND.
-pub(crate) fn read_account(core: &Core, id: &AccountId) -> Result<Account, LedgerError> {
+pub(crate) async fn read_account(core: &Core, id: &AccountId) -> Result<Account, LedgerError> {
     core.store
-        .account(id)?
+        .account(id)
+        .await?
         .ok_or_else(|| LedgerError::NotFound(id.clone()))
 }
 

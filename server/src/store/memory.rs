@@ -43,12 +43,16 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+/// The calls an operation makes, answered synchronously: the store lives in
+/// this process.
+impl MemoryStore {
+    /// An account's state, or None.
+    pub fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
         Ok(self.state().accounts.get(id).copied())
     }
 
-    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+    /// Applies `commit` atomically: the seq it got, or why it wrote nothing.
+    pub fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
         let mut state = self.state();
         if let Some((id, _)) = &commit.request
             && !commit.replace_request
@@ -82,8 +86,39 @@ impl Store for MemoryStore {
         Ok(Ok(seq))
     }
 
-    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+    /// The idempotency record under `id`, if any.
+    pub fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
         Ok(self.state().requests.get(id.as_str()).cloned())
+    }
+
+    /// Removes every account, journal entry and idempotency record.
+    pub fn clear(&self) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let next_seq = state.next_seq;
+        *state = State {
+            next_seq,
+            ..State::default()
+        };
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        MemoryStore::account(self, id)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+        MemoryStore::commit(self, commit)
+    }
+
+    async fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        MemoryStore::request(self, id)
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        MemoryStore::clear(self)
     }
 
     fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
@@ -109,16 +144,6 @@ impl Store for MemoryStore {
                 break;
             }
         }
-        Ok(())
-    }
-
-    fn clear(&self) -> Result<(), StoreError> {
-        let mut state = self.state();
-        let next_seq = state.next_seq;
-        *state = State {
-            next_seq,
-            ..State::default()
-        };
         Ok(())
     }
 

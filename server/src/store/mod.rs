@@ -110,15 +110,25 @@ pub struct FlushFigures {
 pub type FlushDone = Box<dyn FnOnce(Result<(), StoreError>, Option<FlushFigures>) + Send>;
 
 /// The ledger's storage.
+///
+/// The calls an operation makes (read an account, commit, look up a
+/// request) are async: a store across the network answers them without
+/// holding a worker thread. The whole-ledger reads (the journal, every
+/// account) are synchronous and run on blocking threads, where a networked
+/// store may block on its answer.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// An account's state, or None.
-    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
+    async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
 
     /// Applies `commit` atomically and returns the journal seq it got, or why it wrote nothing.
-    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError>;
+    async fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError>;
 
     /// The idempotency record under `id`, if any.
-    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
+    async fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Removes every account, journal entry and idempotency record.
+    async fn clear(&self) -> Result<(), StoreError>;
 
     /// Every account, in id order.
     fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError>;
@@ -133,9 +143,6 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError>;
-
-    /// Removes every account, journal entry and idempotency record.
-    fn clear(&self) -> Result<(), StoreError>;
 
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;

@@ -204,12 +204,16 @@ impl SledStore {
         Ok(Ok(()))
     }
 }
-impl Store for SledStore {
-    fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+/// The calls an operation makes, answered synchronously: the store lives in
+/// this process.
+impl SledStore {
+    /// An account's state, or None.
+    pub fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
         Ok(self.mirror().accounts.get(id).copied())
     }
 
-    fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+    /// Applies `commit` atomically: the seq it got, or why it wrote nothing.
+    pub fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
         let views_match = commit.writes.len() == commit.entry.legs.len()
             && commit
                 .writes
@@ -261,7 +265,8 @@ impl Store for SledStore {
         Ok(Ok(seq))
     }
 
-    fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+    /// The idempotency record under `id`, if any.
+    pub fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
         let hash = hash_id(id.as_str());
         // The answer from memory, or the index to look in. The pending map
         // and the index are read under one lock, and the writer publishes an
@@ -300,47 +305,8 @@ impl Store for SledStore {
         })
     }
 
-    fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
-        // The mirror holds every commit decided; sled's account keys catch
-        // up at the next checkpoint.
-        let mut accounts: Vec<(AccountId, Account)> = self
-            .mirror()
-            .accounts
-            .iter()
-            .map(|(id, account)| (id.clone(), *account))
-            .collect();
-        accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Ok(accounts)
-    }
-
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        let mut entries = Vec::new();
-        self.scan_journal(&mut |entry| {
-            entries.push(entry);
-            ControlFlow::Continue(())
-        })?;
-        Ok(entries)
-    }
-
-    fn scan_journal(
-        &self,
-        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        let (journal, end) = self.drain()?;
-        // One segment (at most BATCH_COMMITS_MAX entries) and one read
-        // buffer in memory at a time, read past any page cache of sled's.
-        let mut frames = Frames::new(journal, 0, end);
-        while let Some((_, segment)) = frames.next_frame()? {
-            for record in segment {
-                if visit(record.entry).is_break() {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn clear(&self) -> Result<(), StoreError> {
+    /// Removes every account, journal entry and idempotency record.
+    pub fn clear(&self) -> Result<(), StoreError> {
         let mut mirror = self.mirror();
         self.drain()?;
         let mut views = lock(&self.shared.views);
@@ -382,6 +348,65 @@ impl Store for SledStore {
         // removed at the next open.
         if let Err(error) = journal_file::remove_other_epochs(&self.dir, record.journal_epoch) {
             tracing::warn!(%error, "could not remove the previous journal file");
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SledStore {
+    async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        SledStore::account(self, id)
+    }
+
+    async fn commit(&self, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError> {
+        SledStore::commit(self, commit)
+    }
+
+    async fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        SledStore::request(self, id)
+    }
+
+    async fn clear(&self) -> Result<(), StoreError> {
+        SledStore::clear(self)
+    }
+
+    fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        // The mirror holds every commit decided; sled's account keys catch
+        // up at the next checkpoint.
+        let mut accounts: Vec<(AccountId, Account)> = self
+            .mirror()
+            .accounts
+            .iter()
+            .map(|(id, account)| (id.clone(), *account))
+            .collect();
+        accounts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(accounts)
+    }
+
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut entries = Vec::new();
+        self.scan_journal(&mut |entry| {
+            entries.push(entry);
+            ControlFlow::Continue(())
+        })?;
+        Ok(entries)
+    }
+
+    fn scan_journal(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        let (journal, end) = self.drain()?;
+        // One segment (at most BATCH_COMMITS_MAX entries) and one read
+        // buffer in memory at a time, read past any page cache of sled's.
+        let mut frames = Frames::new(journal, 0, end);
+        while let Some((_, segment)) = frames.next_frame()? {
+            for record in segment {
+                if visit(record.entry).is_break() {
+                    return Ok(());
+                }
+            }
         }
         Ok(())
     }
