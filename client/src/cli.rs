@@ -100,7 +100,9 @@ pub enum Command {
     },
     /// Send a seeded load and report latency, throughput, anomalies and reconciliation.
     Load {
-        /// The ledger (e.g. http://127.0.0.1:50051).
+        /// The ledger (e.g. http://127.0.0.1:50051), or its replicas as
+        /// URL1,URL2,URL3: ATM i keeps to replica i mod 3; Reset goes to the
+        /// first (they share their state), SetMode to each.
         #[arg(long)]
         target: String,
         /// Switch the ledger to this mode first.
@@ -121,7 +123,9 @@ pub enum Command {
     },
     /// The same seeded load in each mode, side by side, with the transport ceiling.
     Compare {
-        /// The ledger (e.g. http://127.0.0.1:50051).
+        /// The ledger (e.g. http://127.0.0.1:50051), or its replicas as
+        /// URL1,URL2,URL3: ATM i keeps to replica i mod 3; Reset goes to the
+        /// first (they share their state), SetMode to each.
         #[arg(long)]
         target: String,
         /// Modes to compare.

@@ -182,11 +182,9 @@ fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRu
 /// Health checks with the load's ATMs, connections and length: their rate,
 /// latency and CPU cost on both sides.
 pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientError> {
-    let mut clients = Clients::connect(url).await?;
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(crate::connect::channel(url).await?);
-    }
+    let targets = crate::connect::targets(url)?;
+    let mut clients = Clients::connect(&targets[0]).await?;
+    let channels = crate::connect::spread(&targets, args.connections).await?;
     let meter = CpuMeter::start(&mut clients).await?;
     let started = Instant::now();
     let deadline = args.run_duration().map(|d| started + d);

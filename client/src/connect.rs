@@ -65,6 +65,41 @@ pub fn normalize(target: &str) -> String {
     }
 }
 
+/// Most ledgers one `--target` may name (replicas of one ledger).
+pub const TARGETS_MAX: usize = 16;
+
+/// The ledgers behind `--target`: one address, or the replicas of one ledger
+/// as `URL1,URL2,...` (ledgers sharing a PostgreSQL database).
+pub fn targets(target: &str) -> Result<Vec<String>, ClientError> {
+    let targets: Vec<String> = target.split(',').map(|t| t.trim().to_owned()).collect();
+    if targets.iter().any(String::is_empty) {
+        return Err(ClientError::BadTarget {
+            target: target.to_owned(),
+            reason: "an empty address in the list".into(),
+        });
+    }
+    if targets.len() > TARGETS_MAX {
+        return Err(ClientError::BadTarget {
+            target: target.to_owned(),
+            reason: format!("{} addresses; at most {TARGETS_MAX}", targets.len()),
+        });
+    }
+    Ok(targets)
+}
+
+/// `per_target` connections to each of `targets`, interleaved: channel `i`
+/// goes to `targets[i % targets.len()]`, so ATM `i` on channel `i` keeps to
+/// one replica and the ATMs spread evenly over them.
+pub async fn spread(targets: &[String], per_target: u32) -> Result<Vec<Channel>, ClientError> {
+    let mut channels = Vec::new();
+    for _ in 0..per_target.max(1) {
+        for target in targets {
+            channels.push(channel(target).await?);
+        }
+    }
+    Ok(channels)
+}
+
 /// A connected channel to `target`.
 pub async fn channel(target: &str) -> Result<Channel, ClientError> {
     let url = normalize(target);
@@ -169,6 +204,15 @@ impl Clients {
         }
         .map_err(refused("Configure"))?
         .into_inner())
+    }
+
+    /// Admin.SetMode on every ledger in `targets`: each replica keeps its own
+    /// mode, and an operation finishes in the mode it started in.
+    pub async fn set_mode_everywhere(targets: &[String], mode: Mode) -> Result<(), ClientError> {
+        for target in targets {
+            Clients::connect(target).await?.set_mode(mode).await?;
+        }
+        Ok(())
     }
 
     /// Admin.SetMode.

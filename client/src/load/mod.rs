@@ -84,13 +84,16 @@ async fn drive(
     mode: Option<Mode>,
     show_progress: bool,
 ) -> Result<LoadReport, ClientError> {
-    let mut clients = Clients::connect(url).await?;
+    // Replicas share their state: one Reset clears it for all, through the
+    // first; each keeps its own mode, so SetMode goes to every one.
+    let targets = crate::connect::targets(url)?;
+    let mut clients = Clients::connect(&targets[0]).await?;
     if member.is_none() {
         clients
             .reset(opening(args.accounts, args.opening_cents))
             .await?;
         if let Some(mode) = mode {
-            clients.set_mode(mode).await?;
+            Clients::set_mode_everywhere(&targets, mode).await?;
         }
     }
     let mode = clients
@@ -98,10 +101,7 @@ async fn drive(
         .await?
         .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
 
-    let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(crate::connect::channel(url).await?);
-    }
+    let channels = crate::connect::spread(&targets, args.connections).await?;
     let clock = Clock::start();
     let place = args
         .history
