@@ -202,6 +202,9 @@ pub enum StoreKind {
     /// Memory only: nothing survives a restart. For simulation and for
     /// measuring what storage costs.
     Memory,
+    /// PostgreSQL (`--database-url`): several ledgers on one database are
+    /// replicas of one ledger.
+    Postgres,
 }
 
 /// Log line format.
@@ -213,6 +216,9 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// Most database connections a replica may keep (`--pool-size`).
+pub const POOL_SIZE_LIMIT: u64 = 256;
 
 /// Longest race window accepted: 10 s. Longer only makes demos hang.
 pub const RACE_WINDOW_MS_MAX: u64 = 10_000;
@@ -243,9 +249,23 @@ pub struct Config {
     #[arg(long, env = "OVERDRAFT_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// `sled` (on disk) or `memory` (nothing survives a restart).
+    /// `sled` (on disk), `memory` (nothing survives a restart) or `postgres` (`--database-url`; shared by replicas).
     #[arg(long, value_enum, default_value_t = StoreKind::Sled)]
     pub store: StoreKind,
+
+    /// With `--store postgres`: the database, as a URL or key=value string
+    /// (postgresql://USER:PASSWORD@HOST:5432/DB, or host=/run/postgresql dbname=ledger).
+    #[arg(long, env = "OVERDRAFT_DATABASE_URL")]
+    #[serde(skip)]
+    pub database_url: Option<String>,
+
+    /// With `--store postgres`: this replica's name in the journal rows it writes (default: host name and port).
+    #[arg(long, env = "OVERDRAFT_REPLICA")]
+    pub replica: Option<String>,
+
+    /// With `--store postgres`: connections this replica keeps to the database.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=POOL_SIZE_LIMIT))]
+    pub pool_size: u64,
 
     /// `sync`: acknowledge only after the operation is flushed (group commit).
     #[arg(long, value_enum, default_value_t = Durability::None)]
@@ -342,7 +362,22 @@ impl Config {
     /// Checks what clap cannot: rules between flags.
     pub fn validate(&self) -> Result<(), String> {
         check_race_window(self.race_window_ms_min, self.race_window_ms)
-            .map_err(|e| format!("--race-window-ms-min must not exceed --race-window-ms: {e}"))
+            .map_err(|e| format!("--race-window-ms-min must not exceed --race-window-ms: {e}"))?;
+        match (self.store, &self.database_url, &self.data_dir) {
+            (StoreKind::Postgres, None, _) => Err(
+                "--store postgres needs --database-url (or OVERDRAFT_DATABASE_URL), e.g. postgresql://postgres@127.0.0.1:5432/ledger".into(),
+            ),
+            (StoreKind::Postgres, Some(_), Some(_)) => {
+                Err("--data-dir has no effect with --store postgres; drop one of them".into())
+            }
+            (StoreKind::Sled | StoreKind::Memory, Some(_), _) => {
+                Err("--database-url needs --store postgres".into())
+            }
+            (StoreKind::Memory, None, Some(_)) => {
+                Err("--data-dir has no effect with --store memory; drop one of them".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The run-time settings the flags describe.

@@ -72,12 +72,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Opens the store the configuration names: sled in `--data-dir`, a
 /// temporary sled database, or memory.
-pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    if config.store == StoreKind::Memory {
-        if config.data_dir.is_some() {
-            anyhow::bail!("--data-dir has no effect with --store memory; drop one of them");
-        }
-        return Ok(Arc::new(MemoryStore::new()));
+pub async fn open_store(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc<dyn Store>> {
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
+    match config.store {
+        StoreKind::Memory => return Ok(Arc::new(MemoryStore::new())),
+        StoreKind::Postgres => return open_postgres(config, addr).await,
+        StoreKind::Sled => {}
     }
     let store = match &config.data_dir {
         Some(dir) => SledStore::open(dir)
@@ -85,6 +85,31 @@ pub fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
         None => SledStore::temporary()?,
     };
     Ok(Arc::new(store))
+}
+
+#[cfg(not(feature = "shuttle"))]
+async fn open_postgres(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.database_url.as_deref().unwrap_or_default();
+    let replica = match &config.replica {
+        Some(name) => name.clone(),
+        None => {
+            let host = nix::unistd::gethostname()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "ledger".into());
+            format!("{host}:{}", addr.port())
+        }
+    };
+    let pool_size = usize::try_from(config.pool_size).unwrap_or(store::POOL_SIZE_DEFAULT);
+    let store = store::PostgresStore::connect(url, &replica, pool_size)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot open --store postgres: {e}"))?;
+    tracing::info!(%replica, pool_size, "store: postgres");
+    Ok(Arc::new(store))
+}
+
+#[cfg(feature = "shuttle")]
+async fn open_postgres(_config: &Config, _addr: SocketAddr) -> anyhow::Result<Arc<dyn Store>> {
+    anyhow::bail!("--store postgres is not built into the shuttle test build")
 }
 
 /// The connections a listener accepts, with Nagle's algorithm off. A gRPC
@@ -135,7 +160,7 @@ pub async fn run_with_metrics(
         overdraft = ?config.overdraft_policy(),
         "ledger starting"
     );
-    let store = open_store(&config)?;
+    let store = open_store(&config, addr).await?;
     let engine = Engine::start(&config, store)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start the engine: {e}"))?;

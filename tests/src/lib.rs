@@ -5,6 +5,10 @@
 //! # Layout
 //! - [`TestLedger`]: a running ledger and its clients.
 //! - [`Model`]: per-account replay of acknowledged replies, in version order.
+//! - [`random_atm`]: one ATM's seeded mix of deposits, withdrawals and transfers.
+//! - [`postgres`]: a PostgreSQL cluster of the test binary's own.
+
+pub mod postgres;
 
 use std::collections::BTreeMap;
 
@@ -112,6 +116,90 @@ pub async fn connect(url: &str) -> Channel {
         .connect()
         .await
         .expect("the ledger accepts connections")
+}
+
+/// What [`random_atm`] acknowledged: each account state a reply reported,
+/// with the change the operation made to it.
+pub type Acks = Vec<(AccountState, i64)>;
+
+/// One ATM's seeded operations over `acct-0..acct-{accounts}`: 30%
+/// deposits, 30% withdrawals, 40% transfers, amounts up to 30 dollars.
+/// Refusals and bounded aborts apply nothing and are skipped; any other
+/// error fails the run.
+pub async fn random_atm(
+    mut client: LedgerClient<Channel>,
+    seed: u64,
+    atm: u64,
+    accounts: usize,
+    ops: usize,
+) -> Result<Acks, String> {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed * 1_000 + atm);
+    let mut acks = Vec::new();
+    for op in 0..ops {
+        let account = |rng: &mut StdRng| format!("acct-{}", rng.random_range(0..accounts));
+        let amount_cents = rng.random_range(1..=3_000);
+        let request_id = format!("s{seed}-a{atm}-{op}");
+        let outcome = match rng.random_range(0..10) {
+            0..=2 => client
+                .deposit(pb::DepositRequest {
+                    account_id: account(&mut rng),
+                    amount_cents,
+                    request_id,
+                })
+                .await
+                .map(|r| acks.push((state(&r.into_inner()), amount_cents))),
+            3..=5 => client
+                .withdraw(pb::WithdrawRequest {
+                    account_id: account(&mut rng),
+                    amount_cents,
+                    request_id,
+                })
+                .await
+                .map(|r| {
+                    let r = r.into_inner();
+                    acks.push((state(&r), -(amount_cents + r.fee_cents)));
+                }),
+            _ => {
+                let from = account(&mut rng);
+                let mut to = account(&mut rng);
+                while to == from {
+                    to = account(&mut rng);
+                }
+                client
+                    .transfer(pb::TransferRequest {
+                        from_account_id: from,
+                        to_account_id: to,
+                        amount_cents,
+                        request_id,
+                    })
+                    .await
+                    .map(|r| {
+                        let r = r.into_inner();
+                        acks.push((r.from.unwrap_or_default(), -amount_cents));
+                        acks.push((r.to.unwrap_or_default(), amount_cents));
+                    })
+            }
+        };
+        match outcome {
+            Ok(()) => {}
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::Aborted
+                ) => {}
+            Err(status) => return Err(format!("unexpected status: {status:?}")),
+        }
+    }
+    Ok(acks)
+}
+
+fn state(reply: &pb::MutationReply) -> AccountState {
+    AccountState {
+        account_id: reply.account_id.clone(),
+        balance_cents: reply.balance_cents,
+        version: reply.version,
+    }
 }
 
 /// The mode's counters from a stats reply.

@@ -3,92 +3,14 @@
 //! no balance goes negative, and the audit is clean.
 
 use overdraft_server::config::Mode;
-use overdraft_tests::{Model, TestLedger, pb};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use overdraft_tests::{Model, TestLedger};
 use tokio::task::JoinSet;
-use tonic::Code;
 
 const ACCOUNTS: usize = 6;
 const ATMS: u64 = 12;
 const OPS_PER_ATM: usize = 20;
 const SEEDS: u64 = 8;
 const OPENING_CENTS: i64 = 5_000;
-
-/// One acknowledged change to feed the model.
-type Acks = Vec<(pb::AccountState, i64)>;
-
-async fn atm(
-    mut client: overdraft_tests::pb::ledger_client::LedgerClient<tonic::transport::Channel>,
-    seed: u64,
-    atm: u64,
-) -> Result<Acks, String> {
-    let mut rng = StdRng::seed_from_u64(seed * 1_000 + atm);
-    let mut acks = Vec::new();
-    for op in 0..OPS_PER_ATM {
-        let account = |rng: &mut StdRng| format!("acct-{}", rng.random_range(0..ACCOUNTS));
-        let amount_cents = rng.random_range(1..=3_000);
-        let request_id = format!("s{seed}-a{atm}-{op}");
-        let outcome = match rng.random_range(0..10) {
-            0..=2 => client
-                .deposit(pb::DepositRequest {
-                    account_id: account(&mut rng),
-                    amount_cents,
-                    request_id,
-                })
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    acks.push((state(&r), amount_cents));
-                }),
-            3..=5 => client
-                .withdraw(pb::WithdrawRequest {
-                    account_id: account(&mut rng),
-                    amount_cents,
-                    request_id,
-                })
-                .await
-                .map(|r| {
-                    let r = r.into_inner();
-                    acks.push((state(&r), -(amount_cents + r.fee_cents)));
-                }),
-            _ => {
-                let from = account(&mut rng);
-                let mut to = account(&mut rng);
-                while to == from {
-                    to = account(&mut rng);
-                }
-                client
-                    .transfer(pb::TransferRequest {
-                        from_account_id: from,
-                        to_account_id: to,
-                        amount_cents,
-                        request_id,
-                    })
-                    .await
-                    .map(|r| {
-                        let r = r.into_inner();
-                        acks.push((r.from.unwrap_or_default(), -amount_cents));
-                        acks.push((r.to.unwrap_or_default(), amount_cents));
-                    })
-            }
-        };
-        match outcome {
-            Ok(()) => {}
-            // Refusals and bounded aborts are legal outcomes that apply nothing.
-            Err(status) if matches!(status.code(), Code::FailedPrecondition | Code::Aborted) => {}
-            Err(status) => return Err(format!("unexpected status: {status:?}")),
-        }
-    }
-    Ok(acks)
-}
-
-fn state(reply: &pb::MutationReply) -> pb::AccountState {
-    pb::AccountState {
-        account_id: reply.account_id.clone(),
-        balance_cents: reply.balance_cents,
-        version: reply.version,
-    }
-}
 
 /// Opens the accounts, runs every ATM's seeded mix, and feeds the model.
 async fn run_mix(ledger: &mut TestLedger, model: &mut Model, seed: u64) -> Result<(), String> {
@@ -103,7 +25,13 @@ async fn run_mix(ledger: &mut TestLedger, model: &mut Model, seed: u64) -> Resul
     }
     let mut atms = JoinSet::new();
     for n in 0..ATMS {
-        atms.spawn(atm(ledger.new_ledger_client().await, seed, n));
+        atms.spawn(overdraft_tests::random_atm(
+            ledger.new_ledger_client().await,
+            seed,
+            n,
+            ACCOUNTS,
+            OPS_PER_ATM,
+        ));
     }
     for acks in atms.join_all().await {
         for (after, delta) in acks? {

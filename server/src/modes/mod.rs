@@ -3,7 +3,8 @@
 //! Every mode runs the same sequence, [`read_check_write`]: read the accounts,
 //! pause at the race hook, apply the bank's rules, commit. What differs is only
 //! what surrounds it (nothing, locks, retries, an owner task) and whether the
-//! write is blind (`unsafe`) or guarded by the version it read.
+//! write is blind (`unsafe`, and `mutex`, which trusts its lock) or guarded
+//! by the version it read (`cas`, and `actor` as an assertion).
 
 pub mod actor;
 pub mod cas;
@@ -75,7 +76,8 @@ pub(crate) enum Attempt {
 /// Whether the write checks the versions it read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WriteKind {
-    /// Write regardless: the unsafe mode's lost update.
+    /// Write regardless: the unsafe mode's lost update, and a mutex that
+    /// trusts its lock (which holds in one process, not across replicas).
     Blind,
     /// Write only if every account is still at the version read.
     Guarded,

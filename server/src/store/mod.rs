@@ -7,10 +7,14 @@
 //! callers run commits off the async threads.
 
 mod memory;
+#[cfg(not(feature = "shuttle"))]
+mod postgres;
 mod request_index;
 mod sled_store;
 
 pub use memory::MemoryStore;
+#[cfg(not(feature = "shuttle"))]
+pub use postgres::{POOL_SIZE_DEFAULT, PostgresStore};
 pub use sled_store::SledStore;
 
 use crate::{
@@ -86,6 +90,9 @@ pub enum StoreError {
     /// sled reported an error.
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    /// PostgreSQL refused a statement or could not be reached.
+    #[error("postgres: {0}")]
+    Postgres(String),
     /// A stored value did not decode: corruption or a format change.
     #[error("corrupt {what}: {detail}")]
     Corrupt {
@@ -133,8 +140,15 @@ pub trait Store: Send + Sync + 'static {
     /// Every account, in id order.
     fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError>;
 
-    /// The journal in commit order.
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError>;
+    /// The journal in commit order, whole: for tests and small ledgers.
+    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut entries = Vec::new();
+        self.scan_journal(&mut |entry| {
+            entries.push(entry);
+            std::ops::ControlFlow::Continue(())
+        })?;
+        Ok(entries)
+    }
 
     /// Visits the journal in commit order, one entry at a time, without
     /// holding it whole: the audit and the export of millions of entries.

@@ -384,15 +384,6 @@ impl Store for SledStore {
         Ok(accounts)
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        let mut entries = Vec::new();
-        self.scan_journal(&mut |entry| {
-            entries.push(entry);
-            ControlFlow::Continue(())
-        })?;
-        Ok(entries)
-    }
-
     fn scan_journal(
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
