@@ -183,6 +183,18 @@ pub enum LockOrder {
     Naive,
 }
 
+/// Where mutex mode's per-account locks live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockScope {
+    /// In this process: right for one ledger, nothing across replicas.
+    #[default]
+    Process,
+    /// In the database (PostgreSQL advisory locks, held by a transaction):
+    /// every replica sees them.
+    Database,
+}
+
 /// Whether a request_id makes a mutation apply at most once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -300,6 +312,10 @@ pub struct Config {
     #[arg(long, value_enum, default_value_t = LockOrder::Ordered)]
     pub lock_order: LockOrder,
 
+    /// Where mutex mode's locks live: `process`, or `database` (with --store postgres: across replicas).
+    #[arg(long, value_enum, default_value_t = LockScope::Process)]
+    pub lock_scope: LockScope,
+
     /// Longest wait for a lock in mutex mode before the operation is aborted as a deadlock.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=LOCK_WAIT_MS_MAX))]
     pub lock_wait_ms: u64,
@@ -376,6 +392,9 @@ impl Config {
             (StoreKind::Memory, None, Some(_)) => {
                 Err("--data-dir has no effect with --store memory; drop one of them".into())
             }
+            _ if self.lock_scope == LockScope::Database && self.store != StoreKind::Postgres => {
+                Err("--lock-scope database needs --store postgres (the locks live there)".into())
+            }
             _ => Ok(()),
         }
     }
@@ -405,5 +424,73 @@ impl Config {
         // Parsing an empty command line only applies the defaults above, which
         // are all valid, so this cannot fail.
         Self::parse_from(["ledger"])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<(), String> {
+        let config = Config::try_parse_from(std::iter::once("ledger").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        config.validate()
+    }
+
+    /// The store flags: each wrong combination is refused naming the flags
+    /// and what to do; the right ones pass.
+    #[test]
+    fn store_flags_are_checked_together() {
+        let refused = |args: &[&str], words: &[&str]| {
+            let error = parsed(args).expect_err("refused");
+            for word in words {
+                assert!(error.contains(word), "{args:?}: {error}");
+            }
+        };
+        refused(
+            &["--store", "postgres"],
+            &["--database-url", "postgresql://"],
+        );
+        refused(&["--database-url", "host=/tmp"], &["--store postgres"]);
+        refused(
+            &[
+                "--store",
+                "postgres",
+                "--database-url",
+                "host=/tmp",
+                "--data-dir",
+                "/tmp/x",
+            ],
+            &["--data-dir"],
+        );
+        refused(
+            &["--lock-scope", "database"],
+            &["--lock-scope database", "--store postgres"],
+        );
+        refused(
+            &["--store", "memory", "--data-dir", "/tmp/x"],
+            &["--data-dir"],
+        );
+        assert!(
+            parsed(&[
+                "--store",
+                "postgres",
+                "--pool-size",
+                "0",
+                "--database-url",
+                "x"
+            ])
+            .is_err()
+        );
+        parsed(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            "host=/tmp",
+            "--lock-scope",
+            "database",
+        ])
+        .unwrap();
+        parsed(&[]).unwrap();
     }
 }

@@ -12,7 +12,7 @@ use std::sync::{
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use crate::{
-    config::{Config, Mode, Settings},
+    config::{Config, LockScope, Mode, Settings},
     race::RaceHook,
     stats::Stats,
     store::{Commit, Rejected, Store, StoreError},
@@ -30,6 +30,8 @@ pub struct Core {
     settings: std::sync::RwLock<Settings>,
     /// Mutex mode's lock wait bound.
     pub lock_wait_ms: u64,
+    /// Where mutex mode's locks live.
+    pub lock_scope: LockScope,
     /// CAS mode's retry bound.
     pub cas_retries_max: u32,
     /// Counters.
@@ -61,6 +63,7 @@ impl Core {
             )),
             settings: std::sync::RwLock::new(config.settings()),
             lock_wait_ms: config.lock_wait_ms,
+            lock_scope: config.lock_scope,
             cas_retries_max: config.cas_retries_max,
             stats: Stats::default(),
             // A different stream from the race hook's, from the same seed.

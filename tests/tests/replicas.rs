@@ -5,7 +5,8 @@
 //! must hold (`cas`), over several seeds.
 
 use overdraft_server::{
-    config::{Mode, StoreKind},
+    Config,
+    config::{LockOrder, LockScope, Mode, StoreKind},
     store::{Commit, Guard, MemoryStore, PostgresStore, Store, Write},
 };
 use overdraft_tests::{Model, TestLedger, pb, postgres};
@@ -18,11 +19,17 @@ const ATMS: u64 = 12;
 const OPS_PER_ATM: usize = 20;
 const OPENING_CENTS: i64 = 5_000;
 
-/// Three ledgers in `mode` on one fresh database.
-async fn replicas(label: &str, mode: Mode, seed: u64) -> Vec<TestLedger> {
+/// `count` ledgers in `mode` on one fresh database, each configured further by `configure`.
+async fn replicas_with(
+    label: &str,
+    count: usize,
+    mode: Mode,
+    seed: u64,
+    configure: impl Fn(&mut Config),
+) -> Vec<TestLedger> {
     let url = postgres::cluster().database(label).await;
     let mut ledgers = Vec::new();
-    for n in 0..REPLICAS {
+    for n in 0..count {
         let url = url.clone();
         ledgers.push(
             TestLedger::start(|c| {
@@ -33,11 +40,17 @@ async fn replicas(label: &str, mode: Mode, seed: u64) -> Vec<TestLedger> {
                 c.mode = mode;
                 c.race_window_ms = 3;
                 c.seed = seed * 10 + n as u64;
+                configure(c);
             })
             .await,
         );
     }
     ledgers
+}
+
+/// Three ledgers in `mode` on one fresh database.
+async fn replicas(label: &str, mode: Mode, seed: u64) -> Vec<TestLedger> {
+    replicas_with(label, REPLICAS, mode, seed, |_| {}).await
 }
 
 /// What a run over three replicas left behind.
@@ -52,7 +65,11 @@ struct Outcome {
 /// Opens the accounts through the first replica, runs every ATM against
 /// replica `atm % 3`, and reads the result back through the last one.
 async fn run(label: &str, mode: Mode, seed: u64) -> Outcome {
-    let mut ledgers = replicas(label, mode, seed).await;
+    run_with(label, mode, seed, |_| {}).await
+}
+
+async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Config)) -> Outcome {
+    let mut ledgers = replicas_with(label, REPLICAS, mode, seed, configure).await;
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acct-{i}")).collect();
     let opening: Vec<(&str, i64)> = accounts
         .iter()
@@ -147,6 +164,97 @@ async fn process_mutex_breaks_across_three_replicas() {
         "three lock tables, one database: the audit must find lost updates"
     );
     assert!(outcome.model.check_chains().is_err() || !outcome.balances_match);
+}
+
+/// Goal: the same mutex with its locks in the database holds across
+/// replicas (`--lock-scope database`: PostgreSQL advisory locks held by a
+/// transaction). Method: as for cas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_mutex_holds_across_three_replicas() {
+    for seed in 0..3 {
+        let outcome = run_with("dbmutex", Mode::Mutex, seed, |c| {
+            c.lock_scope = LockScope::Database;
+        })
+        .await;
+        assert_eq!(outcome.replicas_used, REPLICAS);
+        outcome
+            .model
+            .check_chains()
+            .unwrap_or_else(|e| panic!("mutex/database seed {seed}: {e}"));
+        assert!(outcome.balances_match, "mutex/database seed {seed}");
+        assert!(
+            outcome.audit.clean,
+            "mutex/database seed {seed}: {:?}",
+            outcome.audit.findings
+        );
+    }
+}
+
+/// Goal: crossed transfers on two replicas under the naive lock order,
+/// with the locks in the database, meet PostgreSQL's deadlock detector
+/// (40P01), reported as ABORTED naming both accounts, counted, applying
+/// nothing. Method: 5 trials, alice to bob on one replica and bob to alice
+/// on the other, 50 ms between locks, a 5 s lock wait (the detector, after
+/// 1 s, speaks first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crossed_transfers_across_replicas_meet_the_database_deadlock_detector() {
+    let mut ledgers = replicas_with("deadlock", 2, Mode::Mutex, 1, |c| {
+        c.lock_scope = LockScope::Database;
+        c.lock_order = LockOrder::Naive;
+        c.race_window_ms = 50;
+        c.race_window_ms_min = 50;
+        c.lock_wait_ms = 5_000;
+    })
+    .await;
+    ledgers[0]
+        .reset(&[("alice", 10_000), ("bob", 10_000)])
+        .await;
+    let mut deadlocks = 0;
+    for trial in 0..5 {
+        let mut left = ledgers[0].new_ledger_client().await;
+        let mut right = ledgers[1].new_ledger_client().await;
+        let (a, b) = tokio::join!(
+            left.transfer(pb::TransferRequest {
+                from_account_id: "alice".into(),
+                to_account_id: "bob".into(),
+                amount_cents: 1_000,
+                request_id: format!("a-to-b-{trial}"),
+            }),
+            right.transfer(pb::TransferRequest {
+                from_account_id: "bob".into(),
+                to_account_id: "alice".into(),
+                amount_cents: 2_000,
+                request_id: format!("b-to-a-{trial}"),
+            })
+        );
+        for outcome in [a.map(|_| ()), b.map(|_| ())] {
+            if let Err(status) = outcome {
+                assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+                assert!(status.message().contains("deadlock detected"), "{status:?}");
+                assert!(status.message().contains("alice") && status.message().contains("bob"));
+                deadlocks += 1;
+            }
+        }
+    }
+    assert!(
+        deadlocks >= 3,
+        "only {deadlocks} deadlocks in 5 crossed pairs"
+    );
+    let mut counted = 0;
+    for ledger in &mut ledgers {
+        counted +=
+            overdraft_tests::mode_stats(&ledger.stats().await, Mode::Mutex).deadlocks_detected;
+    }
+    assert_eq!(counted, deadlocks);
+    let audit = ledgers[0].audit().await;
+    assert!(
+        audit.clean,
+        "aborted transfers apply nothing: {:?}",
+        audit.findings
+    );
+    for ledger in ledgers {
+        ledger.running.stop().await.unwrap();
+    }
 }
 
 /// Goal: unsafe mode loses updates across replicas too (SELECT, race hook,

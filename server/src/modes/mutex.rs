@@ -3,6 +3,10 @@
 //! crossed transfers cannot deadlock. With `--lock-order naive` it takes them
 //! in request order; crossed transfers then wait on each other, and a lock
 //! wait past `--lock-wait-ms` aborts the operation as a detected deadlock.
+//!
+//! With `--lock-scope database` the locks live in the store instead
+//! (PostgreSQL advisory locks), where every replica sees them; a crossed
+//! transfer under the naive order then meets PostgreSQL's deadlock detector.
 
 use std::{
     collections::HashMap,
@@ -15,12 +19,25 @@ use tokio::sync::OwnedMutexGuard;
 use super::{Applied, Attempt, Request, WriteKind, read_check_write};
 use crate::{
     bank::{AccountId, EntryKind},
-    config::{LockOrder, Mode},
+    config::{LockOrder, LockScope, Mode},
     context::Core,
     error::LedgerError,
     race::{HookContext, RacePoint},
     stats::Stats,
+    store::{LockWait, StoreLocks},
 };
+
+/// The locks an operation holds until it is done.
+#[expect(
+    dead_code,
+    reason = "never read: held until dropped, which releases them"
+)]
+enum Held {
+    /// This process's.
+    Process(Vec<OwnedMutexGuard<()>>),
+    /// The store's, seen by every replica.
+    Database(Box<dyn StoreLocks>),
+}
 
 /// The lock table.
 #[derive(Debug, Default)]
@@ -42,7 +59,14 @@ impl MutexMode {
         if core.settings().lock_order == LockOrder::Ordered {
             order.sort();
         }
-        let _guards = self.lock_all(core, &order, request.op.kind()).await?;
+        let _held = match core.lock_scope {
+            LockScope::Process => {
+                Held::Process(self.lock_all(core, &order, request.op.kind()).await?)
+            }
+            LockScope::Database => {
+                Held::Database(self.lock_in_store(core, &order, request.op.kind()).await?)
+            }
+        };
         // The write trusts the lock, as code written for one process does:
         // with replicas on one database, another process's lock table does
         // not know this one's, and their writes can cross (the lesson).
@@ -91,6 +115,56 @@ impl MutexMode {
             guards.push(guard);
         }
         Ok(guards)
+    }
+
+    /// Takes the locks in the store, in `order`, under the same wait bound.
+    async fn lock_in_store(
+        &self,
+        core: &Core,
+        order: &[AccountId],
+        kind: EntryKind,
+    ) -> Result<Box<dyn StoreLocks>, LedgerError> {
+        let Some(mut locks) = core.store.locks().await? else {
+            return Err(LedgerError::Invariant(
+                "--lock-scope database over a store that keeps no locks".into(),
+            ));
+        };
+        let accounts: Vec<&AccountId> = order.iter().collect();
+        let context = HookContext {
+            kind,
+            accounts: &accounts,
+            mode: Mode::Mutex,
+        };
+        let wait = Duration::from_millis(core.lock_wait_ms);
+        for (position, account) in order.iter().enumerate() {
+            if position > 0 {
+                core.hook.pause(RacePoint::BetweenLocks, &context).await;
+            }
+            let started = std::time::Instant::now();
+            let taken = locks.lock(account, wait).await;
+            core.stats
+                .distributions
+                .lock_wait_seconds
+                .observe(started.elapsed().as_secs_f64());
+            match taken {
+                Ok(()) => {}
+                Err(LockWait::TimedOut) => return Err(self.wait_failed(core, order, position)),
+                Err(LockWait::Deadlock) => {
+                    let counters = core.stats.mode(Mode::Mutex);
+                    Stats::bump(&counters.aborts);
+                    Stats::bump(&counters.deadlocks_detected);
+                    let (holding, waiting_for) = (order[0].clone(), order[position].clone());
+                    tracing::warn!(%holding, %waiting_for, "deadlock detected by the database");
+                    return Err(LedgerError::Deadlock {
+                        holding,
+                        waiting_for,
+                        waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    });
+                }
+                Err(LockWait::Failed(error)) => return Err(error.into()),
+            }
+        }
+        Ok(locks)
     }
 
     /// A lock wait ran out. Holding one lock while waiting for another is the

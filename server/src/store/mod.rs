@@ -116,6 +116,29 @@ pub struct FlushFigures {
 /// sync's figures for one of the requests it covered.
 pub type FlushDone = Box<dyn FnOnce(Result<(), StoreError>, Option<FlushFigures>) + Send>;
 
+/// Locks taken in the store for one operation (`--lock-scope database`),
+/// seen by every process on it, released when dropped.
+#[async_trait::async_trait]
+pub trait StoreLocks: Send {
+    /// Takes `account`'s lock, waiting at most `wait` for it.
+    async fn lock(
+        &mut self,
+        account: &AccountId,
+        wait: std::time::Duration,
+    ) -> Result<(), LockWait>;
+}
+
+/// Why a lock in the store was not taken.
+#[derive(Debug)]
+pub enum LockWait {
+    /// The wait ran past its bound.
+    TimedOut,
+    /// The store found this wait in a cycle and broke it.
+    Deadlock,
+    /// The store failed.
+    Failed(StoreError),
+}
+
 /// The ledger's storage.
 ///
 /// The calls an operation makes (read an account, commit, look up a
@@ -157,6 +180,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError>;
+
+    /// An empty set of locks in the store, shared by every process on it;
+    /// None when the store keeps none (only PostgreSQL does).
+    async fn locks(&self) -> Result<Option<Box<dyn StoreLocks>>, StoreError> {
+        Ok(None)
+    }
 
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;

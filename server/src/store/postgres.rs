@@ -21,7 +21,8 @@ use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::{IsolationLevel, NoTls, error::SqlState, types::ToSql};
 
 use super::{
-    Commit, Guard, Rejected, Store, StoreError, decode_record, encode_record, now_unix_ns,
+    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreLocks, decode_record, encode_record,
+    now_unix_ns,
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
@@ -341,8 +342,82 @@ impl PostgresStore {
     }
 }
 
+/// Advisory locks held by one transaction on a connection of their own:
+/// `pg_advisory_xact_lock` on a hash of the account id, waited for under
+/// `lock_timeout`; PostgreSQL's deadlock detector watches these waits too.
+/// Dropping the set rolls the transaction back, which releases them.
+struct AdvisoryLocks {
+    client: Option<deadpool_postgres::Object>,
+    in_transaction: bool,
+}
+
+#[async_trait::async_trait]
+impl StoreLocks for AdvisoryLocks {
+    async fn lock(&mut self, account: &AccountId, wait: Duration) -> Result<(), LockWait> {
+        let client = self.client.as_ref().ok_or_else(|| {
+            LockWait::Failed(StoreError::Postgres("the lock connection is gone".into()))
+        })?;
+        if !self.in_transaction {
+            // SET takes no parameters; the number is ours, not a caller's text.
+            let begin = format!(
+                "BEGIN; SET LOCAL lock_timeout = {}",
+                wait.as_millis().max(1)
+            );
+            client
+                .batch_execute(&begin)
+                .await
+                .map_err(|e| LockWait::Failed(pg(e)))?;
+            self.in_transaction = true;
+        }
+        let statement = client
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await
+            .map_err(|e| LockWait::Failed(pg(e)))?;
+        match client.execute(&statement, &[&account.as_str()]).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                Err(LockWait::TimedOut)
+            }
+            Err(error) if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
+                Err(LockWait::Deadlock)
+            }
+            Err(error) => Err(LockWait::Failed(pg(error))),
+        }
+    }
+}
+
+impl Drop for AdvisoryLocks {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        if !self.in_transaction {
+            return;
+        }
+        // The rollback needs a round trip; the operation does not wait for it.
+        // A connection that cannot roll back is closed, which also releases.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if client.batch_execute("ROLLBACK").await.is_err() {
+                    drop(deadpool_postgres::Object::take(client));
+                }
+            });
+        } else {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    async fn locks(&self) -> Result<Option<Box<dyn StoreLocks>>, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(Some(Box::new(AdvisoryLocks {
+            client: Some(client),
+            in_transaction: false,
+        })))
+    }
+
     async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         let statement = client
