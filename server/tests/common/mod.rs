@@ -14,17 +14,23 @@ use tonic::transport::Channel;
 
 /// Starts `ledger` on a free port over `dir`; returns the child and its URL.
 pub(crate) async fn start_ledger(dir: &Path, mode: &str, durability: &str) -> (Child, String) {
+    let dir = dir.to_str().expect("a UTF-8 temporary path");
+    start_ledger_with(&[
+        "--mode",
+        mode,
+        "--durability",
+        durability,
+        "--data-dir",
+        dir,
+    ])
+    .await
+}
+
+/// Starts `ledger` on a free port with `args`; returns the child and its URL.
+pub(crate) async fn start_ledger_with(args: &[&str]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--mode",
-            mode,
-            "--durability",
-            durability,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
