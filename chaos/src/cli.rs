@@ -1,15 +1,15 @@
 //! The `chaos` command line: `proxy`, `fault`, `ledger`, `run`, `kinds`.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
     control::ControlClient,
-    fault,
+    fault::{self, Fault, FaultKind},
     ledger::{ADMIN_TOKEN_ENV, LedgerFaults},
-    log::FaultLog,
+    log::{Event, FaultLog},
     proxy::Proxy,
     registry::Registry,
     schedule::{self, Targets},
@@ -43,6 +43,9 @@ enum Command {
     },
     /// Carry out a schedule of fault phases, writing the fault log.
     Run(RunArgs),
+    /// Pause a ledger process (a replica) for a while, then let it go on:
+    /// `chaos pause --pid 4242 --for 5s`, or `--container overdraft_ledger_2`.
+    Pause(PauseArgs),
     /// List every fault kind with its parameters.
     Kinds,
 }
@@ -172,6 +175,42 @@ struct RunArgs {
     admin_token: Option<String>,
 }
 
+/// Longest `chaos pause --for`: a stall of ten minutes already outlives
+/// every lease and deadline in overdraft.
+const PAUSE_FOR_MAX: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Args)]
+struct PauseArgs {
+    /// A local process: SIGSTOP, then SIGCONT.
+    #[arg(
+        long,
+        required_unless_present = "container",
+        conflicts_with = "container"
+    )]
+    pid: Option<u32>,
+    /// A Docker container: `docker pause`, then `docker unpause`.
+    #[arg(long)]
+    container: Option<String>,
+    /// How long the process stays stopped (e.g. 5s, 1500ms; at most 10m).
+    /// Ctrl-C lets it go on at once.
+    #[arg(long = "for", value_parser = parse_pause)]
+    duration: Duration,
+    /// Append the pause and the resume to this fault log (- for stdout).
+    #[arg(long)]
+    fault_log: Option<PathBuf>,
+}
+
+fn parse_pause(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 5s, 1500ms)"))?;
+    if duration.is_zero() || duration > PAUSE_FOR_MAX {
+        return Err(format!(
+            "must be above 0 and at most {}",
+            humantime::format_duration(PAUSE_FOR_MAX)
+        ));
+    }
+    Ok(duration)
+}
+
 const KINDS_HELP: &str = "\
 Fault kinds (parameters; all durations in ms unless named _us):
   toxics (proxy, per connection; direction=upstream|downstream, probability=0..1):
@@ -194,7 +233,9 @@ Fault kinds (parameters; all durations in ms unless named _us):
     barrier        parties, wait_ms
     lost_acks      count, code=unavailable|deadline_exceeded
     slow_owner     delay_ms
-    crash          point=journal-before-balances|between-transfer-legs|before-ack, skip";
+    crash          point=journal-before-balances|between-transfer-legs|before-ack, skip
+  process (carried out by chaos itself, in schedules or `chaos pause`):
+    pause          pid (a local process) or container (a Docker container)";
 
 /// Logs to stderr at `info` unless `RUST_LOG` says otherwise.
 pub fn init_tracing() {
@@ -212,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fault { action } => fault_action(action).await,
         Command::Ledger { action } => ledger_action(action).await,
         Command::Run(args) => run_schedule(args).await,
+        Command::Pause(args) => pause(args).await,
         Command::Kinds => {
             println!("{KINDS_HELP}");
             Ok(ExitCode::SUCCESS)
@@ -290,6 +332,37 @@ async fn ledger_action(action: LedgerAction) -> anyhow::Result<ExitCode> {
         }
     };
     println!("{state:#?}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
+    let mut fault = Fault::new(FaultKind::Pause {
+        pid: args.pid,
+        container: args.container,
+    });
+    fault.id = "pause-1".into();
+    fault.validate()?;
+    let log = match &args.fault_log {
+        Some(path) => FaultLog::to_path(path)?,
+        None => FaultLog::disabled(),
+    };
+    crate::process::pause(&fault).await?;
+    log.write(&Event::applied(&fault, Some(0)));
+    let started = std::time::Instant::now();
+    eprintln!(
+        "paused {}; resuming in {}",
+        serde_json::to_string(&fault.kind)?,
+        humantime::format_duration(args.duration)
+    );
+    tokio::select! {
+        () = tokio::time::sleep(args.duration) => {}
+        _ = tokio::signal::ctrl_c() => eprintln!("interrupted: resuming now"),
+    }
+    let resumed = crate::process::resume(&fault).await;
+    let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    log.write(&Event::removed(&fault, Some(at_ms)));
+    resumed?;
+    eprintln!("resumed after {at_ms} ms");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -122,7 +122,9 @@ fn registry_error(failure: &RegistryError) -> Response {
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::Duplicate(_) => StatusCode::CONFLICT,
         RegistryError::Full => StatusCode::TOO_MANY_REQUESTS,
-        RegistryError::Invalid(_) | RegistryError::LedgerFault(_) => StatusCode::BAD_REQUEST,
+        RegistryError::Invalid(_)
+        | RegistryError::LedgerFault(_)
+        | RegistryError::ProcessFault(_) => StatusCode::BAD_REQUEST,
     };
     error(code, failure.to_string())
 }

@@ -11,7 +11,9 @@
 //!   HTTP/2 (call_delay, drop_request, drop_response, duplicate_request,
 //!   return_status), each applied to a call with a probability;
 //! - faults inside the ledger, armed through its Chaos service
-//!   (race_window, barrier, lost_acks, slow_owner, crash).
+//!   (race_window, barrier, lost_acks, slow_owner, crash);
+//! - faults on a ledger process, carried out by `chaos` itself (pause: a
+//!   replica stopped with SIGSTOP, or its container paused, until removed).
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,9 @@ pub const COPIES_MAX: u32 = 16;
 
 /// Longest message a return_status fault may carry.
 pub const STATUS_MESSAGE_BYTES_MAX: usize = 1_024;
+
+/// Longest container name a pause fault accepts (Docker's own limit is lower).
+pub const CONTAINER_NAME_BYTES_MAX: usize = 128;
 
 /// Longest fault id: ids appear in every fault-log line.
 pub const FAULT_ID_BYTES_MAX: usize = 128;
@@ -247,6 +252,18 @@ pub enum FaultKind {
         /// The wait.
         delay_ms: u64,
     },
+    /// Process: stop a ledger (a replica) while the fault is applied and
+    /// let it go on when it is removed: SIGSTOP and SIGCONT to a local
+    /// `pid`, or `docker pause` and `unpause` of a `container`. A stalled
+    /// replica holds its connections and its leases; the others go on.
+    Pause {
+        /// A local process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+        /// A Docker container, by name or id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<String>,
+    },
     /// Ledger: abort the process at a crash point.
     Crash {
         /// `journal-before-balances`, `between-transfer-legs` or `before-ack`.
@@ -279,6 +296,8 @@ pub enum Family {
     Call,
     /// Inside the ledger.
     Ledger,
+    /// On a ledger process, from outside it.
+    Process,
 }
 
 /// A fault with its id and the fields common to its family.
@@ -367,6 +386,7 @@ impl FaultKind {
             FaultKind::LostAcks { .. } => "lost_acks",
             FaultKind::SlowOwner { .. } => "slow_owner",
             FaultKind::Crash { .. } => "crash",
+            FaultKind::Pause { .. } => "pause",
         }
     }
 
@@ -390,6 +410,7 @@ impl FaultKind {
             | FaultKind::LostAcks { .. }
             | FaultKind::SlowOwner { .. }
             | FaultKind::Crash { .. } => Family::Ledger,
+            FaultKind::Pause { .. } => Family::Process,
         }
     }
 
@@ -465,6 +486,31 @@ impl FaultKind {
                     format!("must be unavailable or deadline_exceeded (got {other:?})"),
                 )),
             },
+            FaultKind::Pause { pid, container } => match (pid, container) {
+                (Some(_), Some(_)) | (None, None) => Err(invalid(
+                    "pid",
+                    "give exactly one of pid (a local process) and container (a Docker container)",
+                )),
+                (Some(pid), None) if *pid < 2 => Err(invalid(
+                    "pid",
+                    format!("must be a process other than init (got {pid})"),
+                )),
+                (None, Some(name))
+                    if name.is_empty()
+                        || name.len() > CONTAINER_NAME_BYTES_MAX
+                        || !name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+                {
+                    Err(invalid(
+                        "container",
+                        format!(
+                            "must be 1 to {CONTAINER_NAME_BYTES_MAX} characters of A-Z a-z 0-9 - _ . (got {name:?})"
+                        ),
+                    ))
+                }
+                _ => Ok(()),
+            },
             FaultKind::Crash { point, .. } => match point.as_str() {
                 "journal-before-balances" | "between-transfer-legs" | "before-ack" => Ok(()),
                 other => Err(invalid(
@@ -534,8 +580,8 @@ impl Fault {
                 format!("applies only to call faults, not to {}", self.kind.name()),
             ));
         }
-        let probability_allowed =
-            family != Family::Ledger || matches!(self.kind, FaultKind::RaceWindow { .. });
+        let probability_allowed = matches!(family, Family::Toxic | Family::Call)
+            || matches!(self.kind, FaultKind::RaceWindow { .. });
         match self.probability {
             Some(_) if !probability_allowed => Err(invalid(
                 "probability",

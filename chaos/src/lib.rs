@@ -9,6 +9,7 @@
 //! - [`proxy`]: the TCP proxy that wires the two together towards the ledger.
 //! - [`control`]: the proxy's HTTP/JSON control API and its client.
 //! - [`ledger`]: faults inside the ledger, through its Chaos service.
+//! - [`process`]: a ledger process paused and resumed from outside.
 //! - [`schedule`]: phases on a timeline, a seeded plan, the run.
 //! - [`log`]: the fault log, one JSON line per fault applied or removed.
 //! - [`cli`]: the `chaos` command line.
@@ -19,6 +20,7 @@ pub mod control;
 pub mod fault;
 pub mod ledger;
 pub mod log;
+pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod schedule;

@@ -108,6 +108,9 @@ pub enum RegistryError {
         "{0} is a ledger fault: arm it with `chaos ledger {0} ...` or a schedule with --target"
     )]
     LedgerFault(&'static str),
+    /// A process fault was sent to the proxy.
+    #[error("{0} acts on a ledger process: carry it out with `chaos pause` or a schedule")]
+    ProcessFault(&'static str),
     /// The id is taken.
     #[error("id: {0:?} is already in use; remove it first or pick another")]
     Duplicate(String),
@@ -149,8 +152,10 @@ impl Registry {
     /// Adds `fault`, giving it an id (`KIND-N`) and a seed if it has none.
     pub fn add(&self, mut fault: Fault) -> Result<Listed, RegistryError> {
         fault.validate()?;
-        if fault.kind.family() == Family::Ledger {
-            return Err(RegistryError::LedgerFault(fault.kind.name()));
+        match fault.kind.family() {
+            Family::Ledger => return Err(RegistryError::LedgerFault(fault.kind.name())),
+            Family::Process => return Err(RegistryError::ProcessFault(fault.kind.name())),
+            Family::Toxic | Family::Call => {}
         }
         let mut faults = self.faults.write().unwrap_or_else(|p| p.into_inner());
         if faults.len() >= FAULTS_MAX {

@@ -321,6 +321,8 @@ async fn carry_out(
             }
             None => Err(anyhow::anyhow!("no --target for a ledger fault")),
         },
+        (Family::Process, Action::Apply) => crate::process::pause(fault).await,
+        (Family::Process, Action::Remove) => crate::process::resume(fault).await,
         (_, action) => match targets.proxy.as_ref() {
             Some(proxy) if action == Action::Apply => proxy.add(fault).await.map(drop),
             Some(proxy) => proxy.remove(&fault.id).await.map(drop),

@@ -454,3 +454,57 @@ async fn atm_load_spreads_over_replicas_and_checks_hold() {
         }
     }
 }
+
+/// Goal: a request_id applies once across replicas, even when the same
+/// request reaches all three at the same moment (a client retrying on
+/// another replica before the first answered), in every mode: one reply
+/// applies, the others replay it. Method: per mode, 8 deposits each sent
+/// to the three replicas at once, race window 3 ms; the balance rises by
+/// the 8 deposits exactly and the audit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_applies_once_across_replicas() {
+    for mode in [Mode::Unsafe, Mode::Mutex, Mode::Cas] {
+        let mut ledgers = replicas(&format!("dup_{mode}"), mode, 2).await;
+        ledgers[0].reset(&[("joint", 10_000)]).await;
+        let mut clients = Vec::new();
+        for ledger in &ledgers {
+            clients.push(ledger.new_ledger_client().await);
+        }
+        for trial in 0..8 {
+            let request = pb::DepositRequest {
+                account_id: "joint".into(),
+                amount_cents: 100,
+                request_id: format!("retry-{trial}"),
+            };
+            let sends = clients.iter_mut().map(|client| {
+                let request = request.clone();
+                async move { client.deposit(request).await }
+            });
+            let replies: Vec<pb::MutationReply> = futures_util::future::join_all(sends)
+                .await
+                .into_iter()
+                .map(|reply| {
+                    reply
+                        .unwrap_or_else(|e| panic!("{mode}: {e:?}"))
+                        .into_inner()
+                })
+                .collect();
+            let applied = replies.iter().filter(|r| !r.replayed).count();
+            assert_eq!(applied, 1, "{mode} trial {trial}: {replies:?}");
+            assert!(
+                replies
+                    .windows(2)
+                    .all(|w| w[0].version == w[1].version
+                        && w[0].balance_cents == w[1].balance_cents),
+                "{mode} trial {trial}: every replica answers the first reply: {replies:?}"
+            );
+        }
+        let balance = ledgers[2].balance("joint").await.balance_cents;
+        assert_eq!(balance, 10_000 + 8 * 100, "{mode}");
+        let audit = ledgers[1].audit().await;
+        assert!(audit.clean, "{mode}: {:?}", audit.findings);
+        for ledger in ledgers {
+            ledger.running.stop().await.unwrap();
+        }
+    }
+}
