@@ -270,8 +270,14 @@ async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, Led
 
 /// Applies one transfer leg: read, race hook, check, write, like every mode.
 async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerError> {
-    let (leg, fee_cents) =
-        read_then_decide(core, Mode::Actor, work.kind, &[&work.account], |reads| {
+    let mut tx = core.store.begin().await?;
+    let (leg, fee_cents) = read_then_decide(
+        core,
+        &mut tx,
+        Mode::Actor,
+        work.kind,
+        &[&work.account],
+        |reads| {
             let read = reads[0];
             Ok(match work.kind {
                 EntryKind::TransferDebit => bank::debit(
@@ -282,8 +288,9 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
                 )?,
                 _ => (bank::credit(&work.account, read, work.amount_cents)?, 0),
             })
-        })
-        .await?;
+        },
+    )
+    .await?;
     let written = (leg.account.clone(), leg.written);
     let request = work.request_id.clone().map(|id| {
         let record = match (&work.kind, &work.refund_of, &work.debited) {
@@ -319,7 +326,7 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
             time_unix_ns: 0,
         },
     };
-    let mut applied = match commit_attempt(core, commit, &work.fingerprint).await? {
+    let mut applied = match commit_attempt(core, tx, commit, &work.fingerprint).await? {
         Attempt::Applied(applied) => applied,
         Attempt::Conflict(account) => {
             return Err(LedgerError::Invariant(format!(

@@ -21,7 +21,7 @@ use crate::{
     error::LedgerError,
     journal::{JournalEntry, RequestRecord, StoredReply},
     race::{HookContext, RacePoint},
-    store::{Commit, Guard, Rejected, Write},
+    store::{Commit, Guard, Rejected, StoreError, StoreTx, Write},
 };
 
 /// A mutation as the engine hands it to a mode.
@@ -91,13 +91,26 @@ pub(crate) async fn read_check_write(
     request: &Request,
     write_kind: WriteKind,
 ) -> Result<Attempt, LedgerError> {
-    let planned = read_and_plan(core, mode, request, write_kind).await?;
+    let tx = core.store.begin().await?;
+    read_check_write_in(core, tx, mode, request, write_kind).await
+}
+
+/// [`read_check_write`] in a transaction the caller began (and may have
+/// taken locks in), or with none on a store that has none.
+pub(crate) async fn read_check_write_in(
+    core: &Arc<Core>,
+    mut tx: Option<Box<dyn StoreTx>>,
+    mode: Mode,
+    request: &Request,
+    write_kind: WriteKind,
+) -> Result<Attempt, LedgerError> {
+    let planned = read_and_plan(core, &mut tx, mode, request, write_kind).await?;
     if matches!(request.op, Operation::Transfer { .. }) {
         // A crash here, before the commit, loses the whole transfer and the
         // client was never told it succeeded. All or nothing.
         crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
     }
-    commit_attempt(core, planned.commit, &planned.fingerprint).await
+    commit_attempt(core, tx, planned.commit, &planned.fingerprint).await
 }
 
 /// What an operation read and decided: the commit it is about to make.
@@ -112,12 +125,13 @@ pub(crate) struct Planned {
 /// The first half of [`read_check_write`]: read, race hook, the bank's rules.
 pub(crate) async fn read_and_plan(
     core: &Arc<Core>,
+    tx: &mut Option<Box<dyn StoreTx>>,
     mode: Mode,
     request: &Request,
     write_kind: WriteKind,
 ) -> Result<Planned, LedgerError> {
     let ids = request.op.accounts();
-    let effect = read_then_decide(core, mode, request.op.kind(), &ids, |reads| {
+    let effect = read_then_decide(core, tx, mode, request.op.kind(), &ids, |reads| {
         let effect = bank::apply(&request.op, reads, &core.settings().policy)?;
         if effect.legs.len() != ids.len() {
             return Err(LedgerError::Invariant(format!(
@@ -172,6 +186,7 @@ pub(crate) async fn read_and_plan(
 /// legs, start here.
 pub(crate) async fn read_then_decide<T>(
     core: &Arc<Core>,
+    tx: &mut Option<Box<dyn StoreTx>>,
     mode: Mode,
     kind: EntryKind,
     ids: &[&AccountId],
@@ -179,7 +194,11 @@ pub(crate) async fn read_then_decide<T>(
 ) -> Result<T, LedgerError> {
     let mut reads = Vec::with_capacity(ids.len());
     for id in ids {
-        reads.push(read_account(core, id).await?);
+        let found = match tx {
+            Some(tx) => tx.account(id).await?,
+            None => core.store.account(id).await?,
+        };
+        reads.push(found.ok_or_else(|| LedgerError::NotFound((*id).clone()))?);
     }
     let context = HookContext {
         kind,
@@ -212,9 +231,22 @@ pub(crate) async fn read_account(core: &Core, id: &AccountId) -> Result<Account,
         .ok_or_else(|| LedgerError::NotFound(id.clone()))
 }
 
-/// Commits off the async threads and sorts the outcome into an attempt.
+/// Commits in `tx` when there is one, else on its own.
+pub(crate) async fn commit_in(
+    core: &Arc<Core>,
+    tx: Option<Box<dyn StoreTx>>,
+    commit: Commit,
+) -> Result<Result<u64, Rejected>, StoreError> {
+    match tx {
+        Some(tx) => tx.commit(&commit).await,
+        None => core.commit(commit).await,
+    }
+}
+
+/// Commits (in `tx` when there is one) and sorts the outcome into an attempt.
 pub(crate) async fn commit_attempt(
     core: &Arc<Core>,
+    tx: Option<Box<dyn StoreTx>>,
     commit: Commit,
     fingerprint: &str,
 ) -> Result<Attempt, LedgerError> {
@@ -231,7 +263,7 @@ pub(crate) async fn commit_attempt(
         .map(|write| (write.account.clone(), write.new))
         .collect();
     let fee_cents = commit.entry.fee_cents;
-    match core.commit(commit).await? {
+    match commit_in(core, tx, commit).await? {
         Ok(_seq) => Ok(Attempt::Applied(Applied {
             accounts: replied.map_or(accounts_written, |reply| reply.accounts),
             fee_cents,

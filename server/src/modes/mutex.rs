@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Applied, Attempt, Request, WriteKind, read_check_write};
+use super::{Applied, Attempt, Request, WriteKind, read_check_write, read_check_write_in};
 use crate::{
     bank::{AccountId, EntryKind},
     config::{LockOrder, LockScope, Mode},
@@ -24,20 +24,8 @@ use crate::{
     error::LedgerError,
     race::{HookContext, RacePoint},
     stats::Stats,
-    store::{LockWait, StoreLocks},
+    store::{LockWait, StoreTx},
 };
-
-/// The locks an operation holds until it is done.
-#[expect(
-    dead_code,
-    reason = "never read: held until dropped, which releases them"
-)]
-enum Held {
-    /// This process's.
-    Process(Vec<OwnedMutexGuard<()>>),
-    /// The store's, seen by every replica.
-    Database(Box<dyn StoreLocks>),
-}
 
 /// The lock table.
 #[derive(Debug, Default)]
@@ -59,18 +47,25 @@ impl MutexMode {
         if core.settings().lock_order == LockOrder::Ordered {
             order.sort();
         }
-        let _held = match core.lock_scope {
+        let attempt = match core.lock_scope {
             LockScope::Process => {
-                Held::Process(self.lock_all(core, &order, request.op.kind()).await?)
+                // The transaction (if the store has them) begins once the
+                // locks are held: a connection is not held while waiting.
+                let _guards = self.lock_all(core, &order, request.op.kind()).await?;
+                read_check_write(core, Mode::Mutex, request, WriteKind::Blind).await?
             }
             LockScope::Database => {
-                Held::Database(self.lock_in_store(core, &order, request.op.kind()).await?)
+                let Some(mut tx) = core.store.begin().await? else {
+                    return Err(LedgerError::Invariant(
+                        "--lock-scope database over a store without transactions".into(),
+                    ));
+                };
+                self.lock_in_store(core, tx.as_mut(), &order, request.op.kind())
+                    .await?;
+                read_check_write_in(core, Some(tx), Mode::Mutex, request, WriteKind::Blind).await?
             }
         };
-        // The write trusts the lock, as code written for one process does:
-        // with replicas on one database, another process's lock table does
-        // not know this one's, and their writes can cross (the lesson).
-        match read_check_write(core, Mode::Mutex, request, WriteKind::Blind).await? {
+        match attempt {
             Attempt::Applied(applied) => Ok(applied),
             // A blind write fails only on an account that is gone.
             Attempt::Conflict(account) => Err(LedgerError::NotFound(account)),
@@ -117,18 +112,15 @@ impl MutexMode {
         Ok(guards)
     }
 
-    /// Takes the locks in the store, in `order`, under the same wait bound.
+    /// Takes the locks in the operation's transaction, in `order`, under
+    /// the same wait bound; they hold until it commits or rolls back.
     async fn lock_in_store(
         &self,
         core: &Core,
+        tx: &mut dyn StoreTx,
         order: &[AccountId],
         kind: EntryKind,
-    ) -> Result<Box<dyn StoreLocks>, LedgerError> {
-        let Some(mut locks) = core.store.locks().await? else {
-            return Err(LedgerError::Invariant(
-                "--lock-scope database over a store that keeps no locks".into(),
-            ));
-        };
+    ) -> Result<(), LedgerError> {
         let accounts: Vec<&AccountId> = order.iter().collect();
         let context = HookContext {
             kind,
@@ -141,7 +133,7 @@ impl MutexMode {
                 core.hook.pause(RacePoint::BetweenLocks, &context).await;
             }
             let started = std::time::Instant::now();
-            let taken = locks.lock(account, wait).await;
+            let taken = tx.lock(account, wait).await;
             core.stats
                 .distributions
                 .lock_wait_seconds
@@ -164,7 +156,7 @@ impl MutexMode {
                 Err(LockWait::Failed(error)) => return Err(error.into()),
             }
         }
-        Ok(locks)
+        Ok(())
     }
 
     /// A lock wait ran out. Holding one lock while waiting for another is the

@@ -5,7 +5,9 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use super::{Applied, Attempt, Planned, Request, WriteKind, commit_attempt, read_and_plan, replay};
+use super::{
+    Applied, Attempt, Planned, Request, WriteKind, commit_attempt, commit_in, read_and_plan, replay,
+};
 use crate::{
     bank::{self, EntryKind, Operation, RequestId},
     config::Mode,
@@ -13,16 +15,17 @@ use crate::{
     crash::{self, CrashPoint},
     error::LedgerError,
     journal::{JournalEntry, OpenTransfers, RequestRecord},
-    store::{Commit, Rejected, Write},
+    store::{Commit, Rejected, StoreTx, Write},
 };
 
 /// Runs `request` with no protection at all.
 pub(crate) async fn execute(core: &Arc<Core>, request: &Request) -> Result<Applied, LedgerError> {
-    let planned = read_and_plan(core, Mode::Unsafe, request, WriteKind::Blind).await?;
+    let mut tx = core.store.begin().await?;
+    let planned = read_and_plan(core, &mut tx, Mode::Unsafe, request, WriteKind::Blind).await?;
     let attempt = if matches!(request.op, Operation::Transfer { .. }) {
-        commit_legs_apart(core, planned).await?
+        commit_legs_apart(core, tx, planned).await?
     } else {
-        commit_attempt(core, planned.commit, &planned.fingerprint).await?
+        commit_attempt(core, tx, planned.commit, &planned.fingerprint).await?
     };
     match attempt {
         Attempt::Applied(applied) => Ok(applied),
@@ -47,7 +50,11 @@ pub(crate) fn half_applied(open: &OpenTransfers) -> HashSet<RequestId> {
 /// way a naive ledger writes two rows. A crash between them leaves the money
 /// debited and never credited; the audit reports it as a half-applied
 /// transfer, and nothing at restart finishes it.
-async fn commit_legs_apart(core: &Arc<Core>, planned: Planned) -> Result<Attempt, LedgerError> {
+async fn commit_legs_apart(
+    core: &Arc<Core>,
+    tx: Option<Box<dyn StoreTx>>,
+    planned: Planned,
+) -> Result<Attempt, LedgerError> {
     let Planned {
         commit:
             Commit {
@@ -88,7 +95,7 @@ async fn commit_legs_apart(core: &Arc<Core>, planned: Planned) -> Result<Attempt
         },
         writes: vec![debit_write.clone()],
     };
-    if let Err(rejected) = core.commit(debit).await? {
+    if let Err(rejected) = commit_in(core, tx, debit).await? {
         return match rejected {
             Rejected::Duplicate(record) => replay(record, fingerprint).map(Attempt::Applied),
             Rejected::Conflict { account, .. } => Ok(Attempt::Conflict(account)),

@@ -116,16 +116,25 @@ pub struct FlushFigures {
 /// sync's figures for one of the requests it covered.
 pub type FlushDone = Box<dyn FnOnce(Result<(), StoreError>, Option<FlushFigures>) + Send>;
 
-/// Locks taken in the store for one operation (`--lock-scope database`),
-/// seen by every process on it, released when dropped.
+/// One operation's transaction in a store that has them (PostgreSQL): its
+/// locks, its reads and its commit on one connection, at the isolation level
+/// the ledger runs with. Dropped without [`StoreTx::commit`], it rolls back.
 #[async_trait::async_trait]
-pub trait StoreLocks: Send {
-    /// Takes `account`'s lock, waiting at most `wait` for it.
+pub trait StoreTx: Send {
+    /// Takes `account`'s lock for the rest of the transaction, seen by every
+    /// process on the store (`--lock-scope database`), waiting at most `wait`.
     async fn lock(
         &mut self,
         account: &AccountId,
         wait: std::time::Duration,
     ) -> Result<(), LockWait>;
+
+    /// An account's state as this transaction sees it, or None.
+    async fn account(&mut self, id: &AccountId) -> Result<Option<Account>, StoreError>;
+
+    /// Applies `commit` and ends the transaction: the journal seq it got,
+    /// or why it wrote nothing (then it rolled back).
+    async fn commit(self: Box<Self>, commit: &Commit) -> Result<Result<u64, Rejected>, StoreError>;
 }
 
 /// Why a lock in the store was not taken.
@@ -181,9 +190,9 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
-    /// An empty set of locks in the store, shared by every process on it;
-    /// None when the store keeps none (only PostgreSQL does).
-    async fn locks(&self) -> Result<Option<Box<dyn StoreLocks>>, StoreError> {
+    /// A transaction for one operation; None when the store has none (sled
+    /// and memory: one process, whose modes do their own serialising).
+    async fn begin(&self) -> Result<Option<Box<dyn StoreTx>>, StoreError> {
         Ok(None)
     }
 

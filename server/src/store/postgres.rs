@@ -18,10 +18,10 @@ use std::{ops::ControlFlow, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::{StreamExt, pin_mut};
-use tokio_postgres::{IsolationLevel, NoTls, error::SqlState, types::ToSql};
+use tokio_postgres::{NoTls, error::SqlState};
 
 use super::{
-    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreLocks, decode_record, encode_record,
+    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreTx, decode_record, encode_record,
     now_unix_ns,
 };
 use crate::{
@@ -73,7 +73,7 @@ const MIGRATION_LOCK: i64 = 0x6f76_6572_6472_6166;
 pub struct PostgresStore {
     pool: Pool,
     /// Names this process in the journal rows it writes.
-    replica: String,
+    replica: std::sync::Arc<str>,
     /// The runtime the pool's connections run on, for the whole-ledger reads
     /// that run on blocking threads.
     runtime: tokio::runtime::Handle,
@@ -175,7 +175,7 @@ impl PostgresStore {
             .map_err(|e| StoreError::Postgres(format!("cannot build the pool: {e}")))?;
         let store = Self {
             pool,
-            replica: replica.to_owned(),
+            replica: std::sync::Arc::from(replica),
             runtime: tokio::runtime::Handle::current(),
         };
         store.migrate().await?;
@@ -232,147 +232,272 @@ impl PostgresStore {
         self.runtime.block_on(future)
     }
 
-    /// One try at `commit`: Ok(Err) when it wrote nothing, Err on a database error.
-    async fn try_commit(
-        &self,
-        commit: &Commit,
-    ) -> Result<Result<Result<u64, Rejected>, StoreError>, tokio_postgres::Error> {
-        let mut client = match self.pool.get().await {
-            Ok(client) => client,
-            Err(deadpool_postgres::PoolError::Backend(error)) => return Err(error),
-            Err(other) => return Ok(Err(pool_error(other))),
-        };
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::ReadCommitted)
-            .start()
-            .await?;
-        if let Some((id, record)) = &commit.request {
-            let bytes = encode_record(record);
-            let sql = if commit.replace_request {
-                "INSERT INTO requests (id, record) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record"
-            } else {
-                "INSERT INTO requests (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
-            };
-            let inserted = tx.execute(sql, &[&id.as_str(), &bytes]).await?;
-            if inserted == 0 {
-                // The conflicting row is committed (the insert waited for
-                // it), so this statement's snapshot sees it.
-                let row = tx
-                    .query_one("SELECT record FROM requests WHERE id = $1", &[&id.as_str()])
-                    .await?;
-                let bytes: &[u8] = row.try_get(0)?;
-                return Ok(decode_record("request record", bytes)
-                    .map(|record| Err(Rejected::Duplicate(record))));
-            }
-        }
-        for write in &commit.writes {
-            let id = write.account.as_str();
-            let balance = write.new.balance_cents;
-            let Ok(version) = to_i64(write.new.version, "account version") else {
-                return Ok(Err(StoreError::Corrupt {
-                    what: "commit",
-                    detail: format!("version {} does not fit a BIGINT", write.new.version),
-                }));
-            };
-            let written = match write.guard {
-                Guard::Blind => {
-                    // Whatever is there, or nothing: the store contract's
-                    // blind write creates a missing row, as the others do.
-                    tx.execute(
-                        "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
-                         ON CONFLICT (id) DO UPDATE
-                         SET balance_cents = EXCLUDED.balance_cents, version = EXCLUDED.version",
-                        &[&id, &balance, &version],
-                    )
-                    .await?
-                }
-                Guard::Version(expected) => {
-                    let expected = i64::try_from(expected).unwrap_or(i64::MAX);
-                    tx.execute(
-                        "UPDATE accounts SET balance_cents = $2, version = $3
-                         WHERE id = $1 AND version = $4",
-                        &[&id, &balance, &version, &expected],
-                    )
-                    .await?
-                }
-                Guard::Absent => {
-                    tx.execute(
-                        "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
-                         ON CONFLICT (id) DO NOTHING",
-                        &[&id, &balance, &version],
-                    )
-                    .await?
-                }
-            };
-            if written == 0 {
-                let found = tx
-                    .query_opt(
-                        "SELECT balance_cents, version FROM accounts WHERE id = $1",
-                        &[&id],
-                    )
-                    .await?
-                    .map(|row| account_from(&row))
-                    .transpose();
-                return Ok(found.map(|found| {
-                    Err(Rejected::Conflict {
-                        account: write.account.clone(),
-                        found,
-                    })
-                }));
-            }
-        }
-        let mut entry = commit.entry.clone();
-        entry.time_unix_ns = now_unix_ns();
-        let bytes = encode_record(&entry);
-        let kind = format!("{:?}", entry.kind);
-        let request_id = entry.request_id.as_ref().map(RequestId::as_str);
-        let params: [&(dyn ToSql + Sync); 4] = [&self.replica, &kind, &request_id, &bytes];
-        let row = tx
-            .query_one(
-                "INSERT INTO journal (replica, kind, request_id, entry)
-                 VALUES ($1, $2, $3, $4) RETURNING seq",
-                &params,
-            )
-            .await?;
-        let seq: i64 = row.try_get(0)?;
-        tx.commit().await?;
-        Ok(to_u64(seq, "journal seq").map(Ok))
+    /// A connection with a transaction to be begun on it.
+    async fn transaction(&self) -> Result<PgTx, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        Ok(PgTx {
+            client: Some(client),
+            replica: std::sync::Arc::clone(&self.replica),
+            begun: false,
+        })
     }
 }
 
-/// Advisory locks held by one transaction on a connection of their own:
-/// `pg_advisory_xact_lock` on a hash of the account id, waited for under
-/// `lock_timeout`; PostgreSQL's deadlock detector watches these waits too.
-/// Dropping the set rolls the transaction back, which releases them.
-struct AdvisoryLocks {
-    client: Option<deadpool_postgres::Object>,
-    in_transaction: bool,
+/// What a commit's pipelined statements said.
+enum Written {
+    /// Everything went in; the journal seq.
+    Done(i64),
+    /// The request id had a record: roll back, then read it.
+    Duplicate,
+    /// A guard did not hold for this write: roll back, then read the account.
+    Conflict(usize),
 }
 
-#[async_trait::async_trait]
-impl StoreLocks for AdvisoryLocks {
-    async fn lock(&mut self, account: &AccountId, wait: Duration) -> Result<(), LockWait> {
-        let client = self.client.as_ref().ok_or_else(|| {
-            LockWait::Failed(StoreError::Postgres("the lock connection is gone".into()))
-        })?;
-        if !self.in_transaction {
-            // SET takes no parameters; the number is ours, not a caller's text.
-            let begin = format!(
-                "BEGIN; SET LOCAL lock_timeout = {}",
-                wait.as_millis().max(1)
-            );
-            client
-                .batch_execute(&begin)
-                .await
-                .map_err(|e| LockWait::Failed(pg(e)))?;
-            self.in_transaction = true;
+/// The SQL for each guard: the lesson in one line each.
+const SQL_BLIND: &str = "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
+     ON CONFLICT (id) DO UPDATE SET balance_cents = EXCLUDED.balance_cents, version = EXCLUDED.version";
+const SQL_VERSION: &str = "UPDATE accounts SET balance_cents = $2, version = $3
+     WHERE id = $1 AND version = $4";
+const SQL_ABSENT: &str = "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
+     ON CONFLICT (id) DO NOTHING";
+const SQL_REQUEST: &str =
+    "INSERT INTO requests (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
+const SQL_REQUEST_REPLACE: &str = "INSERT INTO requests (id, record) VALUES ($1, $2)
+     ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record";
+const SQL_JOURNAL: &str = "INSERT INTO journal (replica, kind, request_id, entry)
+     VALUES ($1, $2, $3, $4) RETURNING seq";
+const SQL_ACCOUNT: &str = "SELECT balance_cents, version FROM accounts WHERE id = $1";
+const SQL_RECORD: &str = "SELECT record FROM requests WHERE id = $1";
+
+/// One operation's transaction, begun and ended by hand (BEGIN ... COMMIT)
+/// on a pooled connection, so that it can be held across the engine's
+/// awaits; `BEGIN` goes out with the first statement, in one round trip.
+/// Dropped open, it rolls back in the background.
+struct PgTx {
+    client: Option<deadpool_postgres::Object>,
+    replica: std::sync::Arc<str>,
+    begun: bool,
+}
+
+impl PgTx {
+    fn client(&self) -> Result<&deadpool_postgres::Object, StoreError> {
+        self.client.as_ref().ok_or_else(ended)
+    }
+
+    /// Ends the transaction: COMMIT, or ROLLBACK.
+    async fn end(&mut self, commit: bool) -> Result<(), tokio_postgres::Error> {
+        if !std::mem::take(&mut self.begun) {
+            return Ok(());
         }
+        let client = self
+            .client
+            .as_ref()
+            .expect("an open transaction has its client");
+        client
+            .batch_execute(if commit { "COMMIT" } else { "ROLLBACK" })
+            .await
+    }
+
+    /// Sends every statement of `commit` at once (one round trip), and
+    /// sorts out what they did.
+    async fn write(&mut self, commit: &Commit) -> Result<Written, tokio_postgres::Error> {
+        let client = self.client.as_ref().expect("checked by the caller");
+        let mut entry = commit.entry.clone();
+        entry.time_unix_ns = now_unix_ns();
+        let entry_bytes = encode_record(&entry);
+        let kind = format!("{:?}", entry.kind);
+        let request_id = entry.request_id.as_ref().map(RequestId::as_str);
+        let request_bytes = commit
+            .request
+            .as_ref()
+            .map(|(_, record)| encode_record(record));
+        let versions: Vec<(i64, i64)> = commit
+            .writes
+            .iter()
+            .map(|write| {
+                (
+                    i64::try_from(write.new.version).unwrap_or(i64::MAX),
+                    match write.guard {
+                        Guard::Version(expected) => i64::try_from(expected).unwrap_or(i64::MAX),
+                        Guard::Blind | Guard::Absent => 0,
+                    },
+                )
+            })
+            .collect();
+        let request_sql = if commit.replace_request {
+            SQL_REQUEST_REPLACE
+        } else {
+            SQL_REQUEST
+        };
+        let (request_statement, journal_statement) = tokio::try_join!(
+            client.prepare_cached(request_sql),
+            client.prepare_cached(SQL_JOURNAL)
+        )?;
+        let mut write_statements = Vec::with_capacity(commit.writes.len());
+        for write in &commit.writes {
+            write_statements.push(
+                client
+                    .prepare_cached(match write.guard {
+                        Guard::Blind => SQL_BLIND,
+                        Guard::Version(_) => SQL_VERSION,
+                        Guard::Absent => SQL_ABSENT,
+                    })
+                    .await?,
+            );
+        }
+        // Sent in this order, read back in this order: tokio-postgres
+        // pipelines statements issued before the first answer comes.
+        let request = async {
+            match (&commit.request, &request_bytes) {
+                (Some((id, _)), Some(bytes)) => client
+                    .execute(&request_statement, &[&id.as_str(), bytes])
+                    .await
+                    .map(Some),
+                _ => Ok(None),
+            }
+        };
+        let writes = futures_util::future::join_all(
+            commit
+                .writes
+                .iter()
+                .zip(&write_statements)
+                .zip(&versions)
+                .map(|((write, statement), (version, expected))| {
+                    let id = write.account.as_str();
+                    let balance = write.new.balance_cents;
+                    async move {
+                        match write.guard {
+                            Guard::Version(_) => {
+                                client
+                                    .execute(statement, &[&id, &balance, version, expected])
+                                    .await
+                            }
+                            Guard::Blind | Guard::Absent => {
+                                client.execute(statement, &[&id, &balance, version]).await
+                            }
+                        }
+                    }
+                }),
+        );
+        let replica: &str = &self.replica;
+        let journal_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&replica, &kind, &request_id, &entry_bytes];
+        let journal = client.query_one(&journal_statement, &journal_params);
+        let begin = async {
+            if self.begun {
+                Ok(())
+            } else {
+                client.batch_execute(BEGIN).await
+            }
+        };
+        let (began, request, writes, journal) = tokio::join!(begin, request, writes, journal);
+        self.begun = true;
+        began?;
+        if request? == Some(0) {
+            return Ok(Written::Duplicate);
+        }
+        for (index, written) in writes.into_iter().enumerate() {
+            if written? == 0 {
+                return Ok(Written::Conflict(index));
+            }
+        }
+        journal?.try_get(0).map(Written::Done)
+    }
+
+    /// Applies `commit` and ends the transaction.
+    async fn finish(&mut self, commit: &Commit) -> Result<Result<u64, Rejected>, TryError> {
+        // Versions are BIGINT columns; one past i64::MAX would be refused by
+        // PostgreSQL only after the other statements ran, so check first.
+        for write in &commit.writes {
+            to_i64(write.new.version, "account version").map_err(TryError::Store)?;
+            if let Guard::Version(expected) = write.guard {
+                to_i64(expected, "account version").map_err(TryError::Store)?;
+            }
+        }
+        let written = self.write(commit).await;
+        let committed = matches!(written, Ok(Written::Done(_)));
+        // A failed statement aborted the transaction: ROLLBACK ends it.
+        self.end(committed).await.map_err(TryError::Database)?;
+        let client = self.client().map_err(TryError::Store)?;
+        match written.map_err(TryError::Database)? {
+            Written::Done(seq) => to_u64(seq, "journal seq").map(Ok).map_err(TryError::Store),
+            Written::Duplicate => {
+                let (id, _) = commit
+                    .request
+                    .as_ref()
+                    .expect("only a keyed commit is a duplicate");
+                let row = client
+                    .query_one(SQL_RECORD, &[&id.as_str()])
+                    .await
+                    .map_err(TryError::Database)?;
+                let bytes: &[u8] = row.try_get(0).map_err(TryError::Database)?;
+                decode_record("request record", bytes)
+                    .map(|record| Err(Rejected::Duplicate(record)))
+                    .map_err(TryError::Store)
+            }
+            Written::Conflict(index) => {
+                let account = &commit.writes[index].account;
+                let found = client
+                    .query_opt(SQL_ACCOUNT, &[&account.as_str()])
+                    .await
+                    .map_err(TryError::Database)?
+                    .map(|row| account_from(&row))
+                    .transpose()
+                    .map_err(TryError::Store)?;
+                Ok(Err(Rejected::Conflict {
+                    account: account.clone(),
+                    found,
+                }))
+            }
+        }
+    }
+}
+
+/// Runs `statement`, sending BEGIN ahead of it (in the same round trip)
+/// when the transaction has not begun.
+async fn after_begin<T>(
+    client: &deadpool_postgres::Object,
+    begun: &mut bool,
+    statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    if *begun {
+        return statement.await;
+    }
+    *begun = true;
+    let (began, outcome) = tokio::join!(client.batch_execute(BEGIN), statement);
+    began?;
+    outcome
+}
+
+/// Why a try at a commit failed: the database (maybe worth another try), or the store.
+enum TryError {
+    Database(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+fn ended() -> StoreError {
+    StoreError::Postgres("the transaction has ended".into())
+}
+
+/// Every transaction's first statement; the isolation level is the
+/// database's default (READ COMMITTED unless configured otherwise).
+const BEGIN: &str = "BEGIN";
+
+#[async_trait::async_trait]
+impl StoreTx for PgTx {
+    async fn lock(&mut self, account: &AccountId, wait: Duration) -> Result<(), LockWait> {
+        let failed = |e| LockWait::Failed(pg(e));
+        let Self { client, begun, .. } = self;
+        let client = client.as_ref().ok_or_else(|| LockWait::Failed(ended()))?;
+        // SET takes no parameters; the number is ours, not a caller's text.
+        let timeout = format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1));
+        after_begin(client, begun, client.batch_execute(&timeout))
+            .await
+            .map_err(failed)?;
         let statement = client
             .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
             .await
-            .map_err(|e| LockWait::Failed(pg(e)))?;
+            .map_err(failed)?;
         match client.execute(&statement, &[&account.as_str()]).await {
             Ok(_) => Ok(()),
             Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
@@ -381,41 +506,64 @@ impl StoreLocks for AdvisoryLocks {
             Err(error) if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED) => {
                 Err(LockWait::Deadlock)
             }
-            Err(error) => Err(LockWait::Failed(pg(error))),
+            Err(error) => Err(failed(error)),
+        }
+    }
+
+    async fn account(&mut self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        let Self { client, begun, .. } = self;
+        let client = client.as_ref().ok_or_else(ended)?;
+        let statement = client.prepare_cached(SQL_ACCOUNT).await.map_err(pg)?;
+        let id = id.as_str();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        after_begin(client, begun, client.query_opt(&statement, &params))
+            .await
+            .map_err(pg)?
+            .map(|row| account_from(&row))
+            .transpose()
+    }
+
+    async fn commit(
+        mut self: Box<Self>,
+        commit: &Commit,
+    ) -> Result<Result<u64, Rejected>, StoreError> {
+        self.client()?;
+        match self.finish(commit).await {
+            Ok(outcome) => Ok(outcome),
+            Err(TryError::Database(error)) => Err(pg(error)),
+            Err(TryError::Store(error)) => Err(error),
         }
     }
 }
 
-impl Drop for AdvisoryLocks {
+impl Drop for PgTx {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
             return;
         };
-        if !self.in_transaction {
+        if !self.begun {
             return;
         }
-        // The rollback needs a round trip; the operation does not wait for it.
-        // A connection that cannot roll back is closed, which also releases.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if client.batch_execute("ROLLBACK").await.is_err() {
-                    drop(deadpool_postgres::Object::take(client));
-                }
-            });
-        } else {
-            drop(deadpool_postgres::Object::take(client));
+        // The rollback needs a round trip; the operation does not wait for
+        // it. A connection that cannot roll back is closed, which also
+        // releases its locks.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if client.batch_execute("ROLLBACK").await.is_err() {
+                        drop(deadpool_postgres::Object::take(client));
+                    }
+                });
+            }
+            Err(_) => drop(deadpool_postgres::Object::take(client)),
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
-    async fn locks(&self) -> Result<Option<Box<dyn StoreLocks>>, StoreError> {
-        let client = self.pool.get().await.map_err(pool_error)?;
-        Ok(Some(Box::new(AdvisoryLocks {
-            client: Some(client),
-            in_transaction: false,
-        })))
+    async fn begin(&self) -> Result<Option<Box<dyn StoreTx>>, StoreError> {
+        Ok(Some(Box::new(self.transaction().await?)))
     }
 
     async fn account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
@@ -436,12 +584,14 @@ impl Store for PostgresStore {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.try_commit(commit).await {
-                Ok(outcome) => return outcome,
-                Err(error) if retryable(&error) && tries < COMMIT_TRIES_MAX => {
+            let mut tx = self.transaction().await?;
+            match tx.finish(commit).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(TryError::Database(error)) if retryable(&error) && tries < COMMIT_TRIES_MAX => {
                     tracing::debug!(error = %describe(&error), tries, "commit retried");
                 }
-                Err(error) => return Err(pg(error)),
+                Err(TryError::Database(error)) => return Err(pg(error)),
+                Err(TryError::Store(error)) => return Err(error),
             }
         }
     }
