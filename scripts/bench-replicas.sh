@@ -27,7 +27,11 @@ pids=()
 pgpid=""
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -n "$pgpid" ] && kill -INT "$pgpid" 2>/dev/null && wait "$pgpid" 2>/dev/null
+  # runuser does not pass signals on: stop postgres itself (its pid file), then reap runuser.
+  if [ -n "$pgpid" ]; then
+    kill -INT "$(head -1 "$work/data/postmaster.pid" 2>/dev/null)" 2>/dev/null || kill "$pgpid" 2>/dev/null || true
+    wait "$pgpid" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -429,6 +429,17 @@ async fn atm_load_spreads_over_replicas_and_checks_hold() {
             assert!(served > 0, "{mode}: every replica served, in the mode set");
         }
         let audit = report.audit.clone().unwrap();
+        // The shared journal streams whole from any replica (a page of rows
+        // at a time, the channel to the client blocking when it is full).
+        let exported = dir.path().join(format!("{mode}-journal.jsonl"));
+        let written = overdraft_client::journal::export(&urls[2], &exported)
+            .await
+            .unwrap();
+        let acknowledged = report.status_counts.get("Ok").copied().unwrap_or(0);
+        assert!(
+            written >= acknowledged && acknowledged > 0,
+            "{mode}: {written} journal entries for {acknowledged} acknowledged operations"
+        );
         let run = overdraft_history::read_files(&[history.as_path()]).unwrap();
         let checked = overdraft_history::check(
             &run,
@@ -438,7 +449,11 @@ async fn atm_load_spreads_over_replicas_and_checks_hold() {
         if expect_clean {
             assert!(audit.clean, "{mode}: {audit:?}");
             assert!(report.reconciliation.mismatched.is_empty(), "{mode}");
-            assert_eq!(report.reconciliation.unknown_outcomes, 0);
+            assert_eq!(
+                report.reconciliation.unknown_outcomes, 0,
+                "{:?}",
+                report.status_counts
+            );
             assert_eq!(
                 checked.verdict,
                 overdraft_history::Verdict::Valid,

@@ -86,7 +86,13 @@ async fn drive(
 ) -> Result<LoadReport, ClientError> {
     // Replicas share their state: one Reset clears it for all, through the
     // first; each keeps its own mode, so SetMode goes to every one.
-    let targets = crate::connect::targets(url)?;
+    let mut targets = crate::connect::targets(url)?;
+    if let Some(name) = &member {
+        // A crowd member with one ATM would always take the first replica:
+        // its name picks where its ATMs start, so the crowd spreads too.
+        let start = plan::name_hash(name) % targets.len() as u64;
+        targets.rotate_left(usize::try_from(start).unwrap_or(0));
+    }
     let mut clients = Clients::connect(&targets[0]).await?;
     if member.is_none() {
         clients

@@ -73,12 +73,7 @@ impl AtmPlan {
     /// in a crowd, the member's name, so that members sharing a seed do not
     /// all send the same operations.
     pub(super) fn stream(&self) -> u64 {
-        let member = self.member.as_deref().map_or(0, |name| {
-            // FNV-1a: stable across builds and platforms, unlike std's hasher.
-            name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-            })
-        });
+        let member = self.member.as_deref().map_or(0, name_hash);
         self.seed
             .wrapping_mul(1_000_003)
             .wrapping_add(u64::from(self.atm))
@@ -121,6 +116,15 @@ impl AtmPlan {
             None => Instant::now(),
         }
     }
+}
+
+/// A stable hash of a crowd member's name (FNV-1a: the same across builds
+/// and platforms, unlike std's hasher): its draws, and the replica it
+/// starts on.
+pub(super) fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,6 @@
 use std::{ops::ControlFlow, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use futures_util::{StreamExt, pin_mut};
 use tokio_postgres::{NoTls, error::SqlState};
 
 use super::{
@@ -65,6 +64,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         record BYTEA NOT NULL
     );",
 )];
+
+/// Journal rows read per page by a whole-journal scan: the memory a scan holds.
+const SCAN_PAGE_ROWS: i64 = 2_000;
 
 /// The advisory lock key the migrations run under ("overdraft" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6f76_6572_6472_6166;
@@ -356,13 +358,22 @@ impl PgTx {
                 _ => Ok(None),
             }
         };
+        // Rows are written in account order, whatever the request's order:
+        // two transfers crossing the same accounts then lock their rows in
+        // one order and never deadlock in PostgreSQL.
+        let mut order: Vec<usize> = (0..commit.writes.len()).collect();
+        order.sort_by(|a, b| commit.writes[*a].account.cmp(&commit.writes[*b].account));
         let writes = futures_util::future::join_all(
-            commit
-                .writes
+            order
                 .iter()
-                .zip(&write_statements)
-                .zip(&versions)
-                .map(|((write, statement), (version, expected))| {
+                .map(|&index| {
+                    (
+                        &commit.writes[index],
+                        &write_statements[index],
+                        &versions[index],
+                    )
+                })
+                .map(|(write, statement, (version, expected))| {
                     let id = write.account.as_str();
                     let balance = write.new.balance_cents;
                     async move {
@@ -396,7 +407,7 @@ impl PgTx {
         if request? == Some(0) {
             return Ok(Written::Duplicate);
         }
-        for (index, written) in writes.into_iter().enumerate() {
+        for (index, written) in order.into_iter().zip(writes) {
             if written? == 0 {
                 return Ok(Written::Conflict(index));
             }
@@ -653,24 +664,35 @@ impl Store for PostgresStore {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.block(async {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            // Rows arrive as PostgreSQL sends them: memory per row, not per journal.
-            let rows = client
-                .query_raw(
-                    "SELECT seq, entry FROM journal ORDER BY seq",
-                    std::iter::empty::<i64>(),
-                )
-                .await
-                .map_err(pg)?;
-            pin_mut!(rows);
-            while let Some(row) = rows.next().await {
-                if visit(entry_from(&row.map_err(pg)?)?).is_break() {
-                    break;
+        // A page at a time (keyset pagination on seq), and the visitor runs
+        // outside the runtime: it may block (the export's bounded channel).
+        let mut after = 0_i64;
+        loop {
+            let page = self.block(async {
+                let client = self.pool.get().await.map_err(pool_error)?;
+                let rows = client
+                    .query(
+                        "SELECT seq, entry FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&after, &SCAN_PAGE_ROWS],
+                    )
+                    .await
+                    .map_err(pg)?;
+                rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()
+            })?;
+            let Some(last) = page.last() else {
+                return Ok(());
+            };
+            after = i64::try_from(last.seq).unwrap_or(i64::MAX);
+            let full = page.len() == usize::try_from(SCAN_PAGE_ROWS).unwrap_or(usize::MAX);
+            for entry in page {
+                if visit(entry).is_break() {
+                    return Ok(());
                 }
             }
-            Ok(())
-        })
+            if !full {
+                return Ok(());
+            }
+        }
     }
 
     fn flush(&self) -> Result<(), StoreError> {
