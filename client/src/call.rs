@@ -111,6 +111,7 @@ async fn dispatch(
                 ledger.deposit(with_deadline(message, deadline)).await
             } else {
                 let message = pb::WithdrawRequest {
+                    joint_account_id: String::new(),
                     account_id,
                     amount_cents,
                     request_id,

@@ -217,8 +217,18 @@ impl Auditor {
         self.report.journal_entries += 1;
         self.add_totals(entry);
         let label = entry.label();
+        // A joint withdrawal answers to the household rule: the account and
+        // its joint one together, the joint one as the journal has it now
+        // (in commit order, which is what the check should have seen).
+        let household = match (entry.kind, &entry.counterparty) {
+            (EntryKind::Withdraw, Some(joint)) => Some((
+                joint,
+                self.accounts.get(joint).map_or(0, |state| state.money),
+            )),
+            _ => None,
+        };
         for leg in &entry.legs {
-            self.replay_leg(&label, leg, entry.kind == EntryKind::Open);
+            self.replay_leg(&label, leg, entry.kind == EntryKind::Open, household);
         }
     }
 
@@ -234,7 +244,13 @@ impl Auditor {
         }
     }
 
-    fn replay_leg(&mut self, label: &str, leg: &crate::bank::Leg, opening: bool) {
+    fn replay_leg(
+        &mut self,
+        label: &str,
+        leg: &crate::bank::Leg,
+        opening: bool,
+        household: Option<(&AccountId, i128)>,
+    ) {
         let floor = i128::from(self.policy.floor_cents());
         // Look up before inserting: cloning the id for every leg would
         // allocate once per journal entry.
@@ -266,9 +282,15 @@ impl Auditor {
             self.lost_ids.truncate(REQUEST_IDS_PER_FINDING_MAX);
             push_bounded(&mut self.findings, finding);
         }
-        if state.money < floor && before >= floor {
+        let partner = household.map_or(0, |(_, money)| money);
+        if state.money + partner < floor && before + partner >= floor {
             self.report.overdrafts += 1;
-            let mut finding = overdraft(&leg.account, label, leg, state.money, floor);
+            let mut finding = match household {
+                Some((joint, money)) => {
+                    household_overdraft(&leg.account, joint, label, leg, state.money + money, floor)
+                }
+                None => overdraft(&leg.account, label, leg, state.money, floor),
+            };
             // Racers that came before: recent legs that read the same state.
             finding.request_ids.extend(
                 state
@@ -469,6 +491,33 @@ fn overdraft(
             "{account} was overdrawn to {money} cents (floor {floor}) by {label}, which checked a \
              balance of {} cents at version {} that other operations had already spent",
             leg.read.balance_cents, leg.read.version,
+        ),
+        request_ids: vec![label.to_owned()],
+        cents: money.saturating_sub(floor),
+    }
+}
+
+/// A joint withdrawal took the household (`account` and `joint`) below
+/// `floor`: its check read `joint` at a balance another operation had
+/// already spent, or wrote `account` past the rule (write skew).
+fn household_overdraft(
+    account: &AccountId,
+    joint: &AccountId,
+    label: &str,
+    leg: &crate::bank::Leg,
+    money: i128,
+    floor: i128,
+) -> Finding {
+    let money = i64::try_from(money).unwrap_or(i64::MIN);
+    let floor = i64::try_from(floor).unwrap_or(i64::MIN);
+    Finding {
+        kind: FindingKind::Overdraft,
+        account: Some(account.clone()),
+        detail: format!(
+            "the household {account} + {joint} was overdrawn to {money} cents (floor {floor}) by \
+             {label}, a joint withdrawal from {account} (read at version {}) whose check saw \
+             {joint} before another operation had spent from it: write skew",
+            leg.read.version,
         ),
         request_ids: vec![label.to_owned()],
         cents: money.saturating_sub(floor),

@@ -196,6 +196,19 @@ pub enum Operation {
         /// Positive amount.
         amount_cents: i64,
     },
+    /// Take money out under the household rule: `account` may go below the
+    /// overdraft floor as long as it and `joint` together stay at or above
+    /// it. `joint` is read, never written: two such withdrawals from a
+    /// couple's two accounts, each checking the other's untouched balance,
+    /// are write skew.
+    JointWithdraw {
+        /// Account debited.
+        account: AccountId,
+        /// The household's other account, read for the rule.
+        joint: AccountId,
+        /// Positive amount.
+        amount_cents: i64,
+    },
 }
 
 impl Operation {
@@ -204,6 +217,15 @@ impl Operation {
         match self {
             Self::Deposit { account, .. } | Self::Withdraw { account, .. } => vec![account],
             Self::Transfer { from, to, .. } => vec![from, to],
+            Self::JointWithdraw { account, joint, .. } => vec![account, joint],
+        }
+    }
+
+    /// The account a joint withdrawal reads but does not write.
+    pub fn joint(&self) -> Option<&AccountId> {
+        match self {
+            Self::JointWithdraw { joint, .. } => Some(joint),
+            _ => None,
         }
     }
 
@@ -212,7 +234,8 @@ impl Operation {
         match self {
             Self::Deposit { amount_cents, .. }
             | Self::Withdraw { amount_cents, .. }
-            | Self::Transfer { amount_cents, .. } => *amount_cents,
+            | Self::Transfer { amount_cents, .. }
+            | Self::JointWithdraw { amount_cents, .. } => *amount_cents,
         }
     }
 
@@ -220,7 +243,7 @@ impl Operation {
     pub fn kind(&self) -> EntryKind {
         match self {
             Self::Deposit { .. } => EntryKind::Deposit,
-            Self::Withdraw { .. } => EntryKind::Withdraw,
+            Self::Withdraw { .. } | Self::JointWithdraw { .. } => EntryKind::Withdraw,
             Self::Transfer { .. } => EntryKind::Transfer,
         }
     }
@@ -242,6 +265,11 @@ impl Operation {
                 to,
                 amount_cents,
             } => format!("transfer:{from}:{to}:{amount_cents}"),
+            Self::JointWithdraw {
+                account,
+                joint,
+                amount_cents,
+            } => format!("withdraw:{account}:{amount_cents}:joint:{joint}"),
         }
     }
 }
@@ -314,6 +342,22 @@ pub enum Refusal {
         /// How far below zero the policy allows.
         limit_cents: i64,
     },
+    /// A joint withdrawal that would take the household below the floor.
+    #[error(
+        "insufficient household funds: {account} and {joint} hold {household_cents} cents together, {amount_cents} requested (floor {floor_cents})"
+    )]
+    HouseholdFunds {
+        /// The account debited.
+        account: AccountId,
+        /// The household's other account.
+        joint: AccountId,
+        /// The two balances together, as read.
+        household_cents: i64,
+        /// The amount asked for.
+        amount_cents: i64,
+        /// The floor the household may not go below.
+        floor_cents: i64,
+    },
     /// A credit that would push a balance past [`BALANCE_CENTS_MAX`].
     #[error("balance limit: account {account} would exceed {BALANCE_CENTS_MAX} cents")]
     BalanceLimit {
@@ -369,6 +413,45 @@ pub fn apply(
             Ok(Effect {
                 legs: vec![debit_leg, credit_leg],
                 fee_cents,
+            })
+        }
+        (
+            Operation::JointWithdraw {
+                account,
+                joint,
+                amount_cents,
+            },
+            [read, joint_read],
+        ) => {
+            let refused = || Refusal::HouseholdFunds {
+                account: account.clone(),
+                joint: joint.clone(),
+                household_cents: read.balance_cents.saturating_add(joint_read.balance_cents),
+                amount_cents: *amount_cents,
+                floor_cents: policy.floor_cents(),
+            };
+            let after = read
+                .balance_cents
+                .checked_sub(*amount_cents)
+                .ok_or_else(refused)?;
+            let household = after
+                .checked_add(joint_read.balance_cents)
+                .ok_or_else(refused)?;
+            if household < policy.floor_cents() {
+                return Err(refused());
+            }
+            let leg = Leg {
+                account: account.clone(),
+                read: *read,
+                written: Account {
+                    balance_cents: after,
+                    version: read.version + 1,
+                },
+                delta_cents: -amount_cents,
+            };
+            Ok(Effect {
+                legs: vec![leg],
+                fee_cents: 0,
             })
         }
         // The modes read exactly the accounts `op.accounts()` names, so the

@@ -195,6 +195,32 @@ pub enum LockScope {
     Database,
 }
 
+/// The isolation level of each operation's transaction, on a store that
+/// has transactions (PostgreSQL).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Each statement sees what was committed when it began.
+    #[default]
+    ReadCommitted,
+    /// Snapshot isolation: one snapshot for the whole transaction; a write
+    /// to a row changed since aborts (40001), but write skew passes.
+    RepeatableRead,
+    /// Serializable snapshot isolation: write skew aborts too (40001).
+    Serializable,
+}
+
+impl Isolation {
+    /// The statement that begins a transaction at this level.
+    pub fn begin_sql(self) -> &'static str {
+        match self {
+            Isolation::ReadCommitted => "BEGIN ISOLATION LEVEL READ COMMITTED",
+            Isolation::RepeatableRead => "BEGIN ISOLATION LEVEL REPEATABLE READ",
+            Isolation::Serializable => "BEGIN ISOLATION LEVEL SERIALIZABLE",
+        }
+    }
+}
+
 /// Whether a request_id makes a mutation apply at most once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -274,6 +300,11 @@ pub struct Config {
     /// With `--store postgres`: this replica's name in the journal rows it writes (default: host name and port).
     #[arg(long, env = "OVERDRAFT_REPLICA")]
     pub replica: Option<String>,
+
+    /// With `--store postgres`: the isolation level of each operation's
+    /// transaction; aborted ones (40001, 40P01) are retried from the reads, a few times.
+    #[arg(long, value_enum, default_value_t = Isolation::ReadCommitted)]
+    pub isolation: Isolation,
 
     /// With `--store postgres`: connections this replica keeps to the database.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=POOL_SIZE_LIMIT))]
@@ -394,6 +425,9 @@ impl Config {
             }
             _ if self.lock_scope == LockScope::Database && self.store != StoreKind::Postgres => {
                 Err("--lock-scope database needs --store postgres (the locks live there)".into())
+            }
+            _ if self.isolation != Isolation::ReadCommitted && self.store != StoreKind::Postgres => {
+                Err("--isolation needs --store postgres (sled and memory have no transactions)".into())
             }
             _ => Ok(()),
         }

@@ -117,6 +117,8 @@ impl LedgerError {
                 Code::DeadlineExceeded
             }
             LedgerError::HalfApplied { .. } => Code::DataLoss,
+            // Aborted by the database past the step's retries: the client may try again.
+            LedgerError::Store(crate::store::StoreError::Serialization(_)) => Code::Aborted,
             LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,
         }
     }

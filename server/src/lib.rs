@@ -100,7 +100,7 @@ async fn open_postgres(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc<
         }
     };
     let pool_size = usize::try_from(config.pool_size).unwrap_or(store::POOL_SIZE_DEFAULT);
-    let store = store::PostgresStore::connect(url, &replica, pool_size)
+    let store = store::PostgresStore::connect(url, &replica, pool_size, config.isolation)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open --store postgres: {e}"))?;
     tracing::info!(%replica, pool_size, "store: postgres");

@@ -58,7 +58,7 @@ impl Method {
     pub fn of(op: &Operation) -> Self {
         match op {
             Operation::Deposit { .. } => Method::Deposit,
-            Operation::Withdraw { .. } => Method::Withdraw,
+            Operation::Withdraw { .. } | Operation::JointWithdraw { .. } => Method::Withdraw,
             Operation::Transfer { .. } => Method::Transfer,
         }
     }

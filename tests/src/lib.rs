@@ -151,6 +151,7 @@ pub async fn random_atm(
                 .map(|r| acks.push((state(&r.into_inner()), amount_cents))),
             3..=5 => client
                 .withdraw(pb::WithdrawRequest {
+                    joint_account_id: String::new(),
                     account_id: account(&mut rng),
                     amount_cents,
                     request_id,

@@ -76,6 +76,7 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
         (
             "negative amount",
             l.withdraw(pb::WithdrawRequest {
+                joint_account_id: String::new(),
                 account_id: "alice".into(),
                 amount_cents: -5,
                 request_id: String::new(),
@@ -114,8 +115,61 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
             &["nobody", "OpenAccount"],
         ),
         (
+            "joint account the same as the account",
+            l.withdraw(pb::WithdrawRequest {
+                joint_account_id: "alice".into(),
+                account_id: "alice".into(),
+                amount_cents: 5,
+                request_id: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::InvalidArgument,
+            &["joint_account_id", "must differ from account_id"],
+        ),
+        (
+            "joint account id with a space",
+            l.withdraw(pb::WithdrawRequest {
+                joint_account_id: "a b".into(),
+                account_id: "alice".into(),
+                amount_cents: 5,
+                request_id: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::InvalidArgument,
+            &["joint_account_id"],
+        ),
+        (
+            "unknown joint account",
+            l.withdraw(pb::WithdrawRequest {
+                joint_account_id: "nobody".into(),
+                account_id: "alice".into(),
+                amount_cents: 5,
+                request_id: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::NotFound,
+            &["nobody"],
+        ),
+        (
+            "household below zero",
+            l.withdraw(pb::WithdrawRequest {
+                joint_account_id: "bob".into(),
+                account_id: "alice".into(),
+                amount_cents: 1_001,
+                request_id: String::new(),
+            })
+            .await
+            .map(drop),
+            Code::FailedPrecondition,
+            &["household", "alice", "bob"],
+        ),
+        (
             "insufficient funds",
             l.withdraw(pb::WithdrawRequest {
+                joint_account_id: String::new(),
                 account_id: "alice".into(),
                 amount_cents: 1_001,
                 request_id: String::new(),

@@ -34,6 +34,7 @@ async fn withdraw_twice_at_the_barrier(
         atms.spawn(async move {
             client
                 .withdraw(pb::WithdrawRequest {
+                    joint_account_id: String::new(),
                     account_id: "joint".into(),
                     amount_cents: 60_000,
                     request_id: format!("t{trial}-atm{atm}"),
@@ -99,6 +100,7 @@ async fn replays_take_no_lost_acknowledgement() {
         .await
         .unwrap();
     let withdraw = |id: &str| pb::WithdrawRequest {
+        joint_account_id: String::new(),
         account_id: "acct".into(),
         amount_cents: 1_000,
         request_id: id.into(),
@@ -157,6 +159,7 @@ async fn lost_acknowledgement_double_applies_only_without_idempotency() {
                 .await
                 .unwrap();
             let withdraw = pb::WithdrawRequest {
+                joint_account_id: String::new(),
                 account_id: "acct".into(),
                 amount_cents: 1_000,
                 request_id: "w-1".into(),
@@ -298,6 +301,7 @@ async fn targeted_race_window_delays_only_its_targets() {
         match op {
             "withdraw" => {
                 let request = pb::WithdrawRequest {
+                    joint_account_id: String::new(),
                     account_id: account.into(),
                     amount_cents: 1,
                     request_id: String::new(),

@@ -20,6 +20,7 @@ async fn retried_request_id_is_applied_once_in_every_mode() {
         .await;
         ledger.reset(&[("acct", 10_000)]).await;
         let withdraw = |request_id: &str| pb::WithdrawRequest {
+            joint_account_id: String::new(),
             account_id: "acct".into(),
             amount_cents: 1_000,
             request_id: request_id.into(),
@@ -119,6 +120,7 @@ async fn idempotency_off_applies_a_retry_twice() {
             ledger
                 .ledger
                 .withdraw(pb::WithdrawRequest {
+                    joint_account_id: String::new(),
                     account_id: "acct".into(),
                     amount_cents: 1_000,
                     request_id: "same".into(),
@@ -138,6 +140,7 @@ async fn request_id_reused_for_other_arguments_is_refused() {
     let mut ledger = TestLedger::start(|_| {}).await;
     ledger.reset(&[("acct", 10_000)]).await;
     let mut withdraw = pb::WithdrawRequest {
+        joint_account_id: String::new(),
         account_id: "acct".into(),
         amount_cents: 1_000,
         request_id: "k".into(),

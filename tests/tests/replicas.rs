@@ -277,7 +277,9 @@ async fn postgres_store_keeps_the_store_contract() {
         journal::{JournalEntry, RequestRecord, StoredReply},
     };
     let url = postgres::cluster().database("contract").await;
-    let pg = PostgresStore::connect(&url, "contract", 4).await.unwrap();
+    let pg = PostgresStore::connect(&url, "contract", 4, Default::default())
+        .await
+        .unwrap();
     let memory = MemoryStore::new();
     let mut rng = StdRng::seed_from_u64(5);
     for n in 0..400u32 {
@@ -522,4 +524,95 @@ async fn a_request_id_applies_once_across_replicas() {
             ledger.running.stop().await.unwrap();
         }
     }
+}
+
+/// Two spouses withdraw at the same moment, each from their own account
+/// under the household rule, on two replicas: how many of `trials` ended
+/// with the household below zero, and how many withdrawals were refused.
+/// The audit must agree with the balances on every trial.
+async fn joint_withdrawals(
+    isolation: overdraft_server::config::Isolation,
+    trials: u32,
+) -> (u32, u32) {
+    let mut ledgers = replicas_with(&format!("skew_{isolation:?}"), 2, Mode::Cas, 1, |c| {
+        c.isolation = isolation;
+        // Both read both balances before either writes.
+        c.race_window_ms_min = 40;
+        c.race_window_ms = 40;
+    })
+    .await;
+    let (mut skews, mut refusals) = (0, 0);
+    for trial in 0..trials {
+        ledgers[0]
+            .reset(&[("alice", 10_000), ("bob", 10_000)])
+            .await;
+        let mut left = ledgers[0].new_ledger_client().await;
+        let mut right = ledgers[1].new_ledger_client().await;
+        let withdraw = |account: &str, joint: &str| pb::WithdrawRequest {
+            account_id: account.into(),
+            amount_cents: 15_000,
+            request_id: format!("{account}-{trial}"),
+            joint_account_id: joint.into(),
+        };
+        let (a, b) = tokio::join!(
+            left.withdraw(withdraw("alice", "bob")),
+            right.withdraw(withdraw("bob", "alice"))
+        );
+        for outcome in [a, b] {
+            match outcome {
+                Ok(_) => {}
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                    assert!(status.message().contains("household"), "{status:?}");
+                    refusals += 1;
+                }
+                Err(status) => panic!("{isolation:?}: {status:?}"),
+            }
+        }
+        let household = ledgers[0].balance("alice").await.balance_cents
+            + ledgers[1].balance("bob").await.balance_cents;
+        let audit = ledgers[0].audit().await;
+        if household < 0 {
+            skews += 1;
+            assert!(
+                audit
+                    .findings
+                    .iter()
+                    .any(|f| f.detail.contains("write skew")),
+                "{isolation:?}: the audit names the write skew: {:?}",
+                audit.findings
+            );
+        } else {
+            assert!(audit.clean, "{isolation:?}: {:?}", audit.findings);
+        }
+    }
+    for ledger in ledgers {
+        ledger.running.stop().await.unwrap();
+    }
+    (skews, refusals)
+}
+
+/// Goal: write skew passes snapshot isolation and not serializable
+/// (Hermitage's G2-item for PostgreSQL). Method: a couple's two accounts of
+/// $100 each may go negative while their sum stays at or above zero; each
+/// spouse withdraws $150 from their own account on a different replica,
+/// both checks reading both balances before either writes (a 40 ms window),
+/// cas mode, 4 trials per level. Repeatable read: both withdrawals pass on
+/// every trial and the audit names the write skew. Serializable: PostgreSQL
+/// aborts one transaction (40001), its retry reads the other's withdrawal
+/// and is refused, and the household never goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_skew_at_repeatable_read_none_at_serializable() {
+    use overdraft_server::config::Isolation;
+    let (skews, refusals) = joint_withdrawals(Isolation::RepeatableRead, 4).await;
+    assert_eq!(
+        (skews, refusals),
+        (4, 0),
+        "repeatable read lets both through"
+    );
+    let (skews, refusals) = joint_withdrawals(Isolation::Serializable, 4).await;
+    assert_eq!(
+        (skews, refusals),
+        (0, 4),
+        "serializable refuses one of each pair"
+    );
 }

@@ -28,6 +28,7 @@ async fn double_withdrawal_overdraws_and_audit_names_both() {
             atms.spawn(async move {
                 client
                     .withdraw(pb::WithdrawRequest {
+                        joint_account_id: String::new(),
                         account_id: JOINT.into(),
                         amount_cents: 60_000,
                         request_id: id,

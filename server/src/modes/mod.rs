@@ -91,8 +91,27 @@ pub(crate) async fn read_check_write(
     request: &Request,
     write_kind: WriteKind,
 ) -> Result<Attempt, LedgerError> {
-    let tx = core.store.begin().await?;
-    read_check_write_in(core, tx, mode, request, write_kind).await
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let tx = core.store.begin().await?;
+        match read_check_write_in(core, tx, mode, request, write_kind).await {
+            Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
+                tracing::debug!(%error, tries, "the store aborted the transaction; again from the reads");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Tries of a step whose transaction the store aborted (PostgreSQL's 40001
+/// at repeatable read and serializable, 40P01): each starts again from the
+/// reads, so it decides on what is there now. Past this, ABORTED.
+pub(crate) const STORE_ABORT_TRIES_MAX: u32 = 8;
+
+/// Whether `error` is a transaction the store aborted, worth another try.
+pub(crate) fn aborted_by_store(error: &LedgerError) -> bool {
+    matches!(error, LedgerError::Store(StoreError::Serialization(_)))
 }
 
 /// [`read_check_write`] in a transaction the caller began (and may have
@@ -133,10 +152,12 @@ pub(crate) async fn read_and_plan(
     let ids = request.op.accounts();
     let effect = read_then_decide(core, tx, mode, request.op.kind(), &ids, |reads| {
         let effect = bank::apply(&request.op, reads, &core.settings().policy)?;
-        if effect.legs.len() != ids.len() {
+        // A leg per account written: every account read, but a joint
+        // withdrawal's household account, which is only read.
+        let written = ids.len() - usize::from(request.op.joint().is_some());
+        if effect.legs.len() != written {
             return Err(LedgerError::Invariant(format!(
-                "{} accounts read but {} legs computed",
-                ids.len(),
+                "{written} accounts to write but {} legs computed",
                 effect.legs.len()
             )));
         }
@@ -167,7 +188,8 @@ pub(crate) async fn read_and_plan(
             kind: request.op.kind(),
             request_id: request.request_id.clone(),
             transfer_id: None,
-            counterparty: None,
+            // A joint withdrawal names the household account it checked.
+            counterparty: request.op.joint().cloned(),
             mode,
             amount_cents: request.op.amount_cents(),
             fee_cents: effect.fee_cents,

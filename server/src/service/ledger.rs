@@ -54,10 +54,28 @@ impl Ledger for LedgerService {
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::MutationReply>, Status> {
         let request = request.into_inner();
-        let op = Operation::Withdraw {
-            account: AccountId::parse("account_id", &request.account_id).map_err(invalid)?,
-            amount_cents: bank::parse_amount("amount_cents", request.amount_cents)
-                .map_err(invalid)?,
+        let account = AccountId::parse("account_id", &request.account_id).map_err(invalid)?;
+        let amount_cents =
+            bank::parse_amount("amount_cents", request.amount_cents).map_err(invalid)?;
+        let op = if request.joint_account_id.is_empty() {
+            Operation::Withdraw {
+                account,
+                amount_cents,
+            }
+        } else {
+            let joint =
+                AccountId::parse("joint_account_id", &request.joint_account_id).map_err(invalid)?;
+            if joint == account {
+                return Err(invalid(InvalidArgument::new(
+                    "joint_account_id",
+                    "must differ from account_id",
+                )));
+            }
+            Operation::JointWithdraw {
+                account,
+                joint,
+                amount_cents,
+            }
         };
         let applied = self.run(op, &request.request_id).await?;
         Ok(Response::new(mutation_reply(applied)?))

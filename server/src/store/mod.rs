@@ -93,6 +93,11 @@ pub enum StoreError {
     /// PostgreSQL refused a statement or could not be reached.
     #[error("postgres: {0}")]
     Postgres(String),
+    /// PostgreSQL aborted the transaction to keep its isolation (40001) or
+    /// to break a deadlock (40P01): the operation may be tried again from
+    /// its reads.
+    #[error("postgres aborted the transaction: {0}")]
+    Serialization(String),
     /// A stored value did not decode: corruption or a format change.
     #[error("corrupt {what}: {detail}")]
     Corrupt {

@@ -25,6 +25,7 @@ use super::{
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
+    config::Isolation,
     journal::{JournalEntry, RequestRecord},
 };
 
@@ -76,6 +77,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// Names this process in the journal rows it writes.
     replica: std::sync::Arc<str>,
+    /// How each transaction begins (its isolation level).
+    begin: &'static str,
     /// The runtime the pool's connections run on, for the whole-ledger reads
     /// that run on blocking threads.
     runtime: tokio::runtime::Handle,
@@ -158,7 +161,12 @@ impl PostgresStore {
     /// Connects to `url` (a libpq URL or key=value string), runs the
     /// migrations not yet applied, and names this process `replica` in the
     /// journal. Must run inside a tokio runtime.
-    pub async fn connect(url: &str, replica: &str, pool_size: usize) -> Result<Self, StoreError> {
+    pub async fn connect(
+        url: &str,
+        replica: &str,
+        pool_size: usize,
+        isolation: Isolation,
+    ) -> Result<Self, StoreError> {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Postgres(format!("--database-url is not usable: {e}")))?;
@@ -178,6 +186,7 @@ impl PostgresStore {
         let store = Self {
             pool,
             replica: std::sync::Arc::from(replica),
+            begin: isolation.begin_sql(),
             runtime: tokio::runtime::Handle::current(),
         };
         store.migrate().await?;
@@ -240,6 +249,7 @@ impl PostgresStore {
         Ok(PgTx {
             client: Some(client),
             replica: std::sync::Arc::clone(&self.replica),
+            begin: self.begin,
             begun: false,
         })
     }
@@ -278,6 +288,7 @@ const SQL_RECORD: &str = "SELECT record FROM requests WHERE id = $1";
 struct PgTx {
     client: Option<deadpool_postgres::Object>,
     replica: std::sync::Arc<str>,
+    begin: &'static str,
     begun: bool,
 }
 
@@ -398,7 +409,7 @@ impl PgTx {
             if self.begun {
                 Ok(())
             } else {
-                client.batch_execute(BEGIN).await
+                client.batch_execute(self.begin).await
             }
         };
         let (began, request, writes, journal) = tokio::join!(begin, request, writes, journal);
@@ -468,6 +479,7 @@ impl PgTx {
 /// when the transaction has not begun.
 async fn after_begin<T>(
     client: &deadpool_postgres::Object,
+    begin: &'static str,
     begun: &mut bool,
     statement: impl Future<Output = Result<T, tokio_postgres::Error>>,
 ) -> Result<T, tokio_postgres::Error> {
@@ -475,7 +487,7 @@ async fn after_begin<T>(
         return statement.await;
     }
     *begun = true;
-    let (began, outcome) = tokio::join!(client.batch_execute(BEGIN), statement);
+    let (began, outcome) = tokio::join!(client.batch_execute(begin), statement);
     began?;
     outcome
 }
@@ -490,19 +502,30 @@ fn ended() -> StoreError {
     StoreError::Postgres("the transaction has ended".into())
 }
 
-/// Every transaction's first statement; the isolation level is the
-/// database's default (READ COMMITTED unless configured otherwise).
-const BEGIN: &str = "BEGIN";
+/// A database error as the store reports it: an abort a retry may get
+/// past (40001, 40P01) apart from the rest.
+fn aborted_or_pg(error: tokio_postgres::Error) -> StoreError {
+    if retryable(&error) {
+        StoreError::Serialization(describe(&error))
+    } else {
+        pg(error)
+    }
+}
 
 #[async_trait::async_trait]
 impl StoreTx for PgTx {
     async fn lock(&mut self, account: &AccountId, wait: Duration) -> Result<(), LockWait> {
         let failed = |e| LockWait::Failed(pg(e));
-        let Self { client, begun, .. } = self;
+        let Self {
+            client,
+            begin,
+            begun,
+            ..
+        } = self;
         let client = client.as_ref().ok_or_else(|| LockWait::Failed(ended()))?;
         // SET takes no parameters; the number is ours, not a caller's text.
         let timeout = format!("SET LOCAL lock_timeout = {}", wait.as_millis().max(1));
-        after_begin(client, begun, client.batch_execute(&timeout))
+        after_begin(client, begin, begun, client.batch_execute(&timeout))
             .await
             .map_err(failed)?;
         let statement = client
@@ -522,14 +545,19 @@ impl StoreTx for PgTx {
     }
 
     async fn account(&mut self, id: &AccountId) -> Result<Option<Account>, StoreError> {
-        let Self { client, begun, .. } = self;
+        let Self {
+            client,
+            begin,
+            begun,
+            ..
+        } = self;
         let client = client.as_ref().ok_or_else(ended)?;
         let statement = client.prepare_cached(SQL_ACCOUNT).await.map_err(pg)?;
         let id = id.as_str();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
-        after_begin(client, begun, client.query_opt(&statement, &params))
+        after_begin(client, begin, begun, client.query_opt(&statement, &params))
             .await
-            .map_err(pg)?
+            .map_err(aborted_or_pg)?
             .map(|row| account_from(&row))
             .transpose()
     }
@@ -541,7 +569,7 @@ impl StoreTx for PgTx {
         self.client()?;
         match self.finish(commit).await {
             Ok(outcome) => Ok(outcome),
-            Err(TryError::Database(error)) => Err(pg(error)),
+            Err(TryError::Database(error)) => Err(aborted_or_pg(error)),
             Err(TryError::Store(error)) => Err(error),
         }
     }
