@@ -285,12 +285,15 @@ impl Auditor {
         let partner = household.map_or(0, |(_, money)| money);
         if state.money + partner < floor && before + partner >= floor {
             self.report.overdrafts += 1;
-            let mut finding = match household {
-                Some((joint, money)) => {
-                    household_overdraft(&leg.account, joint, label, leg, state.money + money, floor)
-                }
-                None => overdraft(&leg.account, label, leg, state.money, floor),
-            };
+            let joint = household.map(|(joint, _)| joint);
+            let mut finding = overdraft(
+                &leg.account,
+                joint,
+                label,
+                leg,
+                state.money + partner,
+                floor,
+            );
             // Racers that came before: recent legs that read the same state.
             finding.request_ids.extend(
                 state
@@ -473,10 +476,12 @@ fn lost_update(
     }
 }
 
-/// The money in `account` went below `floor` at `leg`; racers that read
-/// the same state are added as the journal goes on.
+/// The money in `account` (with `joint`'s, for a joint withdrawal) went
+/// below `floor` at `leg`; racers that read the same state are added as the
+/// journal goes on.
 fn overdraft(
     account: &AccountId,
+    joint: Option<&AccountId>,
     label: &str,
     leg: &crate::bank::Leg,
     money: i128,
@@ -484,41 +489,23 @@ fn overdraft(
 ) -> Finding {
     let money = i64::try_from(money).unwrap_or(i64::MIN);
     let floor = i64::try_from(floor).unwrap_or(i64::MIN);
-    Finding {
-        kind: FindingKind::Overdraft,
-        account: Some(account.clone()),
-        detail: format!(
+    let detail = match joint {
+        None => format!(
             "{account} was overdrawn to {money} cents (floor {floor}) by {label}, which checked a \
              balance of {} cents at version {} that other operations had already spent",
             leg.read.balance_cents, leg.read.version,
         ),
-        request_ids: vec![label.to_owned()],
-        cents: money.saturating_sub(floor),
-    }
-}
-
-/// A joint withdrawal took the household (`account` and `joint`) below
-/// `floor`: its check read `joint` at a balance another operation had
-/// already spent, or wrote `account` past the rule (write skew).
-fn household_overdraft(
-    account: &AccountId,
-    joint: &AccountId,
-    label: &str,
-    leg: &crate::bank::Leg,
-    money: i128,
-    floor: i128,
-) -> Finding {
-    let money = i64::try_from(money).unwrap_or(i64::MIN);
-    let floor = i64::try_from(floor).unwrap_or(i64::MIN);
-    Finding {
-        kind: FindingKind::Overdraft,
-        account: Some(account.clone()),
-        detail: format!(
+        Some(joint) => format!(
             "the household {account} + {joint} was overdrawn to {money} cents (floor {floor}) by \
              {label}, a joint withdrawal from {account} (read at version {}) whose check saw \
              {joint} before another operation had spent from it: write skew",
             leg.read.version,
         ),
+    };
+    Finding {
+        kind: FindingKind::Overdraft,
+        account: Some(account.clone()),
+        detail,
         request_ids: vec![label.to_owned()],
         cents: money.saturating_sub(floor),
     }

@@ -23,6 +23,15 @@ fn deposit(account_id: &str, amount_cents: i64, request_id: &str) -> pb::Deposit
     }
 }
 
+fn withdraw(account_id: &str, amount_cents: i64, joint: &str) -> pb::WithdrawRequest {
+    pb::WithdrawRequest {
+        account_id: account_id.into(),
+        amount_cents,
+        request_id: String::new(),
+        joint_account_id: joint.into(),
+    }
+}
+
 fn transfer(from: &str, to: &str, amount_cents: i64) -> pb::TransferRequest {
     pb::TransferRequest {
         from_account_id: from.into(),
@@ -75,14 +84,7 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
         ),
         (
             "negative amount",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: String::new(),
-                account_id: "alice".into(),
-                amount_cents: -5,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", -5, "")).await.map(drop),
             Code::InvalidArgument,
             &["amount_cents", "positive"],
         ),
@@ -116,66 +118,31 @@ async fn bad_inputs_get_precise_statuses_and_change_nothing() {
         ),
         (
             "joint account the same as the account",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: "alice".into(),
-                account_id: "alice".into(),
-                amount_cents: 5,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", 5, "alice")).await.map(drop),
             Code::InvalidArgument,
             &["joint_account_id", "must differ from account_id"],
         ),
         (
             "joint account id with a space",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: "a b".into(),
-                account_id: "alice".into(),
-                amount_cents: 5,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", 5, "a b")).await.map(drop),
             Code::InvalidArgument,
             &["joint_account_id"],
         ),
         (
             "unknown joint account",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: "nobody".into(),
-                account_id: "alice".into(),
-                amount_cents: 5,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", 5, "nobody")).await.map(drop),
             Code::NotFound,
             &["nobody"],
         ),
         (
             "household below zero",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: "bob".into(),
-                account_id: "alice".into(),
-                amount_cents: 1_001,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", 1_001, "bob")).await.map(drop),
             Code::FailedPrecondition,
             &["household", "alice", "bob"],
         ),
         (
             "insufficient funds",
-            l.withdraw(pb::WithdrawRequest {
-                joint_account_id: String::new(),
-                account_id: "alice".into(),
-                amount_cents: 1_001,
-                request_id: String::new(),
-            })
-            .await
-            .map(drop),
+            l.withdraw(withdraw("alice", 1_001, "")).await.map(drop),
             Code::FailedPrecondition,
             &["insufficient funds", "alice"],
         ),
