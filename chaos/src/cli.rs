@@ -55,7 +55,8 @@ struct ProxyArgs {
     /// Where ATMs connect.
     #[arg(long, default_value = "127.0.0.1:7100")]
     listen: SocketAddr,
-    /// The ledger, as http://HOST:PORT.
+    /// The ledger, as http://HOST:PORT, or its replicas as URL1,URL2,...
+    /// (each client connection keeps to one, in turn).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     upstream: String,
     /// Where the control API listens.

@@ -34,6 +34,9 @@ pub const CONNECTIONS_MAX: usize = 1_024;
 /// Bytes buffered between a pump and the HTTP/2 server of one connection.
 const PIPE_BYTES: usize = 64 * 1024;
 
+/// Most ledgers one proxy may front (the replicas of one ledger).
+pub const UPSTREAMS_MAX: usize = 16;
+
 /// How long to wait for the ledger's TCP handshake before a call fails.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,23 +47,36 @@ pub struct Proxy {
     pub registry: Arc<Registry>,
     /// Counters.
     pub stats: Arc<ProxyStats>,
-    upstream: Channel,
+    /// One channel per ledger; client connection `n` goes to `n % len`.
+    upstreams: Vec<Channel>,
     /// What the control API requires beyond loopback.
     admin_token: Option<String>,
 }
 
 impl Proxy {
-    /// A proxy towards the ledger at `upstream` (`http://HOST:PORT`). The
-    /// channel connects lazily: the proxy may start before the ledger.
+    /// A proxy towards the ledger at `upstream` (`http://HOST:PORT`), or
+    /// towards its replicas (`URL1,URL2,...`): each client connection keeps to
+    /// one, in turn, as a layer-4 balancer spreads them. The channels connect
+    /// lazily: the proxy may start before the ledgers.
     pub fn new(upstream: &str, registry: Arc<Registry>) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(upstream.to_owned())
-            .map_err(|e| anyhow::anyhow!("--upstream {upstream:?} is not a URL: {e}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
+        let urls: Vec<&str> = upstream.split(',').map(str::trim).collect();
+        if urls.iter().any(|url| url.is_empty()) || urls.len() > UPSTREAMS_MAX {
+            anyhow::bail!(
+                "--upstream {upstream:?}: give one ledger URL, or up to {UPSTREAMS_MAX} separated by commas"
+            );
+        }
+        let mut upstreams = Vec::with_capacity(urls.len());
+        for url in urls {
+            let endpoint = Endpoint::from_shared(url.to_owned())
+                .map_err(|e| anyhow::anyhow!("--upstream {url:?} is not a URL: {e}"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .tcp_nodelay(true);
+            upstreams.push(endpoint.connect_lazy());
+        }
         Ok(Self {
             registry,
             stats: Arc::default(),
-            upstream: endpoint.connect_lazy(),
+            upstreams,
             admin_token: None,
         })
     }
@@ -89,10 +105,7 @@ impl Proxy {
             control::router(Arc::clone(&self.registry), Arc::clone(&self.stats), guard);
         let control_task = tokio::spawn(async move { axum::serve(control, control_app).await });
         let permits = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-        let calls = Calls {
-            registry: Arc::clone(&self.registry),
-            upstream: self.upstream.clone(),
-        };
+
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -104,7 +117,11 @@ impl Proxy {
                 () = &mut shutdown => break,
             };
             let connection = self.stats.connections.fetch_add(1, Ordering::Relaxed);
-            let calls = calls.clone();
+            let upstream = usize::try_from(connection).unwrap_or(0) % self.upstreams.len();
+            let calls = Calls {
+                registry: Arc::clone(&self.registry),
+                upstream: self.upstreams[upstream].clone(),
+            };
             let registry = Arc::clone(&self.registry);
             tokio::spawn(async move {
                 serve_connection(client, peer, connection, registry, calls).await;
