@@ -15,7 +15,7 @@ duration="${1:-4s}"
 atms="${2:-64}"
 cargo build --release --bin ledger --bin atm >&2
 
-pgbin() { command -v "$1" 2>/dev/null || ls /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | tail -1; }
+pgbin() { command -v "$1" 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -1 || true; }
 initdb="$(pgbin initdb)"; postgres="$(pgbin postgres)"; psql="$(pgbin psql)"
 [ -x "$initdb" ] && [ -x "$postgres" ] || { echo "needs PostgreSQL: apt-get install -y postgresql-15" >&2; exit 1; }
 as_pg=()

@@ -12,7 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bin="$(dirname "$(readlink -f "$(command -v postgres 2>/dev/null || ls /usr/lib/postgresql/*/bin/postgres | tail -1)")")"
+[ "$(id -u)" -eq 0 ] || { echo "run as root: initdb runs as the postgres user (runuser) and the staged files are chowned" >&2; exit 1; }
+postgres="$(command -v postgres 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/postgres 2>/dev/null | sort -V | tail -1 || true)"
+[ -n "$postgres" ] || { echo "needs PostgreSQL: apt-get install -y postgresql-15" >&2; exit 1; }
+bin="$(dirname "$(readlink -f "$postgres")")"
 version="$(basename "$(dirname "$bin")")"
 [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ] || { echo "needs PostgreSQL: apt-get install -y postgresql-15" >&2; exit 1; }
 uid=999

@@ -347,17 +347,28 @@ async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
         Some(path) => FaultLog::to_path(path)?,
         None => FaultLog::disabled(),
     };
+    // Nothing between the pause and the resume may return early.
+    let what = serde_json::to_string(&fault.kind)?;
     crate::process::pause(&fault).await?;
     log.write(&Event::applied(&fault, Some(0)));
     let started = std::time::Instant::now();
     eprintln!(
-        "paused {}; resuming in {}",
-        serde_json::to_string(&fault.kind)?,
+        "paused {what}; resuming in {}",
         humantime::format_duration(args.duration)
     );
+    // Whatever ends the wait, the process is let go on: the timer, Ctrl-C
+    // or SIGTERM (a supervisor stopping this command).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| anyhow::anyhow!("cannot watch for SIGTERM: {e}"));
     tokio::select! {
         () = tokio::time::sleep(args.duration) => {}
         _ = tokio::signal::ctrl_c() => eprintln!("interrupted: resuming now"),
+        Some(()) = async {
+            match terminate.as_mut() {
+                Ok(signal) => signal.recv().await,
+                Err(_) => std::future::pending().await,
+            }
+        } => eprintln!("terminated: resuming now"),
     }
     let resumed = crate::process::resume(&fault).await;
     let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

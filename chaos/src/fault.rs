@@ -495,9 +495,11 @@ impl FaultKind {
                     "pid",
                     format!("must be a process other than init (got {pid})"),
                 )),
+                // Docker's own rule, which also keeps a name from passing
+                // as an option to `docker pause`.
                 (None, Some(name))
-                    if name.is_empty()
-                        || name.len() > CONTAINER_NAME_BYTES_MAX
+                    if name.len() > CONTAINER_NAME_BYTES_MAX
+                        || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
                         || !name
                             .chars()
                             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
@@ -505,7 +507,8 @@ impl FaultKind {
                     Err(invalid(
                         "container",
                         format!(
-                            "must be 1 to {CONTAINER_NAME_BYTES_MAX} characters of A-Z a-z 0-9 - _ . (got {name:?})"
+                            "must be 1 to {CONTAINER_NAME_BYTES_MAX} characters of A-Z a-z 0-9 - _ ., \
+                             starting with a letter or digit (got {name:?})"
                         ),
                     ))
                 }

@@ -166,4 +166,8 @@ fn bad_pauses_are_refused_naming_the_field() {
         &["pause", "--container", "a b", "--for", "1s"],
         &["container", "A-Z"],
     );
+    refused(
+        &["pause", "--container=-q", "--for", "1s"],
+        &["container", "starting with"],
+    );
 }

@@ -255,6 +255,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// A database URL, which may hold a password: `{:?}` prints it redacted, and
+/// the start-up log's configuration leaves it out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL itself, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DatabaseUrl(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(text: String) -> Self {
+        Self(text)
+    }
+}
+
 /// Most database connections a replica may keep (`--pool-size`).
 pub const POOL_SIZE_LIMIT: u64 = 256;
 
@@ -295,7 +327,7 @@ pub struct Config {
     /// (postgresql://USER:PASSWORD@HOST:5432/DB, or host=/run/postgresql dbname=ledger).
     #[arg(long, env = "OVERDRAFT_DATABASE_URL")]
     #[serde(skip)]
-    pub database_url: Option<String>,
+    pub database_url: Option<DatabaseUrl>,
 
     /// With `--store postgres`: this replica's name in the journal rows it writes (default: host name and port).
     #[arg(long, env = "OVERDRAFT_REPLICA")]
@@ -426,6 +458,10 @@ impl Config {
             _ if self.lock_scope == LockScope::Database && self.store != StoreKind::Postgres => {
                 Err("--lock-scope database needs --store postgres (the locks live there)".into())
             }
+            (StoreKind::Postgres, ..) if self.mode == Mode::Actor => Err(format!(
+                "--mode actor with --store postgres: {}",
+                crate::engine::ACTOR_ACROSS_REPLICAS
+            )),
             _ if self.isolation != Isolation::ReadCommitted && self.store != StoreKind::Postgres => {
                 Err("--isolation needs --store postgres (sled and memory have no transactions)".into())
             }
@@ -475,6 +511,19 @@ mod tests {
     /// and what to do; the right ones pass.
     #[test]
     fn store_flags_are_checked_together() {
+        let config = Config::try_parse_from([
+            "ledger",
+            "--store",
+            "postgres",
+            "--database-url",
+            "postgresql://u:secret@h/db",
+        ])
+        .unwrap();
+        assert!(
+            !format!("{config:?}").contains("secret"),
+            "Debug redacts the URL"
+        );
+        assert!(!serde_json::to_string(&config).unwrap().contains("secret"));
         let refused = |args: &[&str], words: &[&str]| {
             let error = parsed(args).expect_err("refused");
             for word in words {
@@ -504,6 +553,21 @@ mod tests {
         refused(
             &["--store", "memory", "--data-dir", "/tmp/x"],
             &["--data-dir"],
+        );
+        refused(
+            &[
+                "--store",
+                "postgres",
+                "--database-url",
+                "x",
+                "--mode",
+                "actor",
+            ],
+            &["--mode actor", "leases", "cas"],
+        );
+        refused(
+            &["--isolation", "serializable"],
+            &["--isolation", "--store postgres"],
         );
         assert!(
             parsed(&[

@@ -49,6 +49,11 @@ pub struct Engine {
     half_applied: std::sync::Mutex<HashSet<RequestId>>,
 }
 
+/// Why actor mode is refused on a shared store.
+pub const ACTOR_ACROSS_REPLICAS: &str = "actor mode owns accounts per process, which protects nothing when \
+     replicas share a PostgreSQL store (owner leases with fencing tokens are not built yet); \
+     use cas, or mutex with --lock-scope database";
+
 impl Engine {
     /// Builds the engine over `store`, finishes any transfer left in flight,
     /// and starts the actor owners and the group-commit task. Must run inside
@@ -305,13 +310,17 @@ impl Engine {
     }
 
     /// Switches mode once every operation in flight has finished in its own.
-    pub async fn set_mode(&self, mode: Mode) {
+    pub async fn set_mode(&self, mode: Mode) -> Result<(), LedgerError> {
+        if mode == Mode::Actor && self.core.store.shared() {
+            return Err(LedgerError::Unsupported(ACTOR_ACROSS_REPLICAS.into()));
+        }
         let mut current = self.mode.write().await;
         if *current != mode {
             tracing::info!(from = %*current, to = %mode, "mode switched");
         }
         *current = mode;
         self.mode_index.store(mode.index(), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Changes the run-time settings and the race window once operations in

@@ -21,6 +21,10 @@ pub enum LedgerError {
     /// The bank's rules refused it. FAILED_PRECONDITION.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// This ledger cannot do it as configured (the message says why and
+    /// what to do). FAILED_PRECONDITION.
+    #[error("{0}")]
+    Unsupported(String),
     /// A request_id reused for different arguments. INVALID_ARGUMENT.
     #[error("request_id was already used for {original}; use a new request_id")]
     RequestIdReused {
@@ -105,7 +109,9 @@ impl LedgerError {
             LedgerError::Invalid(_) | LedgerError::RequestIdReused { .. } => Code::InvalidArgument,
             LedgerError::NotFound(_) => Code::NotFound,
             LedgerError::AlreadyExists(_) => Code::AlreadyExists,
-            LedgerError::Refused(_) | LedgerError::Replayed(_) => Code::FailedPrecondition,
+            LedgerError::Refused(_) | LedgerError::Replayed(_) | LedgerError::Unsupported(_) => {
+                Code::FailedPrecondition
+            }
             LedgerError::Deadlock { .. }
             | LedgerError::LockTimeout { .. }
             | LedgerError::Contention { .. } => Code::Aborted,
@@ -117,6 +123,7 @@ impl LedgerError {
                 Code::DeadlineExceeded
             }
             LedgerError::HalfApplied { .. } => Code::DataLoss,
+            LedgerError::Store(crate::store::StoreError::Unavailable(_)) => Code::Unavailable,
             // Aborted by the database past the step's retries: the client may try again.
             LedgerError::Store(crate::store::StoreError::Serialization(_)) => Code::Aborted,
             LedgerError::Store(_) | LedgerError::Invariant(_) => Code::Internal,

@@ -89,7 +89,11 @@ pub async fn open_store(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc
 
 #[cfg(not(feature = "shuttle"))]
 async fn open_postgres(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc<dyn Store>> {
-    let url = config.database_url.as_deref().unwrap_or_default();
+    let url = config
+        .database_url
+        .as_ref()
+        .map(config::DatabaseUrl::expose)
+        .unwrap_or_default();
     let replica = match &config.replica {
         Some(name) => name.clone(),
         None => {

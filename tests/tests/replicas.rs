@@ -34,7 +34,7 @@ async fn replicas_with(
         ledgers.push(
             TestLedger::start(|c| {
                 c.store = StoreKind::Postgres;
-                c.database_url = Some(url);
+                c.database_url = Some(url.into());
                 c.replica = Some(format!("replica-{n}"));
                 c.pool_size = 8;
                 c.mode = mode;
@@ -666,6 +666,35 @@ async fn the_proxy_spreads_connections_over_replicas() {
         .is_err()
     );
     drop(stop);
+    for ledger in ledgers {
+        ledger.running.stop().await.unwrap();
+    }
+}
+
+/// Goal: actor mode, whose ownership lives in each process, is refused on
+/// a store replicas share, with what to use instead, and nothing changes.
+/// Method: SetMode(actor) on a replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_mode_is_refused_on_a_shared_store() {
+    let mut ledgers = replicas_with("actor", 1, Mode::Cas, 1, |_| {}).await;
+    let refused = ledgers[0]
+        .admin
+        .set_mode(pb::SetModeRequest {
+            mode: pb::Mode::from(Mode::Actor).into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("lock-scope database"),
+        "{refused:?}"
+    );
+    let mode = ledgers[0]
+        .admin
+        .get_mode(pb::GetModeRequest {})
+        .await
+        .unwrap();
+    assert_eq!(mode.into_inner().mode, i32::from(pb::Mode::from(Mode::Cas)));
     for ledger in ledgers {
         ledger.running.stop().await.unwrap();
     }

@@ -16,7 +16,10 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::{Applied, Attempt, Request, WriteKind, read_check_write, read_check_write_in};
+use super::{
+    Applied, Attempt, Request, STORE_ABORT_TRIES_MAX, WriteKind, aborted_by_store,
+    read_check_write, read_check_write_in,
+};
 use crate::{
     bank::{AccountId, EntryKind},
     config::{LockOrder, LockScope, Mode},
@@ -55,14 +58,18 @@ impl MutexMode {
                 read_check_write(core, Mode::Mutex, request, WriteKind::Blind).await?
             }
             LockScope::Database => {
-                let Some(mut tx) = core.store.begin().await? else {
-                    return Err(LedgerError::Invariant(
-                        "--lock-scope database over a store without transactions".into(),
-                    ));
-                };
-                self.lock_in_store(core, tx.as_mut(), &order, request.op.kind())
-                    .await?;
-                read_check_write_in(core, Some(tx), Mode::Mutex, request, WriteKind::Blind).await?
+                // At repeatable read and above the snapshot is taken by the
+                // lock statement, before its wait: a write after the wait
+                // may be aborted (40001). Then the locks are taken again.
+                let mut tries = 0;
+                loop {
+                    tries += 1;
+                    match self.locked_in_store(core, &order, request).await {
+                        Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
+                        }
+                        attempt => break attempt?,
+                    }
+                }
             }
         };
         match attempt {
@@ -110,6 +117,23 @@ impl MutexMode {
             guards.push(guard);
         }
         Ok(guards)
+    }
+
+    /// One try with the locks in the store: a transaction, its locks, the step.
+    async fn locked_in_store(
+        &self,
+        core: &Arc<Core>,
+        order: &[AccountId],
+        request: &Request,
+    ) -> Result<Attempt, LedgerError> {
+        let Some(mut tx) = core.store.begin().await? else {
+            return Err(LedgerError::Invariant(
+                "--lock-scope database over a store without transactions".into(),
+            ));
+        };
+        self.lock_in_store(core, tx.as_mut(), order, request.op.kind())
+            .await?;
+        read_check_write_in(core, Some(tx), Mode::Mutex, request, WriteKind::Blind).await
     }
 
     /// Takes the locks in the operation's transaction, in `order`, under

@@ -16,7 +16,7 @@ use crate::{
     crash::{self, CrashPoint},
     error::LedgerError,
     journal::{JournalEntry, OpenTransfers, RequestRecord},
-    store::{Commit, Rejected, StoreTx, Write},
+    store::{Commit, Rejected, StoreError, StoreTx, Write},
 };
 
 /// Runs `request` with no protection at all.
@@ -126,7 +126,14 @@ async fn commit_legs_apart(
         },
         writes: vec![credit_write],
     };
-    match core.commit(credit).await? {
+    // The debit is committed: from here no error may send the operation
+    // back to its reads (that would debit again). An abort the store could
+    // not get past is reported as the failure it is.
+    let credited = core.commit(credit).await.map_err(|error| match error {
+        StoreError::Serialization(message) => StoreError::Postgres(message),
+        other => other,
+    })?;
+    match credited {
         Ok(_seq) => Ok(Attempt::Applied(Applied {
             accounts,
             fee_cents,

@@ -29,7 +29,7 @@ impl Admin for LedgerService {
         request: Request<pb::SetModeRequest>,
     ) -> Result<Response<pb::ModeReply>, Status> {
         let mode = mode_from_proto(request.get_ref().mode)?;
-        self.engine.set_mode(mode).await;
+        self.engine.set_mode(mode).await.map_err(status)?;
         Ok(Response::new(pb::ModeReply {
             mode: pb::Mode::from(mode).into(),
         }))

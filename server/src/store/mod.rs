@@ -1,10 +1,10 @@
 //! Storage behind one small trait: balances with versions, the journal, and
 //! the idempotency table, changed together by atomic commits.
 //!
-//! sled ([`SledStore`]) is the real default; [`MemoryStore`] keeps the same
-//! contract in memory for unit tests and simulation. Every method is
-//! synchronous: sled's transaction closures may re-run and must not await, so
-//! callers run commits off the async threads.
+//! sled ([`SledStore`]) is the one-process default; [`MemoryStore`] keeps the
+//! same contract in memory for unit tests and simulation; `PostgresStore`
+//! is shared by replicas. The calls an operation makes are async; the
+//! whole-ledger reads are synchronous and run on blocking threads.
 
 mod memory;
 #[cfg(not(feature = "shuttle"))]
@@ -93,6 +93,10 @@ pub enum StoreError {
     /// PostgreSQL refused a statement or could not be reached.
     #[error("postgres: {0}")]
     Postgres(String),
+    /// The database cannot be reached (no connection within the bound, or
+    /// the connection broke): the outcome of what was in flight is unknown.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// PostgreSQL aborted the transaction to keep its isolation (40001) or
     /// to break a deadlock (40P01): the operation may be tried again from
     /// its reads.
@@ -194,6 +198,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError>;
+
+    /// Whether other processes write this store too (replicas): then
+    /// nothing held in this process (an actor's ownership) protects an
+    /// account.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// A transaction for one operation; None when the store has none (sled
     /// and memory: one process, whose modes do their own serialising).

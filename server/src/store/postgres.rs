@@ -33,6 +33,17 @@ use crate::{
 /// for its commit's few statements; more only queue in PostgreSQL.
 pub const POOL_SIZE_DEFAULT: usize = 16;
 
+/// Longest wait for a new connection to the database.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a row lock in a commit (a database mutex's own wait,
+/// `--lock-wait-ms`, overrides it inside its transaction).
+const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a transaction may sit idle before PostgreSQL ends it and its
+/// session: a paused or vanished replica's locks are freed after this.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Longest wait for a pooled connection before the operation fails.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
@@ -94,7 +105,15 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 fn pg(error: tokio_postgres::Error) -> StoreError {
-    StoreError::Postgres(describe(&error))
+    // A broken or closed connection is the database being away, not a
+    // refusal: UNAVAILABLE, which a client may retry with its request_id.
+    let broken = error.is_closed()
+        || std::error::Error::source(&error).is_some_and(|source| source.is::<std::io::Error>());
+    if broken {
+        StoreError::Unavailable(describe(&error))
+    } else {
+        StoreError::Postgres(describe(&error))
+    }
 }
 
 /// The server's own message when there is one: "duplicate key ..." rather
@@ -116,7 +135,7 @@ fn describe(error: &tokio_postgres::Error) -> String {
 fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
     match error {
         deadpool_postgres::PoolError::Backend(error) => pg(error),
-        other => StoreError::Postgres(format!("no database connection: {other}")),
+        other => StoreError::Unavailable(format!("no database connection: {other}")),
     }
 }
 
@@ -167,9 +186,21 @@ impl PostgresStore {
         pool_size: usize,
         isolation: Isolation,
     ) -> Result<Self, StoreError> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Postgres(format!("--database-url is not usable: {e}")))?;
+        // Bounds on the database's side too: a replica stopped mid-transaction
+        // (chaos pause, a frozen VM) must not hold its row locks for ever, and
+        // a commit must not wait for ever on a row another holds.
+        let options = format!(
+            "{} -c lock_timeout={}ms -c idle_in_transaction_session_timeout={}ms",
+            config.get_options().unwrap_or_default(),
+            LOCK_TIMEOUT.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        );
+        config
+            .options(options.trim())
+            .connect_timeout(CONNECT_TIMEOUT);
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -180,6 +211,7 @@ impl PostgresStore {
         let pool = Pool::builder(manager)
             .max_size(pool_size.max(1))
             .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Postgres(format!("cannot build the pool: {e}")))?;
@@ -405,15 +437,18 @@ impl PgTx {
         let journal_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&replica, &kind, &request_id, &entry_bytes];
         let journal = client.query_one(&journal_statement, &journal_params);
+        // Marked begun before BEGIN is sent: if this future is dropped
+        // half way (a client's deadline), Drop rolls back instead of
+        // handing the pool a connection with a transaction open.
+        let needs_begin = !std::mem::replace(&mut self.begun, true);
         let begin = async {
-            if self.begun {
-                Ok(())
-            } else {
+            if needs_begin {
                 client.batch_execute(self.begin).await
+            } else {
+                Ok(())
             }
         };
         let (began, request, writes, journal) = tokio::join!(begin, request, writes, journal);
-        self.begun = true;
         began?;
         if request? == Some(0) {
             return Ok(Written::Duplicate);
@@ -601,6 +636,10 @@ impl Drop for PgTx {
 
 #[async_trait::async_trait]
 impl Store for PostgresStore {
+    fn shared(&self) -> bool {
+        true
+    }
+
     async fn begin(&self) -> Result<Option<Box<dyn StoreTx>>, StoreError> {
         Ok(Some(Box::new(self.transaction().await?)))
     }
