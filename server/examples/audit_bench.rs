@@ -52,6 +52,7 @@ fn main() {
                 Guard::Version(read.version)
             };
             let commit = Commit {
+                reads: Vec::new(),
                 writes: vec![Write {
                     account: account.clone(),
                     guard,

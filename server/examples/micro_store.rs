@@ -26,6 +26,7 @@ fn main() {
                 version: i,
             };
             let commit = Commit {
+                reads: Vec::new(),
                 writes: vec![Write {
                     account: account.clone(),
                     guard: Guard::Blind,

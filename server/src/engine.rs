@@ -246,6 +246,7 @@ impl Engine {
             version: 0,
         };
         let commit = Commit {
+            reads: Vec::new(),
             writes: vec![Write {
                 account: account.clone(),
                 guard: Guard::Absent,

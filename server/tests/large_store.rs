@@ -121,6 +121,7 @@ fn commit(
 ) -> Commit {
     let new = entry.legs[0].written;
     Commit {
+        reads: Vec::new(),
         writes: vec![Write {
             account,
             guard,

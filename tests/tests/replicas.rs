@@ -268,8 +268,8 @@ async fn unsafe_breaks_across_three_replicas() {
 
 /// Goal: the PostgreSQL store keeps the store contract: random guarded
 /// commits give the same outcomes, accounts and journal as the memory
-/// store. Method: 400 commits over 5 accounts with random guards and
-/// request ids, some repeated.
+/// store. Method: 400 commits over 5 accounts with random guards, read
+/// guards and request ids, some repeated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_keeps_the_store_contract() {
     use overdraft_server::{
@@ -296,6 +296,20 @@ async fn postgres_store_keeps_the_store_contract() {
             balance_cents: rng.random_range(0..10_000),
             version: found.map_or(1, |a| a.version + 1),
         };
+        // A read guard on another account now and then: at its version, or not.
+        let reads = match rng.random_range(0..6) {
+            0 | 1 => {
+                let other =
+                    AccountId::parse("account_id", &format!("acct-{}", rng.random_range(0..5)))
+                        .unwrap();
+                let version = match memory.account(&other).unwrap() {
+                    Some(found) if rng.random_bool(0.7) => found.version,
+                    _ => rng.random_range(0..20),
+                };
+                vec![(other, version)]
+            }
+            _ => Vec::new(),
+        };
         let request = (rng.random_range(0..3) > 0).then(|| {
             let id = RequestId::internal(format!("r{}", rng.random_range(0..300)));
             let record = RequestRecord::Done(StoredReply {
@@ -306,6 +320,7 @@ async fn postgres_store_keeps_the_store_contract() {
             (id, record)
         });
         let commit = Commit {
+            reads,
             writes: vec![Write {
                 account: account.clone(),
                 guard,
@@ -534,7 +549,7 @@ async fn joint_withdrawals(
     isolation: overdraft_server::config::Isolation,
     trials: u32,
 ) -> (u32, u32) {
-    let mut ledgers = replicas_with(&format!("skew_{isolation:?}"), 2, Mode::Cas, 1, |c| {
+    let mut ledgers = replicas_with(&format!("skew_{isolation:?}"), 2, Mode::Unsafe, 1, |c| {
         c.isolation = isolation;
         // Both read both balances before either writes.
         c.race_window_ms_min = 40;
@@ -596,7 +611,8 @@ async fn joint_withdrawals(
 /// $100 each may go negative while their sum stays at or above zero; each
 /// spouse withdraws $150 from their own account on a different replica,
 /// both checks reading both balances before either writes (a 40 ms window),
-/// cas mode, 4 trials per level. Repeatable read: both withdrawals pass on
+/// unsafe mode (no guard of its own: only the database's isolation), 4
+/// trials per level. Repeatable read: both withdrawals pass on
 /// every trial and the audit names the write skew. Serializable: PostgreSQL
 /// aborts one transaction (40001), its retry reads the other's withdrawal
 /// and is refused, and the household never goes below zero.

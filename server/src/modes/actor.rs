@@ -261,6 +261,14 @@ async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
 async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, LedgerError> {
     match read_check_write(core, Mode::Actor, request, WriteKind::Guarded).await? {
         Attempt::Applied(applied) => Ok(applied),
+        // A joint withdrawal's household account may belong to another
+        // owner, who wrote it after this one read it: refused, to try again.
+        Attempt::Conflict(account) if request.op.joint() == Some(&account) => {
+            Err(LedgerError::Contention {
+                account,
+                attempts: 1,
+            })
+        }
         // Only this owner writes these accounts.
         Attempt::Conflict(account) => Err(LedgerError::Invariant(format!(
             "account {account} changed under its owner"
@@ -310,6 +318,7 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
         (id, record)
     });
     let commit = Commit {
+        reads: Vec::new(),
         writes: writes_for(std::slice::from_ref(&leg), WriteKind::Guarded),
         replace_request: work.kind == EntryKind::TransferCredit,
         request,

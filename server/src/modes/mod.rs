@@ -150,21 +150,34 @@ pub(crate) async fn read_and_plan(
     write_kind: WriteKind,
 ) -> Result<Planned, LedgerError> {
     let ids = request.op.accounts();
-    let effect = read_then_decide(core, tx, mode, request.op.kind(), &ids, |reads| {
-        let effect = bank::apply(&request.op, reads, &core.settings().policy)?;
-        // A leg per account written: every account read, but a joint
-        // withdrawal's household account, which is only read.
-        let written = ids.len() - usize::from(request.op.joint().is_some());
-        if effect.legs.len() != written {
-            return Err(LedgerError::Invariant(format!(
-                "{written} accounts to write but {} legs computed",
-                effect.legs.len()
-            )));
-        }
-        Ok(effect)
-    })
-    .await?;
+    let (effect, joint_version) =
+        read_then_decide(core, tx, mode, request.op.kind(), &ids, |reads| {
+            let effect = bank::apply(&request.op, reads, &core.settings().policy)?;
+            // A leg per account written: every account read, but a joint
+            // withdrawal's household account, which is only read.
+            let written = ids.len() - usize::from(request.op.joint().is_some());
+            if effect.legs.len() != written {
+                return Err(LedgerError::Invariant(format!(
+                    "{written} accounts to write but {} legs computed",
+                    effect.legs.len()
+                )));
+            }
+            // The household account is the last read: its version, for a guard.
+            let joint_version = request
+                .op
+                .joint()
+                .and_then(|_| reads.last())
+                .map(|a| a.version);
+            Ok((effect, joint_version))
+        })
+        .await?;
     let writes = writes_for(&effect.legs, write_kind);
+    // A guarded write also guards what it only read: the rule checked the
+    // household account, which must not have changed by the commit.
+    let read_guards = match (write_kind, request.op.joint(), joint_version) {
+        (WriteKind::Guarded, Some(joint), Some(version)) => vec![(joint.clone(), version)],
+        _ => Vec::new(),
+    };
     let accounts = effect
         .legs
         .iter()
@@ -174,6 +187,7 @@ pub(crate) async fn read_and_plan(
     let key = request.idempotency_key(core).cloned();
     let commit = Commit {
         writes,
+        reads: read_guards,
         request: key.map(|id| {
             let reply = StoredReply {
                 fingerprint: fingerprint.clone(),

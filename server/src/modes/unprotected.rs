@@ -92,6 +92,7 @@ async fn commit_legs_apart(
         (credit_write.account.clone(), credit_write.new),
     ];
     let debit = Commit {
+        reads: Vec::new(),
         request: request.as_ref().map(|(id, _)| {
             let fingerprint = fingerprint.to_owned();
             (id.clone(), RequestRecord::InFlight { fingerprint })
@@ -114,6 +115,7 @@ async fn commit_legs_apart(
     }
     crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
     let credit = Commit {
+        reads: Vec::new(),
         request,
         replace_request: true,
         entry: JournalEntry {

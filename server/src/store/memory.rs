@@ -60,6 +60,9 @@ impl MemoryStore {
         {
             return Ok(Err(Rejected::Duplicate(existing.clone())));
         }
+        if let Some(rejected) = commit.failed_read(|id| state.accounts.get(id).copied()) {
+            return Ok(Err(rejected));
+        }
         for write in &commit.writes {
             let found = state.accounts.get(&write.account).copied();
             if !write.guard.holds(found) {

@@ -60,6 +60,10 @@ pub struct Write {
 pub struct Commit {
     /// Account writes.
     pub writes: Vec<Write>,
+    /// Accounts read and not written that must still be at these versions
+    /// (a joint withdrawal's household account, under a version guard):
+    /// a check on one row and a write to another is write skew otherwise.
+    pub reads: Vec<(AccountId, u64)>,
     /// The journal entry; its `seq` is assigned by the store.
     pub entry: JournalEntry,
     /// The idempotency record to store; the commit fails with
@@ -68,6 +72,19 @@ pub struct Commit {
     /// Overwrite an existing record under the key (an actor transfer's credit
     /// replacing its in-flight marker).
     pub replace_request: bool,
+}
+
+impl Commit {
+    /// The first read guard that does not hold over `find`, with what it found.
+    pub fn failed_read(&self, find: impl Fn(&AccountId) -> Option<Account>) -> Option<Rejected> {
+        self.reads.iter().find_map(|(account, version)| {
+            let found = find(account);
+            (found.map(|a| a.version) != Some(*version)).then(|| Rejected::Conflict {
+                account: account.clone(),
+                found,
+            })
+        })
+    }
 }
 
 /// Why a commit wrote nothing; expected outcomes, not faults.

@@ -294,7 +294,7 @@ enum Written {
     /// The request id had a record: roll back, then read it.
     Duplicate,
     /// A guard did not hold for this write: roll back, then read the account.
-    Conflict(usize),
+    Conflict(AccountId),
 }
 
 /// The SQL for each guard: the lesson in one line each.
@@ -310,6 +310,7 @@ const SQL_REQUEST_REPLACE: &str = "INSERT INTO requests (id, record) VALUES ($1,
      ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record";
 const SQL_JOURNAL: &str = "INSERT INTO journal (replica, kind, request_id, entry)
      VALUES ($1, $2, $3, $4) RETURNING seq";
+const SQL_READ_GUARD: &str = "SELECT 1 FROM accounts WHERE id = $1 AND version = $2 FOR SHARE";
 const SQL_ACCOUNT: &str = "SELECT balance_cents, version FROM accounts WHERE id = $1";
 const SQL_RECORD: &str = "SELECT record FROM requests WHERE id = $1";
 
@@ -448,14 +449,44 @@ impl PgTx {
                 Ok(())
             }
         };
-        let (began, request, writes, journal) = tokio::join!(begin, request, writes, journal);
+        // Read guards: the row still at the version read, and share-locked
+        // until the commit, so no one writes it under this transaction.
+        let read_statement = if commit.reads.is_empty() {
+            None
+        } else {
+            Some(client.prepare_cached(SQL_READ_GUARD).await?)
+        };
+        let mut guarded: Vec<(&AccountId, i64)> = commit
+            .reads
+            .iter()
+            .map(|(account, version)| (account, i64::try_from(*version).unwrap_or(i64::MAX)))
+            .collect();
+        guarded.sort();
+        let reads =
+            futures_util::future::join_all(guarded.iter().filter_map(|(account, version)| {
+                let statement = read_statement.as_ref()?;
+                Some(async move {
+                    client
+                        .query_opt(statement, &[&account.as_str(), version])
+                        .await
+                        .map(|row| (*account, row.is_some()))
+                })
+            }));
+        let (began, request, reads, writes, journal) =
+            tokio::join!(begin, request, reads, writes, journal);
         began?;
         if request? == Some(0) {
             return Ok(Written::Duplicate);
         }
+        for read in reads {
+            let (account, held) = read?;
+            if !held {
+                return Ok(Written::Conflict(account.clone()));
+            }
+        }
         for (index, written) in order.into_iter().zip(writes) {
             if written? == 0 {
-                return Ok(Written::Conflict(index));
+                return Ok(Written::Conflict(commit.writes[index].account.clone()));
             }
         }
         journal?.try_get(0).map(Written::Done)
@@ -492,8 +523,7 @@ impl PgTx {
                     .map(|record| Err(Rejected::Duplicate(record)))
                     .map_err(TryError::Store)
             }
-            Written::Conflict(index) => {
-                let account = &commit.writes[index].account;
+            Written::Conflict(account) => {
                 let found = client
                     .query_opt(SQL_ACCOUNT, &[&account.as_str()])
                     .await
@@ -501,10 +531,7 @@ impl PgTx {
                     .map(|row| account_from(&row))
                     .transpose()
                     .map_err(TryError::Store)?;
-                Ok(Err(Rejected::Conflict {
-                    account: account.clone(),
-                    found,
-                }))
+                Ok(Err(Rejected::Conflict { account, found }))
             }
         }
     }

@@ -20,6 +20,7 @@ fn commit_for(account: AccountId, guard: Guard, new: Account, request: Option<&s
         version: new.version.saturating_sub(1),
     };
     Commit {
+        reads: Vec::new(),
         writes: vec![Write {
             account: account.clone(),
             guard,

@@ -192,6 +192,9 @@ impl SledStore {
         {
             return Ok(Err(Rejected::Duplicate(existing)));
         }
+        if let Some(rejected) = commit.failed_read(|id| mirror.accounts.get(id).copied()) {
+            return Ok(Err(rejected));
+        }
         for write in &commit.writes {
             let found = mirror.accounts.get(&write.account).copied();
             if !write.guard.holds(found) {

@@ -19,6 +19,7 @@ fn commit(account: &AccountId, key: &RequestId, after: Account) -> Commit {
         version: after.version - 1,
     };
     Commit {
+        reads: Vec::new(),
         writes: vec![Write {
             account: account.clone(),
             guard: Guard::Blind,
