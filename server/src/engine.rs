@@ -373,11 +373,11 @@ impl Engine {
         // A fold over the journal: memory per account, not per entry.
         let mut report = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             let mut auditor = audit::Auditor::new(policy);
-            store.scan_journal(&mut |entry| {
+            let accounts = store.scan_then_accounts(&mut |entry| {
                 auditor.push(&entry);
                 std::ops::ControlFlow::Continue(())
             })?;
-            Ok(auditor.finish(&store.accounts()?))
+            Ok(auditor.finish(&accounts))
         })
         .await
         .map_err(|e| LedgerError::Invariant(format!("audit task failed: {e}")))??;

@@ -715,3 +715,37 @@ async fn actor_mode_is_refused_on_a_shared_store() {
         ledger.running.stop().await.unwrap();
     }
 }
+
+/// Goal: an audit through one replica while another writes sees the
+/// journal and the balances as of one moment: clean, every time. Method:
+/// cas deposits and transfers on replica 1 for about two seconds while
+/// replica 0 audits again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_during_another_replicas_load_is_consistent() {
+    let mut ledgers = replicas_with("live_audit", 2, Mode::Cas, 3, |_| {}).await;
+    ledgers[0]
+        .reset(&[("acct-0", 50_000), ("acct-1", 50_000), ("acct-2", 50_000)])
+        .await;
+    let mut load = tokio::task::JoinSet::new();
+    for atm in 0..4 {
+        let client = ledgers[1].new_ledger_client().await;
+        load.spawn(overdraft_tests::random_atm(client, 9, atm, 3, 150));
+    }
+    let mut audits = 0;
+    while !load.is_empty() {
+        let audit = ledgers[0].audit().await;
+        assert!(
+            audit.clean,
+            "audit {audits} during the load: {:?}",
+            audit.findings
+        );
+        audits += 1;
+        while let Some(done) = load.try_join_next() {
+            done.unwrap().unwrap();
+        }
+    }
+    assert!(audits >= 3, "only {audits} audits ran during the load");
+    for ledger in ledgers {
+        ledger.running.stop().await.unwrap();
+    }
+}

@@ -229,6 +229,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Visits the journal, then returns every account, both as of one
+    /// moment: what the audit reads. By default one call after the other,
+    /// which is one moment for a store only this process writes (the audit
+    /// holds its operations back meanwhile).
+    fn scan_then_accounts(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
+    ) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        self.scan_journal(visit)?;
+        self.accounts()
+    }
+
     /// Makes every commit so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 

@@ -275,6 +275,75 @@ impl PostgresStore {
         self.runtime.block_on(future)
     }
 
+    /// The journal (and, with `accounts`, every account after it) as of one
+    /// moment: one read-only repeatable-read transaction, so that commits
+    /// by other replicas meanwhile are neither half seen nor skipped (seqs
+    /// are drawn before commit, so a later seq may commit first). A page at
+    /// a time, the visitor outside the runtime: it may block (the export's
+    /// bounded channel).
+    fn snapshot_scan(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
+        accounts: bool,
+    ) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        let client = self.block(async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client
+                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .map_err(pg)?;
+            Ok(client)
+        })?;
+        // Back to the pool only once COMMIT ended the transaction: any
+        // other way out (an error, a visitor's panic) closes the connection.
+        let held = Detached(Some(client));
+        let connection = held.0.as_ref().expect("just set");
+        let outcome = self.scan_pages(connection, visit, accounts);
+        if outcome.is_ok() {
+            self.block(async { connection.batch_execute("COMMIT").await.map_err(pg) })?;
+            let mut held = held;
+            drop(held.0.take());
+        }
+        outcome
+    }
+
+    fn scan_pages(
+        &self,
+        client: &deadpool_postgres::Object,
+        visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
+        accounts: bool,
+    ) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        let mut after = 0_i64;
+        loop {
+            let page = self.block(async {
+                let rows = client
+                    .query(
+                        "SELECT seq, entry FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        &[&after, &SCAN_PAGE_ROWS],
+                    )
+                    .await
+                    .map_err(pg)?;
+                rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()
+            })?;
+            let full = page.len() == usize::try_from(SCAN_PAGE_ROWS).unwrap_or(usize::MAX);
+            if let Some(last) = page.last() {
+                after = i64::try_from(last.seq).unwrap_or(i64::MAX);
+            }
+            for entry in page {
+                if visit(entry).is_break() {
+                    return Ok(Vec::new());
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if !accounts {
+            return Ok(Vec::new());
+        }
+        self.block(all_accounts(client))
+    }
+
     /// A connection with a transaction to be begun on it.
     async fn transaction(&self) -> Result<PgTx, StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
@@ -537,6 +606,45 @@ impl PgTx {
     }
 }
 
+/// A pooled connection that is closed, not returned to the pool, unless
+/// taken out first: for a transaction that must not outlive its user.
+struct Detached(Option<deadpool_postgres::Object>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    }
+}
+
+/// Every account, in id order, as `client` sees them.
+async fn all_accounts(
+    client: &deadpool_postgres::Object,
+) -> Result<Vec<(AccountId, Account)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT id, balance_cents, version FROM accounts ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(pg)?;
+    rows.iter()
+        .map(|row| {
+            let id: &str = row.try_get(0).map_err(pg)?;
+            let id = AccountId::parse("account_id", id).map_err(|e| StoreError::Corrupt {
+                what: "account id",
+                detail: e.to_string(),
+            })?;
+            let account = Account {
+                balance_cents: row.try_get(1).map_err(pg)?,
+                version: to_u64(row.try_get(2).map_err(pg)?, "account version")?,
+            };
+            Ok((id, account))
+        })
+        .collect()
+}
+
 /// Runs `statement`, sending BEGIN ahead of it (in the same round trip)
 /// when the transaction has not begun.
 async fn after_begin<T>(
@@ -729,28 +837,7 @@ impl Store for PostgresStore {
     fn accounts(&self) -> Result<Vec<(AccountId, Account)>, StoreError> {
         self.block(async {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT id, balance_cents, version FROM accounts ORDER BY id",
-                    &[],
-                )
-                .await
-                .map_err(pg)?;
-            rows.iter()
-                .map(|row| {
-                    let id: &str = row.try_get(0).map_err(pg)?;
-                    let id =
-                        AccountId::parse("account_id", id).map_err(|e| StoreError::Corrupt {
-                            what: "account id",
-                            detail: e.to_string(),
-                        })?;
-                    let account = Account {
-                        balance_cents: row.try_get(1).map_err(pg)?,
-                        version: to_u64(row.try_get(2).map_err(pg)?, "account version")?,
-                    };
-                    Ok((id, account))
-                })
-                .collect()
+            all_accounts(&client).await
         })
     }
 
@@ -758,35 +845,14 @@ impl Store for PostgresStore {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        // A page at a time (keyset pagination on seq), and the visitor runs
-        // outside the runtime: it may block (the export's bounded channel).
-        let mut after = 0_i64;
-        loop {
-            let page = self.block(async {
-                let client = self.pool.get().await.map_err(pool_error)?;
-                let rows = client
-                    .query(
-                        "SELECT seq, entry FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
-                        &[&after, &SCAN_PAGE_ROWS],
-                    )
-                    .await
-                    .map_err(pg)?;
-                rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()
-            })?;
-            let Some(last) = page.last() else {
-                return Ok(());
-            };
-            after = i64::try_from(last.seq).unwrap_or(i64::MAX);
-            let full = page.len() == usize::try_from(SCAN_PAGE_ROWS).unwrap_or(usize::MAX);
-            for entry in page {
-                if visit(entry).is_break() {
-                    return Ok(());
-                }
-            }
-            if !full {
-                return Ok(());
-            }
-        }
+        self.snapshot_scan(visit, false).map(drop)
+    }
+
+    fn scan_then_accounts(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
+    ) -> Result<Vec<(AccountId, Account)>, StoreError> {
+        self.snapshot_scan(visit, true)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
