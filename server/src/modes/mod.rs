@@ -98,6 +98,7 @@ pub(crate) async fn read_check_write(
         match read_check_write_in(core, tx, mode, request, write_kind).await {
             Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
                 tracing::debug!(%error, tries, "the store aborted the transaction; again from the reads");
+                after_store_abort(core, tries).await;
             }
             outcome => return outcome,
         }
@@ -108,6 +109,17 @@ pub(crate) async fn read_check_write(
 /// at repeatable read and serializable, 40P01): each starts again from the
 /// reads, so it decides on what is there now. Past this, ABORTED.
 pub(crate) const STORE_ABORT_TRIES_MAX: u32 = 8;
+
+/// Waits before trying an aborted transaction again: full jitter up to 1 ms
+/// doubling to 16 ms (from the seeded generator), so that the transactions
+/// that collided do not collide again at once.
+pub(crate) async fn after_store_abort(core: &Core, tries: u32) {
+    let ceiling_us = 1_000u64 << tries.min(4);
+    tokio::time::sleep(std::time::Duration::from_micros(
+        core.random_up_to(ceiling_us),
+    ))
+    .await;
+}
 
 /// Whether `error` is a transaction the store aborted, worth another try.
 pub(crate) fn aborted_by_store(error: &LedgerError) -> bool {

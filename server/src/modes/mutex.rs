@@ -18,7 +18,7 @@ use tokio::sync::OwnedMutexGuard;
 
 use super::{
     Applied, Attempt, Request, STORE_ABORT_TRIES_MAX, WriteKind, aborted_by_store,
-    read_check_write, read_check_write_in,
+    after_store_abort, read_check_write, read_check_write_in,
 };
 use crate::{
     bank::{AccountId, EntryKind},
@@ -66,6 +66,7 @@ impl MutexMode {
                     tries += 1;
                     match self.locked_in_store(core, &order, request).await {
                         Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
+                            after_store_abort(core, tries).await;
                         }
                         attempt => break attempt?,
                     }

@@ -7,7 +7,7 @@ use std::{collections::HashSet, sync::Arc};
 
 use super::{
     Applied, Attempt, Planned, Request, STORE_ABORT_TRIES_MAX, WriteKind, aborted_by_store,
-    commit_attempt, commit_in, read_and_plan, replay,
+    after_store_abort, commit_attempt, commit_in, read_and_plan, replay,
 };
 use crate::{
     bank::{self, EntryKind, Operation, RequestId},
@@ -34,7 +34,9 @@ pub(crate) async fn execute(core: &Arc<Core>, request: &Request) -> Result<Appli
             Err(error) => Err(error),
         };
         match attempt {
-            Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {}
+            Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
+                after_store_abort(core, tries).await;
+            }
             attempt => break attempt?,
         }
     };
