@@ -27,18 +27,16 @@ fn member_args(histories: &Path, attempts: u32) -> LoadArgs {
     LoadArgs {
         atms: 2,
         accounts: ACCOUNTS,
-        duration: None,
         ops: Some(160),
         mix: "deposit=35,withdraw=40,transfer=25".parse().unwrap(),
         amount_cents: "100..20000".parse().unwrap(),
-        skew: "uniform".parse().unwrap(),
-        rate: None,
         connections: 1,
         seed: 5,
         opening_cents: OPENING_CENTS,
         history: Some(histories.to_owned()),
         deadline: Some(Duration::from_secs(5)),
         attempts,
+        ..LoadArgs::default()
     }
 }
 

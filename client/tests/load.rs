@@ -34,20 +34,16 @@ fn args(history: Option<std::path::PathBuf>) -> LoadArgs {
     LoadArgs {
         atms: 16,
         accounts: 12,
-        duration: None,
         ops: Some(1_500),
         mix: "deposit=30,withdraw=40,transfer=25,balance=5"
             .parse()
             .unwrap(),
         amount_cents: "100..40000".parse().unwrap(),
         skew: "zipf:1.1".parse().unwrap(),
-        rate: None,
-        connections: 4,
         seed: 7,
         opening_cents: 100_000,
         history,
-        deadline: None,
-        attempts: 1,
+        ..LoadArgs::default()
     }
 }
 

@@ -54,20 +54,15 @@ fn args() -> LoadArgs {
         atms: 8,
         accounts: 10,
         duration: Some(Duration::from_millis(1_500)),
-        ops: None,
         mix: "deposit=30,withdraw=40,transfer=20,balance=10"
             .parse()
             .unwrap(),
         // Withdrawals up to twice the opening balance: many are refused.
         amount_cents: "100..20000".parse().unwrap(),
-        skew: "uniform".parse().unwrap(),
-        rate: None,
         connections: 2,
         seed: 11,
         opening_cents: 10_000,
-        history: None,
-        deadline: None,
-        attempts: 1,
+        ..LoadArgs::default()
     }
 }
 

@@ -28,19 +28,15 @@ fn crowd(ledger: &RunningLedger, histories: &Path, seconds: u64) -> tokio::task:
             atms: 1,
             accounts: ACCOUNTS,
             duration: Some(Duration::from_secs(seconds)),
-            ops: None,
             mix: "deposit=35,withdraw=35,transfer=20,balance=10"
                 .parse()
                 .unwrap(),
             amount_cents: "100..20000".parse().unwrap(),
-            skew: "uniform".parse().unwrap(),
-            rate: None,
             connections: 1,
             seed: 3,
             opening_cents: 100_000,
             history: Some(histories.to_owned()),
-            deadline: None,
-            attempts: 1,
+            ..LoadArgs::default()
         };
         members.spawn(async move {
             load::join(&url, &args, &format!("atm-{n}"), false)

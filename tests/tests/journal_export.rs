@@ -21,18 +21,14 @@ fn load_args(history: std::path::PathBuf) -> LoadArgs {
     LoadArgs {
         atms: 8,
         accounts: 6,
-        duration: None,
         ops: Some(800),
         mix: "deposit=40,withdraw=30,transfer=30".parse().unwrap(),
         amount_cents: "100..5000".parse().unwrap(),
-        skew: "uniform".parse().unwrap(),
-        rate: None,
         connections: 2,
         seed: 11,
         opening_cents: 50_000,
         history: Some(history),
-        deadline: None,
-        attempts: 1,
+        ..LoadArgs::default()
     }
 }
 

@@ -401,18 +401,15 @@ fn load_args(history: std::path::PathBuf) -> overdraft_client::load::LoadArgs {
     overdraft_client::load::LoadArgs {
         atms: 12,
         accounts: 6,
-        duration: None,
         ops: Some(900),
         mix: "deposit=35,withdraw=40,transfer=25".parse().unwrap(),
         amount_cents: "100..40000".parse().unwrap(),
         skew: "zipf:1.1".parse().unwrap(),
-        rate: None,
         connections: 1,
         seed: 3,
         opening_cents: 100_000,
         history: Some(history),
-        deadline: None,
-        attempts: 1,
+        ..Default::default()
     }
 }
 

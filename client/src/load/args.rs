@@ -131,6 +131,22 @@ pub fn parse_name(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+impl Default for LoadArgs {
+    /// What `atm load` runs with no workload flags: the command line's own
+    /// defaults, so that code and tests building a load start from them.
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            args: LoadArgs,
+        }
+        // No flags: only the defaults above, which all parse.
+        <Defaults as clap::Parser>::try_parse_from(["atm"])
+            .map(|defaults| defaults.args)
+            .unwrap_or_else(|error| unreachable!("the load defaults parse: {error}"))
+    }
+}
+
 impl LoadArgs {
     /// The run length, when bounded by time.
     pub fn run_duration(&self) -> Option<Duration> {

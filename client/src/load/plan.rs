@@ -141,17 +141,12 @@ mod tests {
             atms: 4,
             accounts: 10,
             duration: Some(Duration::from_secs(1)),
-            ops: None,
             mix: "deposit=1".parse().unwrap(),
             amount_cents: "100..200".parse().unwrap(),
-            skew: "uniform".parse().unwrap(),
             rate: Some(400.0),
             connections: 1,
-            seed: 1,
             opening_cents: 0,
-            history: None,
-            deadline: None,
-            attempts: 1,
+            ..LoadArgs::default()
         };
         let started = Instant::now();
         let clock = Clock::start();
