@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 mod common;
-use common::{connect, start_ledger};
+use common::{connect, open_accounts, sigkill, start_ledger};
 
 const ACCOUNTS: [&str; 4] = ["a", "b", "c", "d"];
 const OPENING_CENTS: i64 = 1_000_000;
@@ -63,26 +63,13 @@ async fn load(mut client: LedgerClient<Channel>, atm: usize) -> Vec<Acked> {
 async fn kill_mid_load_then_verify(mode: &str, after: Duration) {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, url) = start_ledger(dir.path(), mode, "sync").await;
-    let channel = connect(&url).await;
-    let mut ledger = LedgerClient::new(channel.clone());
-    for account in ACCOUNTS {
-        ledger
-            .open_account(pb::OpenAccountRequest {
-                account_id: account.into(),
-                initial_balance_cents: OPENING_CENTS,
-            })
-            .await
-            .unwrap();
-    }
+    open_accounts(&url, &ACCOUNTS, OPENING_CENTS).await;
     let mut atms = JoinSet::new();
     for atm in 0..8 {
         atms.spawn(load(LedgerClient::new(connect(&url).await), atm));
     }
     tokio::time::sleep(after).await;
-    let pid = child.id().expect("running") as libc::pid_t;
-    // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    child.wait().await.unwrap();
+    sigkill(&mut child).await;
     let acked: Vec<Acked> = atms.join_all().await.into_iter().flatten().collect();
     assert!(
         acked.len() > 20,

@@ -19,7 +19,7 @@ mod common;
 #[path = "../../tests/src/postgres.rs"]
 #[allow(unreachable_pub, dead_code)]
 mod postgres;
-use common::{connect, start_ledger_with};
+use common::{connect, open_accounts, sigkill, start_ledger_with};
 
 const ACCOUNTS: [&str; 4] = ["a", "b", "c", "d"];
 const OPENING_CENTS: i64 = 1_000_000;
@@ -82,25 +82,13 @@ async fn a_replica_killed_mid_load_loses_nothing_it_acknowledged() {
     let url = postgres::cluster().database("kill").await;
     let (mut first, first_url) = replica(&url, "first", "cas").await;
     let (_second, second_url) = replica(&url, "second", "cas").await;
-    let mut opener = LedgerClient::new(connect(&first_url).await);
-    for account in ACCOUNTS {
-        opener
-            .open_account(pb::OpenAccountRequest {
-                account_id: account.into(),
-                initial_balance_cents: OPENING_CENTS,
-            })
-            .await
-            .unwrap();
-    }
+    open_accounts(&first_url, &ACCOUNTS, OPENING_CENTS).await;
     let mut atms = JoinSet::new();
     for atm in 0..6 {
         atms.spawn(load(LedgerClient::new(connect(&first_url).await), atm));
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let pid = first.id().expect("running") as libc::pid_t;
-    // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    first.wait().await.unwrap();
+    sigkill(&mut first).await;
     let acked: Vec<Acked> = atms.join_all().await.into_iter().flatten().collect();
     assert!(
         acked.len() > 20,

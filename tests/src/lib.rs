@@ -203,6 +203,28 @@ fn state(reply: &pb::MutationReply) -> AccountState {
     }
 }
 
+/// Two spouses withdraw $150 each at the same moment, each from their own
+/// $100 account under the household rule (`joint_account_id`: the pair may
+/// not go below zero): alice through `left`, bob through `right`. The two
+/// outcomes, alice's first. Open `alice` and `bob` at 10,000 cents first.
+pub async fn crossed_joint_withdrawals(
+    left: &mut LedgerClient<Channel>,
+    right: &mut LedgerClient<Channel>,
+    trial: u32,
+) -> [Result<tonic::Response<pb::MutationReply>, tonic::Status>; 2] {
+    let withdraw = |account: &str, joint: &str| pb::WithdrawRequest {
+        account_id: account.into(),
+        amount_cents: 15_000,
+        request_id: format!("{account}-{trial}"),
+        joint_account_id: joint.into(),
+    };
+    let (alice, bob) = tokio::join!(
+        left.withdraw(withdraw("alice", "bob")),
+        right.withdraw(withdraw("bob", "alice"))
+    );
+    [alice, bob]
+}
+
 /// The mode's counters from a stats reply.
 pub fn mode_stats(stats: &StatsReply, mode: Mode) -> pb::ModeStats {
     stats

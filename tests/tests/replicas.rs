@@ -560,17 +560,9 @@ async fn joint_withdrawals(
             .await;
         let mut left = ledgers[0].new_ledger_client().await;
         let mut right = ledgers[1].new_ledger_client().await;
-        let withdraw = |account: &str, joint: &str| pb::WithdrawRequest {
-            account_id: account.into(),
-            amount_cents: 15_000,
-            request_id: format!("{account}-{trial}"),
-            joint_account_id: joint.into(),
-        };
-        let (a, b) = tokio::join!(
-            left.withdraw(withdraw("alice", "bob")),
-            right.withdraw(withdraw("bob", "alice"))
-        );
-        for outcome in [a, b] {
+        for outcome in
+            overdraft_tests::crossed_joint_withdrawals(&mut left, &mut right, trial).await
+        {
             match outcome {
                 Ok(_) => {}
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => {

@@ -134,17 +134,9 @@ async fn crossed_joint_withdrawals(mode: Mode, trials: u32) -> u32 {
         ledger.reset(&[("alice", 10_000), ("bob", 10_000)]).await;
         let mut left = ledger.new_ledger_client().await;
         let mut right = ledger.new_ledger_client().await;
-        let withdraw = |account: &str, joint: &str| overdraft_tests::pb::WithdrawRequest {
-            account_id: account.into(),
-            amount_cents: 15_000,
-            request_id: format!("{account}-{trial}"),
-            joint_account_id: joint.into(),
-        };
-        let (a, b) = tokio::join!(
-            left.withdraw(withdraw("alice", "bob")),
-            right.withdraw(withdraw("bob", "alice"))
-        );
-        for outcome in [a, b] {
+        for outcome in
+            overdraft_tests::crossed_joint_withdrawals(&mut left, &mut right, trial).await
+        {
             if let Err(status) = outcome {
                 assert!(
                     matches!(

@@ -91,38 +91,47 @@ pub(crate) async fn read_check_write(
     request: &Request,
     write_kind: WriteKind,
 ) -> Result<Attempt, LedgerError> {
+    again_while_store_aborts(core, || async {
+        let tx = core.store.begin().await?;
+        read_check_write_in(core, tx, mode, request, write_kind).await
+    })
+    .await
+}
+
+/// Tries of a step whose transaction the store aborted (PostgreSQL's 40001
+/// at repeatable read and serializable, 40P01): each starts again from the
+/// reads, so it decides on what is there now. Past this, ABORTED.
+const STORE_ABORT_TRIES_MAX: u32 = 8;
+
+/// Runs `attempt` again while the store aborts its transaction, up to
+/// [`STORE_ABORT_TRIES_MAX`] tries in all, waiting between tries a full
+/// jitter up to 1 ms doubling to 16 ms (from the seeded generator), so that
+/// the transactions that collided do not collide again at once. Each
+/// attempt must begin its own transaction.
+pub(crate) async fn again_while_store_aborts<T, Fut>(
+    core: &Core,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, LedgerError>
+where
+    Fut: Future<Output = Result<T, LedgerError>>,
+{
     let mut tries = 0;
     loop {
         tries += 1;
-        let tx = core.store.begin().await?;
-        match read_check_write_in(core, tx, mode, request, write_kind).await {
+        match attempt().await {
             Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
                 tracing::debug!(%error, tries, "the store aborted the transaction; again from the reads");
-                after_store_abort(core, tries).await;
+                let ceiling_us = 1_000u64 << tries.min(4);
+                let wait = std::time::Duration::from_micros(core.random_up_to(ceiling_us));
+                tokio::time::sleep(wait).await;
             }
             outcome => return outcome,
         }
     }
 }
 
-/// Tries of a step whose transaction the store aborted (PostgreSQL's 40001
-/// at repeatable read and serializable, 40P01): each starts again from the
-/// reads, so it decides on what is there now. Past this, ABORTED.
-pub(crate) const STORE_ABORT_TRIES_MAX: u32 = 8;
-
-/// Waits before trying an aborted transaction again: full jitter up to 1 ms
-/// doubling to 16 ms (from the seeded generator), so that the transactions
-/// that collided do not collide again at once.
-pub(crate) async fn after_store_abort(core: &Core, tries: u32) {
-    let ceiling_us = 1_000u64 << tries.min(4);
-    tokio::time::sleep(std::time::Duration::from_micros(
-        core.random_up_to(ceiling_us),
-    ))
-    .await;
-}
-
 /// Whether `error` is a transaction the store aborted, worth another try.
-pub(crate) fn aborted_by_store(error: &LedgerError) -> bool {
+fn aborted_by_store(error: &LedgerError) -> bool {
     matches!(error, LedgerError::Store(StoreError::Serialization(_)))
 }
 

@@ -17,8 +17,8 @@ use std::{
 use tokio::sync::OwnedMutexGuard;
 
 use super::{
-    Applied, Attempt, Request, STORE_ABORT_TRIES_MAX, WriteKind, aborted_by_store,
-    after_store_abort, read_check_write, read_check_write_in,
+    Applied, Attempt, Request, WriteKind, again_while_store_aborts, read_check_write,
+    read_check_write_in,
 };
 use crate::{
     bank::{AccountId, EntryKind},
@@ -61,16 +61,8 @@ impl MutexMode {
                 // At repeatable read and above the snapshot is taken by the
                 // lock statement, before its wait: a write after the wait
                 // may be aborted (40001). Then the locks are taken again.
-                let mut tries = 0;
-                loop {
-                    tries += 1;
-                    match self.locked_in_store(core, &order, request).await {
-                        Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
-                            after_store_abort(core, tries).await;
-                        }
-                        attempt => break attempt?,
-                    }
-                }
+                again_while_store_aborts(core, || self.locked_in_store(core, &order, request))
+                    .await?
             }
         };
         match attempt {

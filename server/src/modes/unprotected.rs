@@ -6,8 +6,8 @@
 use std::{collections::HashSet, sync::Arc};
 
 use super::{
-    Applied, Attempt, Planned, Request, STORE_ABORT_TRIES_MAX, WriteKind, aborted_by_store,
-    after_store_abort, commit_attempt, commit_in, read_and_plan, replay,
+    Applied, Attempt, Planned, Request, WriteKind, again_while_store_aborts, commit_attempt,
+    commit_in, read_and_plan, replay,
 };
 use crate::{
     bank::{self, EntryKind, Operation, RequestId},
@@ -21,25 +21,16 @@ use crate::{
 
 /// Runs `request` with no protection at all.
 pub(crate) async fn execute(core: &Arc<Core>, request: &Request) -> Result<Applied, LedgerError> {
-    let mut tries = 0;
-    let attempt = loop {
-        tries += 1;
+    let attempt = again_while_store_aborts(core, || async {
         let mut tx = core.store.begin().await?;
-        let planned = read_and_plan(core, &mut tx, Mode::Unsafe, request, WriteKind::Blind).await;
-        let attempt = match planned {
-            Ok(planned) if matches!(request.op, Operation::Transfer { .. }) => {
-                commit_legs_apart(core, tx, planned).await
-            }
-            Ok(planned) => commit_attempt(core, tx, planned.commit, &planned.fingerprint).await,
-            Err(error) => Err(error),
-        };
-        match attempt {
-            Err(error) if aborted_by_store(&error) && tries < STORE_ABORT_TRIES_MAX => {
-                after_store_abort(core, tries).await;
-            }
-            attempt => break attempt?,
+        let planned = read_and_plan(core, &mut tx, Mode::Unsafe, request, WriteKind::Blind).await?;
+        if matches!(request.op, Operation::Transfer { .. }) {
+            commit_legs_apart(core, tx, planned).await
+        } else {
+            commit_attempt(core, tx, planned.commit, &planned.fingerprint).await
         }
-    };
+    })
+    .await?;
     match attempt {
         Attempt::Applied(applied) => Ok(applied),
         // A blind write has no guard to fail.

@@ -20,8 +20,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, error::SqlState};
 
 use super::{
-    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreTx, decode_record, encode_record,
-    now_unix_ns,
+    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreTx, Write, decode_record,
+    encode_record, now_unix_ns,
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
@@ -413,137 +413,105 @@ impl PgTx {
             .await
     }
 
-    /// Sends every statement of `commit` at once (one round trip), and
-    /// sorts out what they did.
+    /// Sends every statement of `commit` at once (one round trip, BEGIN
+    /// with them when the transaction has not begun), and sorts out what
+    /// they did.
     async fn write(&mut self, commit: &Commit) -> Result<Written, tokio_postgres::Error> {
-        let client = self.client.as_ref().expect("checked by the caller");
+        let Self {
+            client,
+            replica,
+            begin,
+            begun,
+        } = self;
+        let client = client.as_ref().expect("checked by the caller");
         let mut entry = commit.entry.clone();
         entry.time_unix_ns = now_unix_ns();
         let entry_bytes = encode_record(&entry);
         let kind = format!("{:?}", entry.kind);
         let request_id = entry.request_id.as_ref().map(RequestId::as_str);
-        let request_bytes = commit
-            .request
-            .as_ref()
-            .map(|(_, record)| encode_record(record));
-        let versions: Vec<(i64, i64)> = commit
-            .writes
-            .iter()
-            .map(|write| {
-                (
-                    i64::try_from(write.new.version).unwrap_or(i64::MAX),
-                    match write.guard {
-                        Guard::Version(expected) => i64::try_from(expected).unwrap_or(i64::MAX),
-                        Guard::Blind | Guard::Absent => 0,
-                    },
-                )
+        let replica: &str = replica;
+        let begin: &'static str = begin;
+        let request_statement = client
+            .prepare_cached(if commit.replace_request {
+                SQL_REQUEST_REPLACE
+            } else {
+                SQL_REQUEST
             })
-            .collect();
-        let request_sql = if commit.replace_request {
-            SQL_REQUEST_REPLACE
-        } else {
-            SQL_REQUEST
-        };
-        let (request_statement, journal_statement) = tokio::try_join!(
-            client.prepare_cached(request_sql),
-            client.prepare_cached(SQL_JOURNAL)
-        )?;
-        let mut write_statements = Vec::with_capacity(commit.writes.len());
-        for write in &commit.writes {
-            write_statements.push(
-                client
-                    .prepare_cached(match write.guard {
-                        Guard::Blind => SQL_BLIND,
-                        Guard::Version(_) => SQL_VERSION,
-                        Guard::Absent => SQL_ABSENT,
-                    })
-                    .await?,
-            );
+            .await?;
+        let journal_statement = client.prepare_cached(SQL_JOURNAL).await?;
+        // Rows are read-guarded and written in account order, whatever the
+        // request's order: two transfers crossing the same accounts then
+        // lock their rows in one order and never deadlock in PostgreSQL.
+        let mut guarded: Vec<&(AccountId, u64)> = commit.reads.iter().collect();
+        guarded.sort();
+        let mut reads = Vec::with_capacity(guarded.len());
+        for (account, version) in guarded {
+            reads.push((
+                account,
+                *version,
+                client.prepare_cached(SQL_READ_GUARD).await?,
+            ));
+        }
+        let mut writes: Vec<&Write> = commit.writes.iter().collect();
+        writes.sort_by(|a, b| a.account.cmp(&b.account));
+        let mut statements = Vec::with_capacity(writes.len());
+        for write in writes {
+            let sql = match write.guard {
+                Guard::Blind => SQL_BLIND,
+                Guard::Version(_) => SQL_VERSION,
+                Guard::Absent => SQL_ABSENT,
+            };
+            statements.push((write, client.prepare_cached(sql).await?));
         }
         // Sent in this order, read back in this order: tokio-postgres
         // pipelines statements issued before the first answer comes.
         let request = async {
-            match (&commit.request, &request_bytes) {
-                (Some((id, _)), Some(bytes)) => client
-                    .execute(&request_statement, &[&id.as_str(), bytes])
+            match &commit.request {
+                Some((id, record)) => client
+                    .execute(&request_statement, &[&id.as_str(), &encode_record(record)])
                     .await
                     .map(Some),
-                _ => Ok(None),
-            }
-        };
-        // Rows are written in account order, whatever the request's order:
-        // two transfers crossing the same accounts then lock their rows in
-        // one order and never deadlock in PostgreSQL.
-        let mut order: Vec<usize> = (0..commit.writes.len()).collect();
-        order.sort_by(|a, b| commit.writes[*a].account.cmp(&commit.writes[*b].account));
-        let writes = futures_util::future::join_all(
-            order
-                .iter()
-                .map(|&index| {
-                    (
-                        &commit.writes[index],
-                        &write_statements[index],
-                        &versions[index],
-                    )
-                })
-                .map(|(write, statement, (version, expected))| {
-                    let id = write.account.as_str();
-                    let balance = write.new.balance_cents;
-                    async move {
-                        match write.guard {
-                            Guard::Version(_) => {
-                                client
-                                    .execute(statement, &[&id, &balance, version, expected])
-                                    .await
-                            }
-                            Guard::Blind | Guard::Absent => {
-                                client.execute(statement, &[&id, &balance, version]).await
-                            }
-                        }
-                    }
-                }),
-        );
-        let replica: &str = &self.replica;
-        let journal_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&replica, &kind, &request_id, &entry_bytes];
-        let journal = client.query_one(&journal_statement, &journal_params);
-        // Marked begun before BEGIN is sent: if this future is dropped
-        // half way (a client's deadline), Drop rolls back instead of
-        // handing the pool a connection with a transaction open.
-        let needs_begin = !std::mem::replace(&mut self.begun, true);
-        let begin = async {
-            if needs_begin {
-                client.batch_execute(self.begin).await
-            } else {
-                Ok(())
+                None => Ok(None),
             }
         };
         // Read guards: the row still at the version read, and share-locked
         // until the commit, so no one writes it under this transaction.
-        let read_statement = if commit.reads.is_empty() {
-            None
-        } else {
-            Some(client.prepare_cached(SQL_READ_GUARD).await?)
-        };
-        let mut guarded: Vec<(&AccountId, i64)> = commit
-            .reads
-            .iter()
-            .map(|(account, version)| (account, i64::try_from(*version).unwrap_or(i64::MAX)))
-            .collect();
-        guarded.sort();
-        let reads =
-            futures_util::future::join_all(guarded.iter().filter_map(|(account, version)| {
-                let statement = read_statement.as_ref()?;
-                Some(async move {
-                    client
-                        .query_opt(statement, &[&account.as_str(), version])
-                        .await
-                        .map(|row| (*account, row.is_some()))
-                })
-            }));
-        let (began, request, reads, writes, journal) =
-            tokio::join!(begin, request, reads, writes, journal);
-        began?;
+        let reads = futures_util::future::join_all(reads.iter().map(
+            |(account, version, statement)| async move {
+                // Versions are checked to fit a BIGINT before this (finish).
+                let version = i64::try_from(*version).unwrap_or(i64::MAX);
+                let row = client
+                    .query_opt(statement, &[&account.as_str(), &version])
+                    .await?;
+                Ok::<_, tokio_postgres::Error>((*account, row.is_some()))
+            },
+        ));
+        let writes = futures_util::future::join_all(statements.iter().map(
+            |(write, statement)| async move {
+                let id = write.account.as_str();
+                let balance = write.new.balance_cents;
+                let version = i64::try_from(write.new.version).unwrap_or(i64::MAX);
+                let written = match write.guard {
+                    Guard::Version(expected) => {
+                        let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+                        client
+                            .execute(statement, &[&id, &balance, &version, &expected])
+                            .await
+                    }
+                    Guard::Blind | Guard::Absent => {
+                        client.execute(statement, &[&id, &balance, &version]).await
+                    }
+                };
+                written.map(|rows| (&write.account, rows))
+            },
+        ));
+        let journal_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&replica, &kind, &request_id, &entry_bytes];
+        let journal = client.query_one(&journal_statement, &journal_params);
+        let (request, reads, writes, journal) = after_begin(client, begin, begun, async {
+            Ok(tokio::join!(request, reads, writes, journal))
+        })
+        .await?;
         if request? == Some(0) {
             return Ok(Written::Duplicate);
         }
@@ -553,9 +521,10 @@ impl PgTx {
                 return Ok(Written::Conflict(account.clone()));
             }
         }
-        for (index, written) in order.into_iter().zip(writes) {
-            if written? == 0 {
-                return Ok(Written::Conflict(commit.writes[index].account.clone()));
+        for written in writes {
+            let (account, rows) = written?;
+            if rows == 0 {
+                return Ok(Written::Conflict(account.clone()));
             }
         }
         journal?.try_get(0).map(Written::Done)

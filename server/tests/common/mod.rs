@@ -63,3 +63,25 @@ pub(crate) async fn connect(url: &str) -> Channel {
     }
     panic!("cannot connect to {url}");
 }
+
+/// Opens each of `accounts` with `cents` through the ledger at `url`.
+pub(crate) async fn open_accounts(url: &str, accounts: &[&str], cents: i64) {
+    let mut ledger = overdraft_proto::v1::ledger_client::LedgerClient::new(connect(url).await);
+    for account in accounts {
+        ledger
+            .open_account(overdraft_proto::v1::OpenAccountRequest {
+                account_id: (*account).into(),
+                initial_balance_cents: cents,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+/// Kills `child` with SIGKILL and reaps it.
+pub(crate) async fn sigkill(child: &mut Child) {
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    child.wait().await.unwrap();
+}
