@@ -2,7 +2,7 @@
 //! `build.rs` from `proto/overdraft/v1/ledger.proto`.
 //!
 //! # Layout
-//! - [`v1`]: messages, the `Ledger` and `Admin` clients and servers.
+//! - [`v1`]: messages, the `Ledger`, `Admin`, `Chaos` and `Replica` clients and servers.
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`admin_token`]: how Admin and Chaos calls carry the admin token.
 //! - [`error_reason`]: why a call was refused or aborted, as a structured detail.
@@ -122,6 +122,12 @@ pub mod error_reason {
     pub const CAS_CONTENTION: &str = "CAS_CONTENTION";
     /// The bank's rules refused the debit (FAILED_PRECONDITION).
     pub const REFUSED: &str = "REFUSED";
+    /// The replica asked does not own the account (actor mode across
+    /// replicas) and the call was forwarded once already (UNAVAILABLE).
+    pub const NOT_OWNER: &str = "NOT_OWNER";
+    /// An actor owner's write was refused by the fencing token: its lease
+    /// had passed to another replica (ABORTED).
+    pub const LEASE_LOST: &str = "LEASE_LOST";
 
     /// A status with `code`, `message` and the reason as an ErrorInfo detail.
     pub fn status(code: tonic::Code, message: String, reason: &str) -> tonic::Status {

@@ -195,6 +195,20 @@ pub enum LockScope {
     Database,
 }
 
+/// Whether an actor owner's writes carry its lease's fencing token
+/// (actor mode across replicas).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fencing {
+    /// The store refuses a write whose token is older than the account's
+    /// fence: a stale owner (paused past its lease) is turned away.
+    #[default]
+    On,
+    /// An owner writes blind, trusting its lease as a mutex trusts its
+    /// lock: a stale owner's write lands (Kleppmann's lost update).
+    Off,
+}
+
 /// The isolation level of each operation's transaction, on a store that
 /// has transactions (PostgreSQL).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -287,6 +301,10 @@ impl From<String> for DatabaseUrl {
     }
 }
 
+/// Longest owner lease (`--lease-ttl-ms`): a minute; a longer one only
+/// keeps an account unserved longer after its owner dies.
+pub const LEASE_TTL_MS_MAX: u64 = 60_000;
+
 /// Most database connections a replica may keep (`--pool-size`).
 pub const POOL_SIZE_LIMIT: u64 = 256;
 
@@ -341,6 +359,22 @@ pub struct Config {
     /// With `--store postgres`: connections this replica keeps to the database.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=POOL_SIZE_LIMIT))]
     pub pool_size: u64,
+
+    /// With `--store postgres`: where the other replicas reach this one, to
+    /// forward calls for the accounts it owns in actor mode
+    /// (default: http://LISTEN when it names one address, else http://HOSTNAME:PORT).
+    #[arg(long, env = "OVERDRAFT_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// With `--store postgres`: how long an actor owner's lease on an account runs
+    /// unrenewed; a paused owner loses its accounts after this.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(10..=LEASE_TTL_MS_MAX))]
+    pub lease_ttl_ms: u64,
+
+    /// With `--store postgres`: `on` has the database refuse a stale actor
+    /// owner's write (fencing tokens); `off` lets it land.
+    #[arg(long, value_enum, default_value_t = Fencing::On)]
+    pub fencing: Fencing,
 
     /// `sync`: acknowledge only after the operation is flushed (group commit).
     #[arg(long, value_enum, default_value_t = Durability::None)]
@@ -458,10 +492,13 @@ impl Config {
             _ if self.lock_scope == LockScope::Database && self.store != StoreKind::Postgres => {
                 Err("--lock-scope database needs --store postgres (the locks live there)".into())
             }
-            (StoreKind::Postgres, ..) if self.mode == Mode::Actor => Err(format!(
-                "--mode actor with --store postgres: {}",
-                crate::engine::ACTOR_ACROSS_REPLICAS
-            )),
+            _ if self.fencing == Fencing::Off && self.store != StoreKind::Postgres => Err(
+                "--fencing needs --store postgres (fencing tokens guard writes across replicas)"
+                    .into(),
+            ),
+            _ if self.advertise.is_some() && self.store != StoreKind::Postgres => {
+                Err("--advertise needs --store postgres (only replicas forward calls)".into())
+            }
             _ if self.isolation != Isolation::ReadCommitted && self.store != StoreKind::Postgres => {
                 Err("--isolation needs --store postgres (sled and memory have no transactions)".into())
             }
@@ -554,16 +591,10 @@ mod tests {
             &["--store", "memory", "--data-dir", "/tmp/x"],
             &["--data-dir"],
         );
+        refused(&["--fencing", "off"], &["--fencing", "--store postgres"]);
         refused(
-            &[
-                "--store",
-                "postgres",
-                "--database-url",
-                "x",
-                "--mode",
-                "actor",
-            ],
-            &["--mode actor", "leases", "cas"],
+            &["--advertise", "http://a:1"],
+            &["--advertise", "--store postgres"],
         );
         refused(
             &["--isolation", "serializable"],
@@ -587,6 +618,17 @@ mod tests {
             "host=/tmp",
             "--lock-scope",
             "database",
+        ])
+        .unwrap();
+        parsed(&[
+            "--store",
+            "postgres",
+            "--database-url",
+            "host=/tmp",
+            "--mode",
+            "actor",
+            "--fencing",
+            "off",
         ])
         .unwrap();
         parsed(&[]).unwrap();

@@ -26,7 +26,10 @@ use crate::{
     durability::GroupCommit,
     error::LedgerError,
     journal::{JournalEntry, OpenTransfers, RequestRecord},
-    modes::{Applied, Request, actor, cas, mutex::MutexMode, replay, unprotected},
+    modes::{
+        Applied, Request, actor, cas, legs::LegWork, mutex::MutexMode, ownership::Ownership,
+        replay, unprotected,
+    },
     race::RaceHook,
     stats::{Method, Stats},
     store::{Commit, Guard, Store, StoreError, Write},
@@ -48,11 +51,6 @@ pub struct Engine {
     /// found at start; cleared by Reset.
     half_applied: std::sync::Mutex<HashSet<RequestId>>,
 }
-
-/// Why actor mode is refused on a shared store.
-pub const ACTOR_ACROSS_REPLICAS: &str = "actor mode owns accounts per process, which protects nothing when \
-     replicas share a PostgreSQL store (owner leases with fencing tokens are not built yet); \
-     use cas, or mutex with --lock-scope database";
 
 impl Engine {
     /// Builds the engine over `store`, finishes any transfer left in flight,
@@ -91,8 +89,9 @@ impl Engine {
         }
         let durable =
             (config.durability == Durability::Sync).then(|| GroupCommit::start(Arc::clone(&core)));
+        let ownership = ownership(config, &store);
         Ok(Arc::new(Self {
-            actor: Arc::new(actor::ActorMode::start(&core)),
+            actor: Arc::new(actor::ActorMode::start(&core, ownership)),
             core,
             mode: Arc::new(RwLock::new(config.mode)),
             mode_index: AtomicUsize::new(config.mode.index()),
@@ -121,11 +120,25 @@ impl Engine {
     /// Applies one mutation in the current mode; acknowledges only once it is
     /// durable when durability is `sync`.
     pub async fn execute(&self, request: Request) -> Result<Applied, LedgerError> {
+        self.execute_from(request, false).await
+    }
+
+    /// [`Self::execute`] for a call another replica forwarded here as the
+    /// account's owner (actor mode across replicas): not forwarded again.
+    pub async fn execute_forwarded(&self, request: Request) -> Result<Applied, LedgerError> {
+        self.execute_from(request, true).await
+    }
+
+    async fn execute_from(
+        &self,
+        request: Request,
+        forwarded: bool,
+    ) -> Result<Applied, LedgerError> {
         let started = Instant::now();
         let method = Method::of(&request.op);
         let guard = Arc::clone(&self.mode).read_owned().await;
         let mode = *guard;
-        let outcome = self.execute_in(mode, request, guard).await;
+        let outcome = self.execute_in(mode, request, guard, forwarded).await;
         let code = outcome
             .as_ref()
             .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
@@ -140,10 +153,11 @@ impl Engine {
         mode: Mode,
         request: Request,
         guard: ModeGuard,
+        forwarded: bool,
     ) -> Result<Applied, LedgerError> {
         let outcome = match self.replay_if_known(&request).await? {
             Some(applied) => Ok(applied),
-            None => self.run_in(mode, request, guard).await,
+            None => self.run_in(mode, request, guard, forwarded).await,
         };
         self.count(mode, &outcome);
         let applied = outcome?;
@@ -166,13 +180,34 @@ impl Engine {
         mode: Mode,
         request: Request,
         guard: ModeGuard,
+        forwarded: bool,
     ) -> Result<Applied, LedgerError> {
         match mode {
             Mode::Unsafe => unprotected::execute(&self.core, &request).await,
             Mode::Mutex => self.mutex.execute(&self.core, &request).await,
             Mode::Cas => cas::execute(&self.core, &request).await,
-            Mode::Actor => self.actor.execute(&self.core, request, guard).await,
+            Mode::Actor => {
+                self.actor
+                    .execute(&self.core, request, guard, forwarded)
+                    .await
+            }
         }
+    }
+
+    /// Applies a transfer's credit (or refund) leg that another replica
+    /// handed over, on an account this replica owns (actor mode across
+    /// replicas). Waits until it is durable, like an operation.
+    pub(crate) async fn receive_leg(&self, leg: LegWork) -> Result<Applied, LedgerError> {
+        let guard = Arc::clone(&self.mode).read_owned().await;
+        if *guard != Mode::Actor {
+            return Err(LedgerError::Unsupported(format!(
+                "this replica is in {} mode and a transfer leg is actor mode's; set every replica's mode together (atm load --target A,B,C does)",
+                *guard
+            )));
+        }
+        let applied = self.actor.receive_leg(&self.core, leg, guard).await?;
+        self.wait_durable().await?;
+        Ok(applied)
     }
 
     async fn replay_if_known(&self, request: &Request) -> Result<Option<Applied>, LedgerError> {
@@ -312,9 +347,6 @@ impl Engine {
 
     /// Switches mode once every operation in flight has finished in its own.
     pub async fn set_mode(&self, mode: Mode) -> Result<(), LedgerError> {
-        if mode == Mode::Actor && self.core.store.shared() {
-            return Err(LedgerError::Unsupported(ACTOR_ACROSS_REPLICAS.into()));
-        }
         let mut current = self.mode.write().await;
         if *current != mode {
             tracing::info!(from = %*current, to = %mode, "mode switched");
@@ -391,4 +423,22 @@ impl Engine {
         self.core.store.flush()?;
         Ok(())
     }
+}
+
+/// Actor ownership across replicas, when the store is shared and has leases.
+fn ownership(config: &Config, store: &Arc<dyn Store>) -> Option<Ownership> {
+    store.leases()?;
+    let holder = store.replica().unwrap_or("ledger").to_owned();
+    let address = config
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
+    Some(Ownership::new(
+        Arc::clone(store),
+        holder,
+        address,
+        std::time::Duration::from_millis(config.lease_ttl_ms),
+        config.fencing,
+        config.admin_token.clone(),
+    ))
 }

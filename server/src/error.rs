@@ -92,6 +92,33 @@ pub enum LedgerError {
     /// The server is stopping. UNAVAILABLE.
     #[error("the ledger is shutting down")]
     ShuttingDown,
+    /// Actor mode across replicas: another replica owns the account, and
+    /// this call was forwarded once already. UNAVAILABLE.
+    #[error(
+        "account {account} is owned by replica {holder}, and this call was forwarded once already; retry"
+    )]
+    NotOwner {
+        /// The account.
+        account: AccountId,
+        /// The replica that holds its lease.
+        holder: String,
+    },
+    /// Actor mode across replicas: the store refused this owner's write,
+    /// because another replica took the account's lease since (the owner
+    /// was paused past it). ABORTED.
+    #[error(
+        "the lease on account {account} passed to another replica while this one held it; its write under fencing token {token} was refused; retry"
+    )]
+    LeaseLost {
+        /// The account.
+        account: AccountId,
+        /// The stale owner's token.
+        token: u64,
+    },
+    /// Actor mode across replicas: the replica that owns the account
+    /// answered this (forwarded) call; its status passes through.
+    #[error("{}", .0.message())]
+    Peer(tonic::Status),
     /// Storage failed. INTERNAL.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -114,7 +141,10 @@ impl LedgerError {
             }
             LedgerError::Deadlock { .. }
             | LedgerError::LockTimeout { .. }
-            | LedgerError::Contention { .. } => Code::Aborted,
+            | LedgerError::Contention { .. }
+            | LedgerError::LeaseLost { .. } => Code::Aborted,
+            LedgerError::NotOwner { .. } => Code::Unavailable,
+            LedgerError::Peer(status) => status.code(),
             LedgerError::InFlight(_)
             | LedgerError::Overloaded { .. }
             | LedgerError::ShuttingDown => Code::Unavailable,

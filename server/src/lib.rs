@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`config`]: the `ledger` command line and the mode and policy enums.
 //! - [`bank`]: money rules with no I/O: ids, amounts, [`bank::apply`].
-//! - [`store`]: the storage trait; sled on disk, or memory.
+//! - [`store`]: the storage trait; sled on disk, memory, or PostgreSQL shared by replicas.
 //! - [`journal`]: journal entries and the replies kept for idempotency.
 //! - [`race`]: the race hook, the one seam where timing faults enter.
 //! - [`chaos`]: faults armed at run time: the barrier, lost acknowledgements.
@@ -18,7 +18,8 @@
 //! - [`audit`]: anomalies found in the journal and balances, as a fold.
 //! - [`export`]: the journal streamed on the wire (Admin.ExportJournal).
 //! - [`service`]: the gRPC services; the one place errors become `Status`.
-//! - [`auth`]: the admin token in front of Admin and Chaos beyond loopback.
+//! - [`auth`]: the admin token in front of Admin, Chaos and Replica beyond loopback.
+//! - [`peers`]: calls to the other replicas (actor mode's forwarding and legs).
 //! - [`stats`]: what the ledger counts and times; [`metrics`]: `/metrics` for Prometheus;
 //!   [`process`]: the process's own CPU time and memory.
 //! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes;
@@ -38,6 +39,7 @@ pub mod export;
 pub mod journal;
 pub mod metrics;
 pub mod modes;
+pub mod peers;
 pub mod process;
 pub mod race;
 pub mod service;
@@ -49,6 +51,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use overdraft_proto::v1::{
     admin_server::AdminServer, chaos_server::ChaosServer, ledger_server::LedgerServer,
+    replica_server::ReplicaServer,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::{service::interceptor::InterceptedService, transport::server::TcpIncoming};
@@ -85,6 +88,18 @@ pub async fn open_store(config: &Config, addr: SocketAddr) -> anyhow::Result<Arc
         None => SledStore::temporary()?,
     };
     Ok(Arc::new(store))
+}
+
+/// Where other replicas reach this one when `--advertise` is not given:
+/// the listening address, or the host's name when it listens on every one.
+fn advertised(addr: SocketAddr) -> String {
+    if !addr.ip().is_unspecified() {
+        return format!("http://{addr}");
+    }
+    let host = nix::unistd::gethostname()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("http://{host}:{}", addr.port())
 }
 
 #[cfg(not(feature = "shuttle"))]
@@ -164,6 +179,10 @@ pub async fn run_with_metrics(
         overdraft = ?config.overdraft_policy(),
         "ledger starting"
     );
+    let mut config = config;
+    if config.store == StoreKind::Postgres && config.advertise.is_none() {
+        config.advertise = Some(advertised(addr));
+    }
     let store = open_store(&config, addr).await?;
     let engine = Engine::start(&config, store)
         .await
@@ -192,6 +211,9 @@ pub async fn run_with_metrics(
     let admin = AdminServer::new(service.clone())
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let replica = ReplicaServer::new(service.clone())
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let chaos = ChaosServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -215,6 +237,7 @@ pub async fn run_with_metrics(
         .add_service(reflection)
         .add_service(ledger)
         .add_service(InterceptedService::new(admin, guard.clone()))
+        .add_service(InterceptedService::new(replica, guard.clone()))
         .add_service(InterceptedService::new(chaos, guard))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;

@@ -104,7 +104,7 @@ impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let stats = &self.engine.stats();
         type Read = fn(&crate::stats::ModeCounters) -> &std::sync::atomic::AtomicU64;
-        let per_mode: [(&str, &str, Read); 4] = [
+        let per_mode: [(&str, &str, Read); 6] = [
             (
                 "overdraft_refusals",
                 "Operations the bank's rules refused, by mode (zeroed by Admin.Reset)",
@@ -124,6 +124,16 @@ impl Collector for Snapshot {
                 "overdraft_deadlocks_detected",
                 "Lock waits past the bound while holding another lock (zeroed by Admin.Reset)",
                 |c| &c.deadlocks_detected,
+            ),
+            (
+                "overdraft_forwarded",
+                "Actor calls and transfer legs handed to the replica owning the account (zeroed by Admin.Reset)",
+                |c| &c.forwarded,
+            ),
+            (
+                "overdraft_stale_writes_fenced",
+                "Actor writes the store refused for a stale lease's fencing token (zeroed by Admin.Reset)",
+                |c| &c.stale_writes_fenced,
             ),
         ];
         for (name, help, read) in per_mode {

@@ -38,6 +38,12 @@ pub struct ModeCounters {
     pub aborts: AtomicU64,
     /// Lock waits past the bound in mutex mode.
     pub deadlocks_detected: AtomicU64,
+    /// Calls and transfer legs an actor replica handed to the replica
+    /// owning the account.
+    pub forwarded: AtomicU64,
+    /// Writes the store refused for carrying a stale lease's fencing token:
+    /// each one a step-down of an actor owner that had lost its lease.
+    pub stale_writes_fenced: AtomicU64,
 }
 
 /// The calls that move or read money, as the metrics name them.
@@ -248,6 +254,8 @@ impl Stats {
                 &counters.retries,
                 &counters.aborts,
                 &counters.deadlocks_detected,
+                &counters.forwarded,
+                &counters.stale_writes_fenced,
             ] {
                 counter.store(0, Ordering::Relaxed);
             }

@@ -60,6 +60,8 @@ struct Outcome {
     balances_match: bool,
     operations: u64,
     replicas_used: usize,
+    /// Calls and legs a replica handed to another (actor only).
+    forwarded: u64,
 }
 
 /// Opens the accounts through the first replica, runs every ATM against
@@ -104,10 +106,12 @@ async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Co
     let audit = ledgers[REPLICAS - 1].audit().await;
     let mut operations = 0;
     let mut replicas_used = 0;
+    let mut forwarded = 0;
     for ledger in &mut ledgers {
-        let done = overdraft_tests::mode_stats(&ledger.stats().await, mode).operations;
-        operations += done;
-        replicas_used += usize::from(done > 0);
+        let stats = overdraft_tests::mode_stats(&ledger.stats().await, mode);
+        operations += stats.operations;
+        replicas_used += usize::from(stats.operations > 0);
+        forwarded += stats.forwarded;
     }
     for ledger in ledgers {
         ledger.running.stop().await.unwrap();
@@ -118,6 +122,7 @@ async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Co
         balances_match,
         operations,
         replicas_used,
+        forwarded,
     }
 }
 
@@ -676,33 +681,145 @@ async fn the_proxy_spreads_connections_over_replicas() {
     }
 }
 
-/// Goal: actor mode, whose ownership lives in each process, is refused on
-/// a store replicas share, with what to use instead, and nothing changes.
-/// Method: SetMode(actor) on a replica.
+/// Goal: actor mode holds across replicas once each account has one owner
+/// among them: the replica holding its lease row, whose writes carry the
+/// lease's fencing token. Method: as for cas; an ATM's call reaching a
+/// replica that does not own the account is forwarded to the one that
+/// does, and a transfer's credit is handed to its account's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actor_mode_is_refused_on_a_shared_store() {
-    let mut ledgers = replicas_with("actor", 1, Mode::Cas, 1, |_| {}).await;
-    let refused = ledgers[0]
+async fn fenced_actor_holds_across_three_replicas() {
+    for seed in 0..3 {
+        let outcome = run("actor", Mode::Actor, seed).await;
+        assert_eq!(outcome.replicas_used, REPLICAS, "seed {seed}");
+        assert!(outcome.operations > 0);
+        assert!(
+            outcome.forwarded > 0,
+            "seed {seed}: with 12 ATMs over 3 replicas some calls reach a non-owner"
+        );
+        outcome
+            .model
+            .check_chains()
+            .unwrap_or_else(|e| panic!("actor seed {seed}: {e}"));
+        assert!(outcome.balances_match, "actor seed {seed}");
+        assert!(
+            outcome.audit.clean,
+            "actor seed {seed}: {:?}",
+            outcome.audit.findings
+        );
+        assert_eq!(outcome.audit.money_delta_cents, 0);
+    }
+}
+
+/// How a paused owner's withdrawal ended, and what the ledger holds after.
+struct PausedOwner {
+    stale: Result<pb::MutationReply, tonic::Status>,
+    fresh: Result<pb::MutationReply, tonic::Status>,
+    balance: i64,
+    audit: pb::AuditReply,
+    /// Writes replica A's store refused for a stale token.
+    fenced_on_a: u64,
+}
+
+/// Replica A owns "acct" and pauses 1.5 s between reading its balance and
+/// writing it, five times its 300 ms lease; 0.7 s in, replica B takes the
+/// lapsed lease and withdraws. Both withdraw $60 of $100.
+async fn paused_owner(fencing: overdraft_server::config::Fencing) -> PausedOwner {
+    let mut ledgers = replicas_with(&format!("paused_{fencing:?}"), 2, Mode::Actor, 1, |c| {
+        c.fencing = fencing;
+        c.lease_ttl_ms = 300;
+        c.race_window_ms_min = 0;
+        c.race_window_ms = 0;
+    })
+    .await;
+    ledgers[0].reset(&[("acct", 10_000)]).await;
+    // The pause is the race hook's, on replica A only: settings are per replica.
+    ledgers[0]
         .admin
-        .set_mode(pb::SetModeRequest {
-            mode: pb::Mode::from(Mode::Actor).into(),
+        .configure(pb::ConfigureRequest {
+            race_window_ms_min: Some(1_500),
+            race_window_ms_max: Some(1_500),
+            ..Default::default()
         })
         .await
-        .unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        refused.message().contains("lock-scope database"),
-        "{refused:?}"
-    );
-    let mode = ledgers[0]
-        .admin
-        .get_mode(pb::GetModeRequest {})
-        .await
         .unwrap();
-    assert_eq!(mode.into_inner().mode, i32::from(pb::Mode::from(Mode::Cas)));
+    let withdrawal = |n: u32| pb::WithdrawRequest {
+        account_id: "acct".into(),
+        amount_cents: 6_000,
+        request_id: format!("paused-{n}"),
+        joint_account_id: String::new(),
+    };
+    let mut stale_client = ledgers[0].new_ledger_client().await;
+    let stale = tokio::spawn(async move {
+        stale_client
+            .withdraw(withdrawal(0))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let fresh = ledgers[1]
+        .ledger
+        .withdraw(withdrawal(1))
+        .await
+        .map(tonic::Response::into_inner);
+    let stale = stale.await.unwrap();
+    let balance = ledgers[1].balance("acct").await.balance_cents;
+    let audit = ledgers[1].audit().await;
+    let fenced_on_a =
+        overdraft_tests::mode_stats(&ledgers[0].stats().await, Mode::Actor).stale_writes_fenced;
     for ledger in ledgers {
         ledger.running.stop().await.unwrap();
     }
+    PausedOwner {
+        stale,
+        fresh,
+        balance,
+        audit,
+        fenced_on_a,
+    }
+}
+
+/// Goal: the lesson of Kleppmann's "How to do distributed locking". A
+/// replica paused past its lease wakes believing it still owns the account
+/// and writes: without fencing the write lands over the new owner's, and
+/// $120 leaves a $100 account that shows $40; with fencing the database
+/// refuses the stale token, the old owner steps down and hands the call to
+/// the new one, which refuses it for want of funds. Method: `paused_owner`
+/// with `--fencing off`, then on (the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owners_stale_write_lands_unfenced_and_is_refused_fenced() {
+    use overdraft_server::config::Fencing;
+    let unfenced = paused_owner(Fencing::Off).await;
+    let fresh = unfenced.fresh.expect("the new owner's withdrawal");
+    let stale = unfenced
+        .stale
+        .expect("without fencing the stale write lands");
+    assert_eq!(fresh.balance_cents, 4_000);
+    assert_eq!(
+        stale.balance_cents, 4_000,
+        "the stale owner wrote 100 - 60 over the new owner's 40"
+    );
+    assert_eq!(unfenced.balance, 4_000, "a lost update");
+    assert!(
+        !unfenced.audit.clean,
+        "the audit finds the lost update: {:?}",
+        unfenced.audit
+    );
+    assert_eq!(unfenced.audit.money_delta_cents, 6_000);
+    assert_eq!(unfenced.fenced_on_a, 0);
+
+    let fenced = paused_owner(Fencing::On).await;
+    let fresh = fenced.fresh.expect("the new owner's withdrawal");
+    assert_eq!(fresh.balance_cents, 4_000);
+    let refused = fenced.stale.expect_err("the fenced stale write is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "handed to the new owner, which refuses it for want of funds: {refused:?}"
+    );
+    assert_eq!(fenced.fenced_on_a, 1, "one stale write, one step-down");
+    assert_eq!(fenced.balance, 4_000);
+    assert!(fenced.audit.clean, "{:?}", fenced.audit.findings);
+    assert_eq!(fenced.audit.money_delta_cents, 0);
 }
 
 /// Goal: an audit through one replica while another writes sees the

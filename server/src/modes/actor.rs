@@ -8,6 +8,11 @@
 //! money is in flight: the journal's debit entry has no credit yet, and the
 //! audit counts it. If the server dies in between, [`recover_in_flight`]
 //! finishes the credit at the next start, so a transfer is all or nothing.
+//!
+//! Across replicas of one store, an account's owner is the replica holding
+//! its lease ([`Ownership`]): a call for an account owned elsewhere is
+//! forwarded there once, a transfer's credit is handed to the credited
+//! account's owner, and each owner writes under its lease's fencing token.
 
 use std::{
     collections::hash_map::DefaultHasher,
@@ -19,16 +24,19 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Applied, Attempt, Request, WriteKind, commit_attempt, read_check_write, read_then_decide,
-    writes_for,
+    Applied, Attempt, Request, WriteKind, commit_attempt,
+    legs::{LegWork, applied_from_wire, credit_for, refund_for},
+    ownership::{self, Owner, Ownership},
+    read_check_write, read_then_decide, writes_for,
 };
 use crate::{
-    bank::{self, Account, AccountId, EntryKind, Operation, RequestId},
+    bank::{self, AccountId, EntryKind, Operation},
     config::Mode,
     context::{Core, ModeGuard},
     crash::{self, CrashPoint},
     error::LedgerError,
     journal::{JournalEntry, OpenTransfers, RequestRecord, StoredReply},
+    stats::Stats,
     store::Commit,
 };
 
@@ -43,15 +51,30 @@ const MAILBOX_CAPACITY: usize = 256;
 /// Longest wait for room in a full mailbox before the caller gets UNAVAILABLE.
 const MAILBOX_WAIT_MS_MAX: u64 = 5_000;
 
-/// The owners' mailboxes.
+/// Tries of a call whose owner moved under it (a peer that no longer owns
+/// the account, or this replica's lease lost mid-write): each asks the
+/// lease table anew. Owners move only when a lease runs out, so a second
+/// try nearly always lands; the bound stops a flapping lease.
+const OWNER_TRIES_MAX: u32 = 4;
+
+/// Wait before asking the lease table again, doubled each try: about one
+/// database round trip.
+const OWNER_RETRY_WAIT_MS: u64 = 2;
+
+/// The owners' mailboxes, and across replicas who owns which account.
 #[derive(Debug)]
 pub(crate) struct ActorMode {
     mailboxes: Vec<mpsc::Sender<Envelope>>,
+    /// With a shared store: the leases, and the way to the other replicas.
+    ownership: Option<Ownership>,
 }
 
 #[derive(Debug)]
 struct Envelope {
     work: Work,
+    /// How the owner writes: guarded by version in one process, fenced or
+    /// blind under a lease across replicas.
+    write: WriteKind,
     reply: oneshot::Sender<Result<Applied, LedgerError>>,
     /// The caller's hold on the mode, when the work is a whole operation:
     /// released once the owner has applied it, even if the caller has gone,
@@ -67,25 +90,10 @@ enum Work {
     Leg(LegWork),
 }
 
-/// One leg of a cross-owner transfer.
-#[derive(Clone, Debug)]
-pub(crate) struct LegWork {
-    account: AccountId,
-    counterparty: AccountId,
-    amount_cents: i64,
-    kind: EntryKind,
-    transfer_id: String,
-    request_id: Option<RequestId>,
-    fingerprint: String,
-    /// For a credit: the debited account as its leg left it, for the reply.
-    debited: Option<(AccountId, Account)>,
-    /// A refund of a debit whose credit was refused, with the refusal.
-    refund_of: Option<String>,
-}
-
 impl ActorMode {
     /// Spawns the owner tasks. They stop when the mode is dropped.
-    pub(crate) fn start(core: &Arc<Core>) -> Self {
+    /// `ownership` is given when replicas share the store.
+    pub(crate) fn start(core: &Arc<Core>, ownership: Option<Ownership>) -> Self {
         let mailboxes = (0..OWNERS)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(MAILBOX_CAPACITY);
@@ -93,7 +101,10 @@ impl ActorMode {
                 sender
             })
             .collect();
-        Self { mailboxes }
+        Self {
+            mailboxes,
+            ownership,
+        }
     }
 
     /// Messages queued in all the mailboxes, and in the fullest one.
@@ -105,41 +116,202 @@ impl ActorMode {
     }
 
     /// Runs `request` through the owners of its accounts, holding `mode`
-    /// until it is applied.
+    /// until it is applied. `forwarded`: another replica sent it here as
+    /// the owner, so it is not forwarded again.
     pub(crate) async fn execute(
         self: &Arc<Self>,
         core: &Arc<Core>,
         request: Request,
         mode: ModeGuard,
+        forwarded: bool,
     ) -> Result<Applied, LedgerError> {
+        if self.ownership.is_some() {
+            return self
+                .to_the_end(mode, core, move |actor, core| async move {
+                    actor.execute_leased(&core, request, forwarded).await
+                })
+                .await;
+        }
         if let Operation::Transfer { from, to, .. } = &request.op
             && owner_of(from) != owner_of(to)
         {
-            // A transfer across owners must not stop between its legs when
-            // the client goes away and tonic drops this future, so it runs
-            // in its own task, holding the mode until it is done.
-            let actor = Arc::clone(self);
-            let core = Arc::clone(core);
-            let task = tokio::spawn(async move {
-                let outcome = actor.transfer_across(&core, request).await;
-                drop(mode);
-                outcome
-            });
-            return task
-                .await
-                .map_err(|e| LedgerError::Invariant(format!("actor task failed: {e}")))?;
+            return self
+                .to_the_end(mode, core, move |actor, core| async move {
+                    actor
+                        .transfer_across(&core, request, WriteKind::Guarded)
+                        .await
+                })
+                .await;
         }
         // One message to one owner: once sent, it is applied whether or not
         // this future is still polled, and the envelope carries the mode.
         let first = request.op.accounts()[0].clone();
-        self.ask(owner_of(&first), Work::Whole(request), Some(mode))
-            .await
+        self.ask(
+            owner_of(&first),
+            Work::Whole(request),
+            WriteKind::Guarded,
+            Some(mode),
+        )
+        .await
+    }
+
+    /// Runs `work` in a task of its own, holding `mode` until it is done:
+    /// work of several steps (a transfer's legs, a call forwarded to its
+    /// owner) must not stop halfway when the client goes away and tonic
+    /// drops the caller's future.
+    async fn to_the_end<Work, Done>(
+        self: &Arc<Self>,
+        mode: ModeGuard,
+        core: &Arc<Core>,
+        work: Work,
+    ) -> Result<Applied, LedgerError>
+    where
+        Work: FnOnce(Arc<Self>, Arc<Core>) -> Done + Send + 'static,
+        Done: Future<Output = Result<Applied, LedgerError>> + Send + 'static,
+    {
+        let done = work(Arc::clone(self), Arc::clone(core));
+        let task = tokio::spawn(async move {
+            let outcome = done.await;
+            drop(mode);
+            outcome
+        });
+        task.await
+            .map_err(|e| LedgerError::Invariant(format!("actor task failed: {e}")))?
+    }
+
+    /// [`Self::execute`] across replicas: the replica holding the lease on
+    /// the operation's first account runs it (a transfer's credit goes to
+    /// its own account's owner); others forward it there once.
+    async fn execute_leased(
+        self: &Arc<Self>,
+        core: &Arc<Core>,
+        request: Request,
+        forwarded: bool,
+    ) -> Result<Applied, LedgerError> {
+        let Some(ownership) = &self.ownership else {
+            return Err(LedgerError::Invariant("leased actor without leases".into()));
+        };
+        let first = request.op.accounts()[0].clone();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = match ownership.owner(&first).await? {
+                Owner::Peer { holder, .. } if forwarded => {
+                    return Err(LedgerError::NotOwner {
+                        account: first,
+                        holder,
+                    });
+                }
+                Owner::Peer { address, .. } => {
+                    Stats::bump(&core.stats.mode(Mode::Actor).forwarded);
+                    ownership
+                        .peers
+                        .forward(&address, ownership::forward_of(&request))
+                        .await
+                        .and_then(ownership::applied_from)
+                }
+                Owner::Here { token } => {
+                    let write = ownership.write_kind(token);
+                    let applied = if matches!(request.op, Operation::Transfer { .. }) {
+                        // Each leg under its own account's lease: always legs.
+                        self.transfer_across(core, request.clone(), write).await
+                    } else {
+                        let work = Work::Whole(request.clone());
+                        self.ask(owner_of(&first), work, write, None).await
+                    };
+                    stepped_down(core, ownership, &applied);
+                    applied
+                }
+            };
+            match outcome {
+                Err(error) if ownership::owner_moved(&error) && tries < OWNER_TRIES_MAX => {
+                    tracing::debug!(%error, tries, account = %first, "owner moved; asking the leases again");
+                    ownership.forget_peer(&first);
+                    let wait = OWNER_RETRY_WAIT_MS << tries.min(6);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// Applies a leg a peer handed over, if this replica owns its account.
+    pub(crate) async fn receive_leg(
+        &self,
+        core: &Core,
+        leg: LegWork,
+        mode: ModeGuard,
+    ) -> Result<Applied, LedgerError> {
+        let Some(ownership) = &self.ownership else {
+            return Err(LedgerError::Unsupported(
+                "this ledger's store is not shared, so no replica hands it legs".into(),
+            ));
+        };
+        match ownership.owner(&leg.account).await? {
+            Owner::Here { token } => {
+                let account = leg.account.clone();
+                let applied = self
+                    .ask(
+                        owner_of(&account),
+                        Work::Leg(leg),
+                        ownership.write_kind(token),
+                        Some(mode),
+                    )
+                    .await;
+                stepped_down(core, ownership, &applied);
+                applied
+            }
+            Owner::Peer { holder, .. } => Err(LedgerError::NotOwner {
+                account: leg.account,
+                holder,
+            }),
+        }
+    }
+
+    /// Applies a credit or refund leg wherever its account's owner is.
+    async fn deliver(&self, core: &Core, leg: LegWork) -> Result<Applied, LedgerError> {
+        let Some(ownership) = &self.ownership else {
+            let owner = owner_of(&leg.account);
+            return self
+                .ask(owner, Work::Leg(leg), WriteKind::Guarded, None)
+                .await;
+        };
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let outcome = match ownership.owner(&leg.account).await? {
+                Owner::Here { token } => {
+                    let write = ownership.write_kind(token);
+                    let owner = owner_of(&leg.account);
+                    let applied = self.ask(owner, Work::Leg(leg.clone()), write, None).await;
+                    stepped_down(core, ownership, &applied);
+                    applied
+                }
+                Owner::Peer { address, .. } => {
+                    Stats::bump(&core.stats.mode(Mode::Actor).forwarded);
+                    ownership
+                        .peers
+                        .apply_leg(&address, leg.to_wire())
+                        .await
+                        .and_then(applied_from_wire)
+                }
+            };
+            match outcome {
+                Err(error) if ownership::owner_moved(&error) && tries < OWNER_TRIES_MAX => {
+                    ownership.forget_peer(&leg.account);
+                    let wait = OWNER_RETRY_WAIT_MS << tries.min(6);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn transfer_across(
         &self,
         core: &Arc<Core>,
         request: Request,
+        debit_write: WriteKind,
     ) -> Result<Applied, LedgerError> {
         let Operation::Transfer {
             from,
@@ -163,7 +335,7 @@ impl ActorMode {
             refund_of: None,
         };
         let debited = self
-            .ask(owner_of(from), Work::Leg(debit.clone()), None)
+            .ask(owner_of(from), Work::Leg(debit.clone()), debit_write, None)
             .await?;
         if debited.replayed {
             return Ok(debited);
@@ -171,21 +343,27 @@ impl ActorMode {
         // A crash here leaves the money in flight; recover_in_flight credits
         // it at the next start.
         crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
-        let credit = credit_for(&debit, &debited);
-        match self.ask(owner_of(to), Work::Leg(credit), None).await {
-            Err(LedgerError::Refused(refusal)) => {
-                let refund = refund_for(&debit, refusal.to_string());
-                self.ask(owner_of(from), Work::Leg(refund), None).await?;
-                Err(LedgerError::Refused(refusal))
+        let credited = self.deliver(core, credit_for(&debit, &debited)).await;
+        let refusal = match &credited {
+            Err(LedgerError::Refused(refusal)) => refusal.to_string(),
+            // The credited account's owner, another replica, refused it.
+            Err(LedgerError::Peer(status))
+                if overdraft_proto::error_reason::of(status).as_deref()
+                    == Some(overdraft_proto::error_reason::REFUSED) =>
+            {
+                status.message().to_owned()
             }
-            other => other,
-        }
+            _ => return credited,
+        };
+        self.deliver(core, refund_for(&debit, refusal)).await?;
+        credited
     }
 
     async fn ask(
         &self,
         owner: usize,
         work: Work,
+        write: WriteKind,
         mode: Option<ModeGuard>,
     ) -> Result<Applied, LedgerError> {
         let mailbox = &self.mailboxes[owner];
@@ -207,26 +385,22 @@ impl ActorMode {
             }
         };
         let (reply, answer) = oneshot::channel();
-        permit.send(Envelope { work, reply, mode });
+        permit.send(Envelope {
+            work,
+            write,
+            reply,
+            mode,
+        });
         answer.await.map_err(|_dropped| LedgerError::ShuttingDown)?
     }
 }
 
-fn credit_for(debit: &LegWork, debited: &Applied) -> LegWork {
-    LegWork {
-        account: debit.counterparty.clone(),
-        counterparty: debit.account.clone(),
-        kind: EntryKind::TransferCredit,
-        debited: debited.accounts.first().cloned(),
-        ..debit.clone()
-    }
-}
-
-fn refund_for(debit: &LegWork, reason: String) -> LegWork {
-    LegWork {
-        kind: EntryKind::TransferCredit,
-        refund_of: Some(reason),
-        ..debit.clone()
+/// When `applied` failed for a lease lost under it, this replica steps
+/// down from that lease, and the fenced write is counted.
+fn stepped_down(core: &Core, ownership: &Ownership, applied: &Result<Applied, LedgerError>) {
+    if let Err(LedgerError::LeaseLost { account, token }) = applied {
+        Stats::bump(&core.stats.mode(Mode::Actor).stale_writes_fenced);
+        ownership.step_down(account, *token);
     }
 }
 
@@ -242,15 +416,21 @@ pub fn owner_of(account: &AccountId) -> usize {
 
 /// One owner: applies its messages one at a time, in arrival order.
 async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
-    while let Some(Envelope { work, reply, mode }) = mailbox.recv().await {
+    while let Some(Envelope {
+        work,
+        write,
+        reply,
+        mode,
+    }) = mailbox.recv().await
+    {
         // Chaos: a slow owner falls behind its mailbox (the slow-actor story).
         let slow = core.hook.chaos.slow_owner();
         if !slow.is_zero() {
             tokio::time::sleep(slow).await;
         }
         let outcome = match work {
-            Work::Whole(request) => apply_whole(&core, &request).await,
-            Work::Leg(leg) => apply_leg(&core, &leg).await,
+            Work::Whole(request) => apply_whole(&core, &request, write).await,
+            Work::Leg(leg) => apply_leg(&core, &leg, write).await,
         };
         // The caller may have gone (its client disconnected); the work is done either way.
         let _ = reply.send(outcome);
@@ -258,8 +438,12 @@ async fn owner(core: Arc<Core>, mut mailbox: mpsc::Receiver<Envelope>) {
     }
 }
 
-async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, LedgerError> {
-    match read_check_write(core, Mode::Actor, request, WriteKind::Guarded).await? {
+async fn apply_whole(
+    core: &Arc<Core>,
+    request: &Request,
+    write: WriteKind,
+) -> Result<Applied, LedgerError> {
+    match read_check_write(core, Mode::Actor, request, write).await? {
         Attempt::Applied(applied) => Ok(applied),
         // A joint withdrawal's household account may belong to another
         // owner, who wrote it after this one read it: refused, to try again.
@@ -269,15 +453,26 @@ async fn apply_whole(core: &Arc<Core>, request: &Request) -> Result<Applied, Led
                 attempts: 1,
             })
         }
-        // Only this owner writes these accounts.
-        Attempt::Conflict(account) => Err(LedgerError::Invariant(format!(
-            "account {account} changed under its owner"
-        ))),
+        Attempt::Conflict(account) => Err(changed_under_owner(account, write)),
+    }
+}
+
+/// A write of an owner's refused: across replicas, the fencing token (the
+/// lease passed on); in one process, a broken invariant, since only this
+/// owner writes its accounts.
+fn changed_under_owner(account: AccountId, write: WriteKind) -> LedgerError {
+    match write {
+        WriteKind::Fenced(token) => LedgerError::LeaseLost { account, token },
+        _ => LedgerError::Invariant(format!("account {account} changed under its owner")),
     }
 }
 
 /// Applies one transfer leg: read, race hook, check, write, like every mode.
-async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerError> {
+async fn apply_leg(
+    core: &Arc<Core>,
+    work: &LegWork,
+    write: WriteKind,
+) -> Result<Applied, LedgerError> {
     let mut tx = core.store.begin().await?;
     let (leg, fee_cents) = read_then_decide(
         core,
@@ -319,7 +514,7 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
     });
     let commit = Commit {
         reads: Vec::new(),
-        writes: writes_for(std::slice::from_ref(&leg), WriteKind::Guarded),
+        writes: writes_for(std::slice::from_ref(&leg), write),
         replace_request: work.kind == EntryKind::TransferCredit,
         request,
         entry: JournalEntry {
@@ -337,11 +532,7 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
     };
     let mut applied = match commit_attempt(core, tx, commit, &work.fingerprint).await? {
         Attempt::Applied(applied) => applied,
-        Attempt::Conflict(account) => {
-            return Err(LedgerError::Invariant(format!(
-                "account {account} changed under its owner"
-            )));
-        }
+        Attempt::Conflict(account) => return Err(changed_under_owner(account, write)),
     };
     if work.kind == EntryKind::TransferCredit && !applied.replayed {
         applied.accounts = work.debited.iter().cloned().chain([written]).collect();
@@ -351,12 +542,24 @@ async fn apply_leg(core: &Arc<Core>, work: &LegWork) -> Result<Applied, LedgerEr
 
 /// Finishes every actor transfer whose debit is journaled without its
 /// credit: the server stopped between the legs. Runs at start, before
-/// serving. The unsafe mode's half-applied transfers are left as they are:
+/// serving; on a store replicas share, it finishes none (see the body). The unsafe mode's half-applied transfers are left as they are:
 /// nothing in that mode knows to finish them, which is its lesson.
 pub(crate) async fn recover_in_flight(
     core: &Arc<Core>,
     open: &OpenTransfers,
 ) -> Result<usize, LedgerError> {
+    if core.store.shared() {
+        // Another replica may be between these legs right now, and finishing
+        // them here would credit twice. They stay in flight, counted by the audit.
+        let left = open.debits_in(Mode::Actor).count();
+        if left > 0 {
+            tracing::warn!(
+                left,
+                "actor transfers in flight in the shared journal are left to the replicas that began them"
+            );
+        }
+        return Ok(0);
+    }
     let mut recovered = 0;
     for entry in open.debits_in(Mode::Actor) {
         let (Some(debit_leg), Some(to)) = (entry.legs.first(), entry.counterparty.clone()) else {
@@ -387,9 +590,10 @@ pub(crate) async fn recover_in_flight(
             fee_cents: entry.fee_cents,
             replayed: false,
         };
-        match apply_leg(core, &credit_for(&debit, &debited)).await {
+        let write = WriteKind::Guarded;
+        match apply_leg(core, &credit_for(&debit, &debited), write).await {
             Err(LedgerError::Refused(refusal)) => {
-                apply_leg(core, &refund_for(&debit, refusal.to_string())).await?;
+                apply_leg(core, &refund_for(&debit, refusal.to_string()), write).await?;
             }
             other => {
                 other?;

@@ -8,7 +8,9 @@
 
 pub mod actor;
 pub mod cas;
+pub(crate) mod legs;
 pub mod mutex;
+pub(crate) mod ownership;
 pub mod unprotected;
 
 use std::sync::Arc;
@@ -81,6 +83,9 @@ pub(crate) enum WriteKind {
     Blind,
     /// Write only if every account is still at the version read.
     Guarded,
+    /// Write only if the account's fence is not past this lease token, and
+    /// raise it to the token: an actor owner across replicas, fenced.
+    Fenced(u64),
 }
 
 /// Read, race hook, check, write: the sequence every mode runs. A transfer's
@@ -194,9 +199,11 @@ pub(crate) async fn read_and_plan(
         .await?;
     let writes = writes_for(&effect.legs, write_kind);
     // A guarded write also guards what it only read: the rule checked the
-    // household account, which must not have changed by the commit.
-    let read_guards = match (write_kind, request.op.joint(), joint_version) {
-        (WriteKind::Guarded, Some(joint), Some(version)) => vec![(joint.clone(), version)],
+    // household account, which must not have changed by the commit. So does
+    // an actor owner, who owns the account it writes and not the household.
+    let guards_reads = write_kind != WriteKind::Blind || mode == Mode::Actor;
+    let read_guards = match (guards_reads, request.op.joint(), joint_version) {
+        (true, Some(joint), Some(version)) => vec![(joint.clone(), version)],
         _ => Vec::new(),
     };
     let accounts = effect
@@ -274,6 +281,7 @@ pub(crate) fn writes_for(legs: &[bank::Leg], write_kind: WriteKind) -> Vec<Write
             guard: match write_kind {
                 WriteKind::Blind => Guard::Blind,
                 WriteKind::Guarded => Guard::Version(leg.read.version),
+                WriteKind::Fenced(token) => Guard::Fence(token),
             },
             new: leg.written,
         })

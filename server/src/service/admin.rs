@@ -125,6 +125,8 @@ impl Admin for LedgerService {
                     retries: Stats::read(&counters.retries),
                     aborts: Stats::read(&counters.aborts),
                     deadlocks_detected: Stats::read(&counters.deadlocks_detected),
+                    forwarded: Stats::read(&counters.forwarded),
+                    stale_writes_fenced: Stats::read(&counters.stale_writes_fenced),
                 }
             })
             .collect();

@@ -8,6 +8,7 @@ use crate::{
     bank::{self, AccountId, InvalidArgument, Operation, RequestId},
     error::LedgerError,
     modes::{self, Applied},
+    peers,
     service::{LedgerService, invalid, status},
 };
 
@@ -38,13 +39,14 @@ impl Ledger for LedgerService {
         &self,
         request: Request<pb::DepositRequest>,
     ) -> Result<Response<pb::MutationReply>, Status> {
+        let forwarded = peers::forwarded(request.metadata());
         let request = request.into_inner();
         let op = Operation::Deposit {
             account: AccountId::parse("account_id", &request.account_id).map_err(invalid)?,
             amount_cents: bank::parse_amount("amount_cents", request.amount_cents)
                 .map_err(invalid)?,
         };
-        let applied = self.run(op, &request.request_id).await?;
+        let applied = self.run(op, &request.request_id, forwarded).await?;
         Ok(Response::new(mutation_reply(applied)?))
     }
 
@@ -53,6 +55,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::MutationReply>, Status> {
+        let forwarded = peers::forwarded(request.metadata());
         let request = request.into_inner();
         let account = AccountId::parse("account_id", &request.account_id).map_err(invalid)?;
         let amount_cents =
@@ -77,7 +80,7 @@ impl Ledger for LedgerService {
                 amount_cents,
             }
         };
-        let applied = self.run(op, &request.request_id).await?;
+        let applied = self.run(op, &request.request_id, forwarded).await?;
         Ok(Response::new(mutation_reply(applied)?))
     }
 
@@ -86,6 +89,7 @@ impl Ledger for LedgerService {
         &self,
         request: Request<pb::TransferRequest>,
     ) -> Result<Response<pb::TransferReply>, Status> {
+        let forwarded = peers::forwarded(request.metadata());
         let request = request.into_inner();
         let from =
             AccountId::parse("from_account_id", &request.from_account_id).map_err(invalid)?;
@@ -103,7 +107,7 @@ impl Ledger for LedgerService {
             to,
             amount_cents,
         };
-        let applied = self.run(op, &request.request_id).await?;
+        let applied = self.run(op, &request.request_id, forwarded).await?;
         let [(from_id, from_state), (to_id, to_state)] = applied.accounts.as_slice() else {
             return Err(status(LedgerError::Invariant(
                 "a transfer returned other than two accounts".into(),
@@ -130,11 +134,21 @@ impl Ledger for LedgerService {
 }
 
 impl LedgerService {
-    async fn run(&self, op: Operation, request_id: &str) -> Result<Applied, Status> {
+    /// Runs `op` on the engine. `forwarded`: another replica sent it here
+    /// as the account's owner (actor mode across replicas).
+    async fn run(
+        &self,
+        op: Operation,
+        request_id: &str,
+        forwarded: bool,
+    ) -> Result<Applied, Status> {
         let request_id = RequestId::parse_optional(request_id).map_err(invalid)?;
-        self.engine
-            .execute(modes::Request { op, request_id })
-            .await
-            .map_err(status)
+        let request = modes::Request { op, request_id };
+        let applied = if forwarded {
+            self.engine.execute_forwarded(request).await
+        } else {
+            self.engine.execute(request).await
+        };
+        applied.map_err(status)
     }
 }

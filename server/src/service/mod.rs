@@ -1,4 +1,4 @@
-//! The gRPC services, `overdraft.v1.Ledger`, `Admin` and `Chaos`: turn
+//! The gRPC services, `overdraft.v1.Ledger`, `Admin`, `Chaos` and `Replica`: turn
 //! requests into validated domain values, call the engine, turn its answers
 //! into replies. This is the one place a [`LedgerError`] becomes a `Status`.
 //!
@@ -6,11 +6,13 @@
 //! - [`admin`](self::admin): mode, reset, audit, journal export, stats, settings.
 //! - [`chaos`](self::chaos): faults armed inside the ledger, validated here.
 //! - [`convert`](self::convert): domain values to proto replies.
+//! - [`replica`](self::replica): transfer legs handed over by other replicas.
 
 mod admin;
 mod chaos;
 mod convert;
 mod ledger;
+mod replica;
 
 use std::sync::Arc;
 
@@ -46,6 +48,10 @@ pub fn status(error: LedgerError) -> Status {
     }
     use overdraft_proto::error_reason as reason;
     let reason = match &error {
+        // The owning replica's answer, details and all.
+        LedgerError::Peer(status) => return status.clone(),
+        LedgerError::NotOwner { .. } => Some(reason::NOT_OWNER),
+        LedgerError::LeaseLost { .. } => Some(reason::LEASE_LOST),
         LedgerError::Deadlock { .. } => Some(reason::DEADLOCK),
         LedgerError::LockTimeout { .. } => Some(reason::LOCK_TIMEOUT),
         LedgerError::Contention { .. } => Some(reason::CAS_CONTENTION),

@@ -31,6 +31,11 @@ pub enum Guard {
     Version(u64),
     /// The account must not exist (opening).
     Absent,
+    /// The writer's lease token must be at least the account's fence, which
+    /// the write raises to it (actor mode across replicas, with fencing): a
+    /// stale owner, whose lease another replica has taken since, is refused.
+    /// Stores one process owns keep no fence: the account must exist.
+    Fence(u64),
 }
 
 impl Guard {
@@ -40,6 +45,7 @@ impl Guard {
             Guard::Blind => true,
             Guard::Version(version) => found.map(|a| a.version) == Some(version),
             Guard::Absent => found.is_none(),
+            Guard::Fence(_) => found.is_some(),
         }
     }
 }
@@ -174,6 +180,44 @@ pub enum LockWait {
     Failed(StoreError),
 }
 
+/// Who owns an account across replicas, as the store's lease table says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lease {
+    /// The caller holds the lease, under `token`, for `valid_ms` more.
+    Mine {
+        /// The fencing token: larger than every token granted before it.
+        token: u64,
+        /// How long the lease still runs, by the store's clock.
+        valid_ms: u64,
+    },
+    /// Another replica holds it, for `valid_ms` more.
+    Theirs {
+        /// Its name.
+        holder: String,
+        /// Where it serves, for forwarding.
+        address: String,
+        /// How long its lease still runs, by the store's clock.
+        valid_ms: u64,
+    },
+}
+
+/// Owner leases on accounts, in a store replicas share: what lets actor
+/// mode give each account one owner across processes.
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync {
+    /// Takes or renews the lease on `account` for `holder`, serving at
+    /// `address`, for `ttl_ms`: granted when the account has no lease, when
+    /// its lease ran out, or when `holder` holds it already (keeping its
+    /// token while it runs). Otherwise, who holds it.
+    async fn take_lease(
+        &self,
+        account: &AccountId,
+        holder: &str,
+        address: &str,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError>;
+}
+
 /// The ledger's storage.
 ///
 /// The calls an operation makes (read an account, commit, look up a
@@ -221,6 +265,16 @@ pub trait Store: Send + Sync + 'static {
     /// account.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// The store's owner leases, when replicas share it; None otherwise.
+    fn leases(&self) -> Option<&dyn Leases> {
+        None
+    }
+
+    /// The name this process writes under, when replicas share the store.
+    fn replica(&self) -> Option<&str> {
+        None
     }
 
     /// A transaction for one operation; None when the store has none (sled

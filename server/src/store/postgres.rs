@@ -20,8 +20,8 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::{NoTls, error::SqlState};
 
 use super::{
-    Commit, Guard, LockWait, Rejected, Store, StoreError, StoreTx, Write, decode_record,
-    encode_record, now_unix_ns,
+    Commit, Guard, Lease, Leases, LockWait, Rejected, Store, StoreError, StoreTx, Write,
+    decode_record, encode_record, now_unix_ns,
 };
 use crate::{
     bank::{Account, AccountId, RequestId},
@@ -55,10 +55,11 @@ const COMMIT_TRIES_MAX: u32 = 8;
 /// The schema, in order. Each step runs once per database, in a transaction
 /// that holds an advisory lock, so replicas starting together apply it once.
 /// (refinery and sqlx's migrators do not serialise concurrent runners.)
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "accounts, journal, requests",
-    "CREATE TABLE accounts (
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "accounts, journal, requests",
+        "CREATE TABLE accounts (
         id TEXT PRIMARY KEY,
         balance_cents BIGINT NOT NULL,
         version BIGINT NOT NULL,
@@ -75,7 +76,22 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
         id TEXT PRIMARY KEY,
         record BYTEA NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "owner leases",
+        // Survives Reset: ownership is about replicas, not balances, and a
+        // lease cleared under an owner would let a second owner in unfenced.
+        "CREATE SEQUENCE lease_tokens;
+    CREATE TABLE leases (
+        account_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        address TEXT NOT NULL,
+        token BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
+    );",
+    ),
+];
 
 /// Journal rows read per page by a whole-journal scan: the memory a scan holds.
 const SCAN_PAGE_ROWS: i64 = 2_000;
@@ -371,6 +387,8 @@ const SQL_BLIND: &str = "INSERT INTO accounts (id, balance_cents, version) VALUE
      ON CONFLICT (id) DO UPDATE SET balance_cents = EXCLUDED.balance_cents, version = EXCLUDED.version";
 const SQL_VERSION: &str = "UPDATE accounts SET balance_cents = $2, version = $3
      WHERE id = $1 AND version = $4";
+const SQL_FENCE: &str = "UPDATE accounts SET balance_cents = $2, version = $3, fence = $4
+     WHERE id = $1 AND fence <= $4";
 const SQL_ABSENT: &str = "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
      ON CONFLICT (id) DO NOTHING";
 const SQL_REQUEST: &str =
@@ -460,6 +478,7 @@ impl PgTx {
                 Guard::Blind => SQL_BLIND,
                 Guard::Version(_) => SQL_VERSION,
                 Guard::Absent => SQL_ABSENT,
+                Guard::Fence(_) => SQL_FENCE,
             };
             statements.push((write, client.prepare_cached(sql).await?));
         }
@@ -492,7 +511,7 @@ impl PgTx {
                 let balance = write.new.balance_cents;
                 let version = i64::try_from(write.new.version).unwrap_or(i64::MAX);
                 let written = match write.guard {
-                    Guard::Version(expected) => {
+                    Guard::Version(expected) | Guard::Fence(expected) => {
                         let expected = i64::try_from(expected).unwrap_or(i64::MAX);
                         client
                             .execute(statement, &[&id, &balance, &version, &expected])
@@ -536,8 +555,14 @@ impl PgTx {
         // PostgreSQL only after the other statements ran, so check first.
         for write in &commit.writes {
             to_i64(write.new.version, "account version").map_err(TryError::Store)?;
-            if let Guard::Version(expected) = write.guard {
-                to_i64(expected, "account version").map_err(TryError::Store)?;
+            match write.guard {
+                Guard::Version(expected) => {
+                    to_i64(expected, "account version").map_err(TryError::Store)?;
+                }
+                Guard::Fence(token) => {
+                    to_i64(token, "lease token").map_err(TryError::Store)?;
+                }
+                Guard::Blind | Guard::Absent => {}
             }
         }
         let written = self.write(commit).await;
@@ -738,10 +763,72 @@ impl Drop for PgTx {
     }
 }
 
+/// Grants the lease when it is free, ran out, or is the holder's already
+/// (keeping the token while it runs: a renewal fences nothing). Times are
+/// the database's, so the replicas' clocks need not agree.
+const SQL_TAKE_LEASE: &str = "INSERT INTO leases (account_id, holder, address, token, expires_at)
+     VALUES ($1, $2, $3, nextval('lease_tokens'), now() + $4::bigint * interval '1 millisecond')
+     ON CONFLICT (account_id) DO UPDATE SET
+         holder = EXCLUDED.holder,
+         address = EXCLUDED.address,
+         token = CASE WHEN leases.holder = EXCLUDED.holder AND leases.expires_at > now()
+                      THEN leases.token ELSE EXCLUDED.token END,
+         expires_at = EXCLUDED.expires_at
+     WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= now()
+     RETURNING token, (extract(epoch FROM expires_at - now()) * 1000)::bigint";
+const SQL_LEASE_HOLDER: &str = "SELECT holder, address,
+         greatest((extract(epoch FROM expires_at - now()) * 1000)::bigint, 0)
+     FROM leases WHERE account_id = $1";
+
+#[async_trait::async_trait]
+impl Leases for PostgresStore {
+    async fn take_lease(
+        &self,
+        account: &AccountId,
+        holder: &str,
+        address: &str,
+        ttl_ms: u64,
+    ) -> Result<Lease, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        let ttl_ms = to_i64(ttl_ms, "lease ttl")?;
+        let take = client.prepare_cached(SQL_TAKE_LEASE).await.map_err(pg)?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&account.as_str(), &holder, &address, &ttl_ms];
+        if let Some(row) = client.query_opt(&take, &params).await.map_err(pg)? {
+            let token: i64 = row.try_get(0).map_err(pg)?;
+            let valid_ms: i64 = row.try_get(1).map_err(pg)?;
+            return Ok(Lease::Mine {
+                token: to_u64(token, "lease token")?,
+                valid_ms: u64::try_from(valid_ms).unwrap_or(0),
+            });
+        }
+        // Held by another; the row cannot have gone (leases are never deleted).
+        let held = client.prepare_cached(SQL_LEASE_HOLDER).await.map_err(pg)?;
+        let row = client
+            .query_one(&held, &[&account.as_str()])
+            .await
+            .map_err(pg)?;
+        let valid_ms: i64 = row.try_get(2).map_err(pg)?;
+        Ok(Lease::Theirs {
+            holder: row.try_get(0).map_err(pg)?,
+            address: row.try_get(1).map_err(pg)?,
+            valid_ms: u64::try_from(valid_ms).unwrap_or(0),
+        })
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     fn shared(&self) -> bool {
         true
+    }
+
+    fn leases(&self) -> Option<&dyn Leases> {
+        Some(self)
+    }
+
+    fn replica(&self) -> Option<&str> {
+        Some(&self.replica)
     }
 
     async fn begin(&self) -> Result<Option<Box<dyn StoreTx>>, StoreError> {
