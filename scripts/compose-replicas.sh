@@ -5,6 +5,8 @@
 #   mutex/process  the per-process lock breaks across replicas: anomalies
 #   mutex/database the lock in PostgreSQL holds: clean
 #   cas            the version-guarded UPDATE holds: clean
+#   actor          one owner per account by lease, calls forwarded to it,
+#                  writes fenced: clean
 # The project's containers, network and volumes are removed after each case,
 # and on any failure.
 # Usage: scripts/compose-replicas.sh [CASE...]   (default: mutex/process mutex/database)
@@ -24,8 +26,10 @@ for case in "${cases[@]}"; do
   mode="${case%%/*}"
   scope="process"
   [ "$case" != "$mode" ] && scope="${case#*/}"
-  expect=clean
-  [ "$mode" = unsafe ] || [ "$scope" = process ] && [ "$mode" != cas ] && expect=anomalies
+  case "$mode/$scope" in
+    unsafe/* | mutex/process) expect=anomalies ;;
+    *) expect=clean ;;
+  esac
   echo "== replicas: MODE=$mode LOCK_SCOPE=$scope, 3 replicas, ${ATMS:-6} ATM containers, expecting $expect"
   started=$(date +%s)
   status=0
