@@ -710,116 +710,132 @@ async fn fenced_actor_holds_across_three_replicas() {
     }
 }
 
-/// How a paused owner's withdrawal ended, and what the ledger holds after.
-struct PausedOwner {
-    stale: Result<pb::MutationReply, tonic::Status>,
-    fresh: Result<pb::MutationReply, tonic::Status>,
+/// How two owners' withdrawals ended, and what the ledger holds after.
+struct PausedOwners {
+    /// Replica A's withdrawal, then replica B's.
+    calls: [Result<pb::MutationReply, tonic::Status>; 2],
     balance: i64,
     audit: pb::AuditReply,
-    /// Writes replica A's store refused for a stale token.
-    fenced_on_a: u64,
+    /// Writes the store refused for a stale token, on both replicas.
+    fenced: u64,
 }
 
-/// Replica A owns "acct" and pauses 1.5 s between reading its balance and
-/// writing it, five times its 300 ms lease; 0.7 s in, replica B takes the
-/// lapsed lease and withdraws. Both withdraw $60 of $100.
-async fn paused_owner(fencing: overdraft_server::config::Fencing) -> PausedOwner {
-    let mut ledgers = replicas_with(&format!("paused_{fencing:?}"), 2, Mode::Actor, 1, |c| {
+impl PausedOwners {
+    /// The balances the withdrawals acknowledged, and how many were refused
+    /// for want of funds; any other error fails the test.
+    fn acknowledged(&self) -> (Vec<i64>, usize) {
+        let mut balances = Vec::new();
+        let mut refused = 0;
+        for call in &self.calls {
+            match call {
+                Ok(reply) => balances.push(reply.balance_cents),
+                Err(status) if status.code() == tonic::Code::FailedPrecondition => refused += 1,
+                Err(status) => panic!("neither applied nor refused: {status:?}"),
+            }
+        }
+        (balances, refused)
+    }
+}
+
+/// Replicas A and B each withdraw $60 of $100 from one account, with
+/// 300 ms leases. A's call comes first and pauses `pauses_ms[0]` between
+/// reading the balance and writing it; B's comes `b_after_ms` later and
+/// pauses `pauses_ms[1]`. A pause past the lease lets the other replica
+/// take the account over while the paused one still means to write.
+async fn paused_owners(
+    fencing: overdraft_server::config::Fencing,
+    pauses_ms: [u64; 2],
+    b_after_ms: u64,
+) -> PausedOwners {
+    let label = format!("paused_{fencing:?}_{}_{}", pauses_ms[0], pauses_ms[1]);
+    let mut ledgers = replicas_with(&label, 2, Mode::Actor, 1, |c| {
         c.fencing = fencing;
         c.lease_ttl_ms = 300;
-        c.race_window_ms_min = 0;
-        c.race_window_ms = 0;
     })
     .await;
     ledgers[0].reset(&[("acct", 10_000)]).await;
-    // The pause is the race hook's, on replica A only: settings are per replica.
-    ledgers[0]
-        .admin
-        .configure(pb::ConfigureRequest {
-            race_window_ms_min: Some(1_500),
-            race_window_ms_max: Some(1_500),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // The pause is the race hook's: settings are per replica.
+    for (ledger, pause) in ledgers.iter_mut().zip(pauses_ms) {
+        ledger
+            .admin
+            .configure(pb::ConfigureRequest {
+                race_window_ms_min: Some(pause),
+                race_window_ms_max: Some(pause),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     let withdrawal = |n: u32| pb::WithdrawRequest {
         account_id: "acct".into(),
         amount_cents: 6_000,
         request_id: format!("paused-{n}"),
         joint_account_id: String::new(),
     };
-    let mut stale_client = ledgers[0].new_ledger_client().await;
-    let stale = tokio::spawn(async move {
-        stale_client
-            .withdraw(withdrawal(0))
-            .await
-            .map(tonic::Response::into_inner)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    let fresh = ledgers[1]
-        .ledger
-        .withdraw(withdrawal(1))
-        .await
-        .map(tonic::Response::into_inner);
-    let stale = stale.await.unwrap();
+    let mut a = ledgers[0].new_ledger_client().await;
+    let first = tokio::spawn(async move { a.withdraw(withdrawal(0)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(b_after_ms)).await;
+    let second = ledgers[1].ledger.withdraw(withdrawal(1)).await;
+    let calls = [first.await.unwrap(), second].map(|call| call.map(tonic::Response::into_inner));
     let balance = ledgers[1].balance("acct").await.balance_cents;
     let audit = ledgers[1].audit().await;
-    let fenced_on_a =
-        overdraft_tests::mode_stats(&ledgers[0].stats().await, Mode::Actor).stale_writes_fenced;
+    let mut fenced = 0;
+    for ledger in &mut ledgers {
+        fenced +=
+            overdraft_tests::mode_stats(&ledger.stats().await, Mode::Actor).stale_writes_fenced;
+    }
     for ledger in ledgers {
         ledger.running.stop().await.unwrap();
     }
-    PausedOwner {
-        stale,
-        fresh,
+    PausedOwners {
+        calls,
         balance,
         audit,
-        fenced_on_a,
+        fenced,
     }
 }
 
 /// Goal: the lesson of Kleppmann's "How to do distributed locking". A
 /// replica paused past its lease wakes believing it still owns the account
-/// and writes: without fencing the write lands over the new owner's, and
-/// $120 leaves a $100 account that shows $40; with fencing the database
-/// refuses the stale token, the old owner steps down and hands the call to
-/// the new one, which refuses it for want of funds. Method: `paused_owner`
-/// with `--fencing off`, then on (the default).
+/// and writes what it computed before the pause: without fencing the write
+/// lands, both $60 withdrawals pass and the $100 account shows $40 (a lost
+/// update the audit names); with fencing the database refuses the stale
+/// token, the old owner steps down and hands the call to the new one,
+/// which refuses it for want of funds. Method: two orders. (1) A pauses
+/// 1.5 s; B takes the lapsed lease 0.7 s in and writes first. (2) A pauses
+/// 1 s, B takes the lease 0.4 s in and pauses 2 s, so the stale owner
+/// writes before the new one has written anything: the fence raised when
+/// the lease was granted still refuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owners_stale_write_lands_unfenced_and_is_refused_fenced() {
     use overdraft_server::config::Fencing;
-    let unfenced = paused_owner(Fencing::Off).await;
-    let fresh = unfenced.fresh.expect("the new owner's withdrawal");
-    let stale = unfenced
-        .stale
-        .expect("without fencing the stale write lands");
-    assert_eq!(fresh.balance_cents, 4_000);
-    assert_eq!(
-        stale.balance_cents, 4_000,
-        "the stale owner wrote 100 - 60 over the new owner's 40"
-    );
-    assert_eq!(unfenced.balance, 4_000, "a lost update");
-    assert!(
-        !unfenced.audit.clean,
-        "the audit finds the lost update: {:?}",
-        unfenced.audit
-    );
-    assert_eq!(unfenced.audit.money_delta_cents, 6_000);
-    assert_eq!(unfenced.fenced_on_a, 0);
+    for (pauses_ms, b_after_ms) in [([1_500, 0], 700), ([1_000, 2_000], 400)] {
+        let case = format!("pauses {pauses_ms:?} ms, B after {b_after_ms} ms");
+        let unfenced = paused_owners(Fencing::Off, pauses_ms, b_after_ms).await;
+        assert_eq!(
+            unfenced.acknowledged(),
+            (vec![4_000, 4_000], 0),
+            "{case}: without fencing both withdrawals land on the $100 read"
+        );
+        assert_eq!(unfenced.balance, 4_000, "{case}: a lost update");
+        assert!(
+            !unfenced.audit.clean,
+            "{case}: the audit finds the lost update"
+        );
+        assert_eq!(unfenced.audit.money_delta_cents, 6_000, "{case}");
+        assert_eq!(unfenced.fenced, 0, "{case}");
 
-    let fenced = paused_owner(Fencing::On).await;
-    let fresh = fenced.fresh.expect("the new owner's withdrawal");
-    assert_eq!(fresh.balance_cents, 4_000);
-    let refused = fenced.stale.expect_err("the fenced stale write is refused");
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "handed to the new owner, which refuses it for want of funds: {refused:?}"
-    );
-    assert_eq!(fenced.fenced_on_a, 1, "one stale write, one step-down");
-    assert_eq!(fenced.balance, 4_000);
-    assert!(fenced.audit.clean, "{:?}", fenced.audit.findings);
-    assert_eq!(fenced.audit.money_delta_cents, 0);
+        let fenced = paused_owners(Fencing::On, pauses_ms, b_after_ms).await;
+        assert_eq!(
+            fenced.acknowledged(),
+            (vec![4_000], 1),
+            "{case}: with fencing one withdrawal lands and the other is refused"
+        );
+        assert!(fenced.fenced >= 1, "{case}: a stale write was fenced off");
+        assert_eq!(fenced.balance, 4_000, "{case}");
+        assert!(fenced.audit.clean, "{case}: {:?}", fenced.audit.findings);
+        assert_eq!(fenced.audit.money_delta_cents, 0, "{case}");
+    }
 }
 
 /// Goal: an audit through one replica while another writes sees the

@@ -389,7 +389,10 @@ const SQL_VERSION: &str = "UPDATE accounts SET balance_cents = $2, version = $3
      WHERE id = $1 AND version = $4";
 const SQL_FENCE: &str = "UPDATE accounts SET balance_cents = $2, version = $3, fence = $4
      WHERE id = $1 AND fence <= $4";
-const SQL_ABSENT: &str = "INSERT INTO accounts (id, balance_cents, version) VALUES ($1, $2, $3)
+/// An account opened (by Reset, after a drop) starts fenced at its lease's
+/// token, so a holder the lease passed from cannot write it either.
+const SQL_ABSENT: &str = "INSERT INTO accounts (id, balance_cents, version, fence)
+     VALUES ($1, $2, $3, coalesce((SELECT token FROM leases WHERE account_id = $1), 0))
      ON CONFLICT (id) DO NOTHING";
 const SQL_REQUEST: &str =
     "INSERT INTO requests (id, record) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING";
@@ -765,17 +768,25 @@ impl Drop for PgTx {
 
 /// Grants the lease when it is free, ran out, or is the holder's already
 /// (keeping the token while it runs: a renewal fences nothing). Times are
-/// the database's, so the replicas' clocks need not agree.
-const SQL_TAKE_LEASE: &str = "INSERT INTO leases (account_id, holder, address, token, expires_at)
-     VALUES ($1, $2, $3, nextval('lease_tokens'), now() + $4::bigint * interval '1 millisecond')
-     ON CONFLICT (account_id) DO UPDATE SET
-         holder = EXCLUDED.holder,
-         address = EXCLUDED.address,
-         token = CASE WHEN leases.holder = EXCLUDED.holder AND leases.expires_at > now()
-                      THEN leases.token ELSE EXCLUDED.token END,
-         expires_at = EXCLUDED.expires_at
-     WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= now()
-     RETURNING token, (extract(epoch FROM expires_at - now()) * 1000)::bigint";
+/// the database's, so the replicas' clocks need not agree. A grant raises
+/// the account's fence to the new token: from that moment no older holder's
+/// write lands, even one that comes before the new owner has written.
+const SQL_TAKE_LEASE: &str = "WITH taken AS (
+         INSERT INTO leases (account_id, holder, address, token, expires_at)
+         VALUES ($1, $2, $3, nextval('lease_tokens'), now() + $4::bigint * interval '1 millisecond')
+         ON CONFLICT (account_id) DO UPDATE SET
+             holder = EXCLUDED.holder,
+             address = EXCLUDED.address,
+             token = CASE WHEN leases.holder = EXCLUDED.holder AND leases.expires_at > now()
+                          THEN leases.token ELSE EXCLUDED.token END,
+             expires_at = EXCLUDED.expires_at
+         WHERE leases.holder = EXCLUDED.holder OR leases.expires_at <= now()
+         RETURNING token, expires_at
+     ), raised AS (
+         UPDATE accounts SET fence = taken.token FROM taken
+         WHERE accounts.id = $1 AND accounts.fence < taken.token
+     )
+     SELECT token, (extract(epoch FROM expires_at - now()) * 1000)::bigint FROM taken";
 const SQL_LEASE_HOLDER: &str = "SELECT holder, address,
          greatest((extract(epoch FROM expires_at - now()) * 1000)::bigint, 0)
      FROM leases WHERE account_id = $1";
