@@ -19,6 +19,8 @@ pub struct Request<'a> {
     pub account: &'a str,
     /// A transfer's `to`.
     pub to: Option<&'a str>,
+    /// A withdrawal's joint account (the household rule), if any.
+    pub joint: Option<&'a str>,
     /// The amount (ignored by balance reads).
     pub amount_cents: i64,
     /// The idempotency key; empty for none.
@@ -95,6 +97,7 @@ async fn dispatch(
         operation,
         account,
         to,
+        joint,
         amount_cents,
         request_id,
         deadline,
@@ -111,7 +114,7 @@ async fn dispatch(
                 ledger.deposit(with_deadline(message, deadline)).await
             } else {
                 let message = pb::WithdrawRequest {
-                    joint_account_id: String::new(),
+                    joint_account_id: joint.unwrap_or_default().to_owned(),
                     account_id,
                     amount_cents,
                     request_id,

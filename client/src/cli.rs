@@ -16,8 +16,8 @@ use crate::{
     load::{self, LoadArgs},
     report::{self, to_json},
     scenario::{
-        BUILTIN, Scenario,
-        run::{ModeOutcome, run_mode, run_mode_crashing},
+        BUILTIN, Run, Scenario,
+        run::{ModeOutcome, run_mode, run_mode_crashing, run_replicated},
     },
 };
 
@@ -79,6 +79,11 @@ pub enum Command {
         /// The ledger (default: one embedded in this process).
         #[arg(long)]
         target: Option<String>,
+        /// For a scenario over replicas (scaled-out-mutex, paused-owner,
+        /// write-skew): the PostgreSQL database its replicas share, which
+        /// it resets (e.g. postgresql://USER:PASSWORD@HOST:5432/ledger).
+        #[arg(long, env = "OVERDRAFT_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
         /// Modes to run (repeat or comma-separate); default: the scenario's.
         #[arg(long, value_enum, value_delimiter = ',')]
         mode: Vec<Mode>,
@@ -302,6 +307,7 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
         Command::Scenario {
             scenario,
             target,
+            database_url,
             mode,
             seed,
             json,
@@ -316,7 +322,11 @@ async fn run_held(cli: Cli) -> Result<bool, ClientError> {
                 history,
                 postmortem,
             };
-            run_scenario(&name, scenario, target, mode, seed, outputs).await
+            let place = Place {
+                target,
+                database_url,
+            };
+            run_scenario(&name, scenario, place, mode, seed, outputs).await
         }
         Command::Load {
             target,
@@ -442,7 +452,7 @@ struct Outputs {
 async fn run_scenario(
     name: &str,
     scenario: Scenario,
-    target: Option<String>,
+    place: Place,
     modes: Vec<Mode>,
     seed: u64,
     outputs: Outputs,
@@ -450,53 +460,103 @@ async fn run_scenario(
     let json = outputs.json;
     let postmortem = outputs.postmortem.clone();
     let history = outputs.history.or_else(|| postmortem.clone());
-    let has_target = target.is_some();
-    let ledger = embedded::Ledger::target_or_embedded(target, seed).await?;
-    let url = ledger.url.clone();
-    let modes = if modes.is_empty() {
-        scenario.modes()
-    } else {
-        modes
-    };
+    let has_target = place.target.is_some();
     if scenario.crash.is_some() && has_target {
         return Err(ClientError::Usage(format!(
             "scenario {name} crashes the ledger and restarts it, so it starts a ledger of its own: drop --target"
         )));
     }
-    // One mode: the file itself (unless it names a directory); several: a
-    // directory of SCENARIO-MODE.jsonl files.
+    let database_url = match (&scenario.replicas, place.database_url) {
+        (Some(_), _) if has_target => {
+            return Err(ClientError::Usage(format!(
+                "scenario {name} starts ledger replicas of its own on PostgreSQL: drop --target and give --database-url"
+            )));
+        }
+        (Some(replicas), None) => {
+            return Err(ClientError::Usage(format!(
+                "scenario {name} runs {} ledger replicas on one PostgreSQL database: give --database-url postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or OVERDRAFT_DATABASE_URL); the scenario resets that database's ledger tables",
+                replicas.count
+            )));
+        }
+        (Some(_), Some(url)) => Some(url),
+        (None, _) => None,
+    };
+    // --mode picks the modes of one ledger's scenario, and over replicas
+    // the listed runs in those modes.
+    let runs_wanted: Vec<Run> = match (&scenario.replicas, modes.is_empty()) {
+        (_, true) => scenario.runs(),
+        (Some(_), false) => scenario
+            .runs()
+            .into_iter()
+            .filter(|run| modes.contains(&run.mode))
+            .collect(),
+        (None, false) => modes.iter().map(|mode| Run::of(*mode)).collect(),
+    };
+    if runs_wanted.is_empty() {
+        let listed: Vec<String> = scenario.runs().iter().map(|r| r.label()).collect();
+        return Err(ClientError::Usage(format!(
+            "--mode: scenario {name} runs {}; none is in the mode asked for",
+            listed.join(", ")
+        )));
+    }
+    // One run: the file itself (unless it names a directory); several: a
+    // directory of SCENARIO-RUN.jsonl files.
     let in_directory = postmortem.is_some()
         || history
             .as_ref()
-            .is_some_and(|path| modes.len() > 1 || path.is_dir());
+            .is_some_and(|path| runs_wanted.len() > 1 || path.is_dir());
     if let (true, Some(dir)) = (in_directory, &history) {
         if dir.extension().is_some_and(|e| e == "jsonl") && !dir.is_dir() {
             return Err(ClientError::Usage(format!(
-                "--history {} names a file, but {} modes run: give a directory (one SCENARIO-MODE.jsonl per mode) or one --mode",
+                "--history {} names a file, but {} runs follow: give a directory (one SCENARIO-RUN.jsonl per run) or one --mode",
                 dir.display(),
-                modes.len()
+                runs_wanted.len()
             )));
         }
         crate::history::create_dir(dir)?;
     }
+    let ledger = match database_url {
+        Some(_) => None,
+        None => Some(embedded::Ledger::target_or_embedded(place.target, seed).await?),
+    };
     let mut runs = Vec::new();
-    for mode in &modes {
+    for run in &runs_wanted {
         let file = history.as_ref().map(|path| {
             if in_directory {
-                crate::history::file_in(path, &scenario.name, *mode)
+                crate::history::file_in(path, &scenario.name, &run.file_stem())
             } else {
                 path.clone()
             }
         });
-        let run = if scenario.crash.is_some() {
-            run_mode_crashing(&scenario, *mode, seed, None, file.as_deref()).await?
-        } else {
-            run_mode(&url, &scenario, *mode, file.as_deref()).await?
+        let outcome = match (&ledger, &database_url) {
+            (_, Some(url)) => {
+                if !json {
+                    eprintln!(
+                        "atm scenario: {} over {} replicas ...",
+                        run.label(),
+                        scenario.replicas.as_ref().map_or(0, |r| r.count)
+                    );
+                }
+                run_replicated(url, &scenario, *run, seed, file.as_deref()).await?
+            }
+            _ if scenario.crash.is_some() => {
+                run_mode_crashing(&scenario, run.mode, seed, None, file.as_deref()).await?
+            }
+            (Some(ledger), None) => {
+                run_mode(&ledger.url, &scenario, run.mode, file.as_deref()).await?
+            }
+            (None, None) => unreachable!("a scenario without replicas has a ledger"),
         };
-        runs.push(run);
+        runs.push(outcome);
     }
-    let label = ledger.label.clone();
-    ledger.stop().await?;
+    let label = match ledger {
+        Some(ledger) => {
+            let label = ledger.label.clone();
+            ledger.stop().await?;
+            label
+        }
+        None => "replicas on PostgreSQL".to_owned(),
+    };
     if let Some(dir) = &postmortem {
         let written = write_postmortems(dir, &scenario.name, &runs)?;
         if !json {
@@ -525,10 +585,13 @@ async fn run_scenario(
     }
     let target_flag = if has_target {
         format!(" --target {label}")
+    } else if scenario.replicas.is_some() {
+        " --database-url URL".to_owned()
     } else {
         String::new()
     };
-    let mode_flag: Vec<&str> = modes.iter().map(|m| m.as_str()).collect();
+    let mut mode_flag: Vec<&str> = runs_wanted.iter().map(|r| r.mode.as_str()).collect();
+    mode_flag.dedup();
     println!(
         "\nseed {seed}; replay: atm scenario {name}{target_flag} --mode {} --seed {seed}",
         mode_flag.join(",")
@@ -536,18 +599,25 @@ async fn run_scenario(
     Ok(passed)
 }
 
-/// One postmortem per mode whose history shows an anomaly; the other
-/// modes' runs are its resolution. Returns the reports written.
+/// Where a scenario runs: a ledger given, one embedded, or replicas on a
+/// PostgreSQL database.
+struct Place {
+    target: Option<String>,
+    database_url: Option<String>,
+}
+
+/// One postmortem per run whose history shows an anomaly; the other
+/// runs are its resolution. Returns the reports written.
 fn write_postmortems(
     dir: &std::path::Path,
     scenario: &str,
     runs: &[ModeOutcome],
 ) -> Result<Vec<PathBuf>, ClientError> {
     let mut written = Vec::new();
-    let checked: Vec<(Mode, overdraft_history::Run, overdraft_history::Report)> = runs
+    let checked: Vec<(&str, overdraft_history::Run, overdraft_history::Report)> = runs
         .iter()
         .map(|run| {
-            let path = crate::history::file_in(dir, scenario, run.mode);
+            let path = crate::history::file_in(dir, scenario, &run.run.replace('/', "-"));
             let history = overdraft_history::read_files(&[&path])
                 .map_err(|e| ClientError::Internal(e.to_string()))?;
             let report = overdraft_history::check(
@@ -555,19 +625,19 @@ fn write_postmortems(
                 &overdraft_history::check::Evidence::default(),
                 std::time::Duration::from_secs(60),
             );
-            Ok((run.mode, history, report))
+            Ok((run.run.as_str(), history, report))
         })
         .collect::<Result<_, ClientError>>()?;
-    for (mode, history, report) in &checked {
+    for (label, history, report) in &checked {
         if report.verdict != overdraft_history::Verdict::Anomalies {
             continue;
         }
         let resolutions = runs
             .iter()
             .zip(&checked)
-            .filter(|(run, _)| run.mode != *mode)
+            .filter(|(run, _)| run.run != *label)
             .map(|(run, (_, _, other))| crate::postmortem::Resolution {
-                mode: run.mode.as_str().to_owned(),
+                mode: run.run.clone(),
                 verdict: format!(
                     "scenario expectations {}; atm check: {} ({} anomalies)",
                     if run.passed { "held" } else { "NOT met" },
@@ -585,7 +655,7 @@ fn write_postmortems(
             faults: None,
             resolutions,
         };
-        let base = dir.join(format!("{scenario}-{}", mode.as_str()));
+        let base = dir.join(format!("{scenario}-{}", label.replace('/', "-")));
         let markdown = base.with_extension("md");
         crate::postmortem::write(&incident, &markdown, Some(&base.with_extension("html")))?;
         written.push(markdown);

@@ -48,7 +48,7 @@ pub async fn run(
     for name in DEMO_SCENARIOS {
         let scenario = Scenario::load(name).map_err(|e| ClientError::Internal(e.to_string()))?;
         for mode in scenario.modes() {
-            let file = history.map(|dir| crate::history::file_in(dir, name, mode));
+            let file = history.map(|dir| crate::history::file_in(dir, name, mode.as_str()));
             let outcome = run_mode(url, &scenario, mode, file.as_deref()).await?;
             progress(&outcome);
             runs.push(outcome);

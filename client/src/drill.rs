@@ -107,19 +107,23 @@ pub async fn run(args: &DrillArgs) -> Result<bool, ClientError> {
     let name = match &args.scenario {
         Some(name) => name.clone(),
         None => {
-            // Scenarios that crash the ledger need a ledger process of their own.
+            // Scenarios that crash the ledger need a ledger process of
+            // their own, and those over replicas a PostgreSQL database.
             let candidates: Vec<&str> = BUILTIN
                 .iter()
-                .filter(|(name, text)| Scenario::parse(name, text).is_ok_and(|s| s.crash.is_none()))
+                .filter(|(name, text)| {
+                    Scenario::parse(name, text)
+                        .is_ok_and(|s| s.crash.is_none() && s.replicas.is_none())
+                })
                 .map(|(name, _)| *name)
                 .collect();
             candidates[rng.random_range(0..candidates.len())].to_owned()
         }
     };
     let scenario = Scenario::load(&name).map_err(|e| ClientError::Usage(e.to_string()))?;
-    if scenario.crash.is_some() {
+    if scenario.crash.is_some() || scenario.replicas.is_some() {
         return Err(ClientError::Usage(format!(
-            "scenario {name} crashes the ledger; drills run scenarios that do not (see atm scenario --list)"
+            "scenario {name} crashes the ledger or starts replicas of its own; drills run scenarios on one ledger (see atm scenario --list)"
         )));
     }
     let modes = scenario.modes();

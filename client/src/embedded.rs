@@ -61,3 +61,54 @@ impl Ledger {
         }
     }
 }
+
+/// Starts `replicas.count` ledgers in this process on the PostgreSQL
+/// database at `database_url`, as `run` sets them: its mode, and its lock
+/// scope, fencing or isolation. They are named `SCENARIO-0`, `SCENARIO-1`,
+/// ... in the journal, so a rerun takes back its own replicas' leases.
+pub async fn replicas(
+    database_url: &str,
+    scenario: &str,
+    replicas: &crate::scenario::Replicas,
+    run: crate::scenario::Run,
+    seed: u64,
+) -> Result<Vec<RunningLedger>, ClientError> {
+    use crate::scenario::Setting;
+    use overdraft_server::config::StoreKind;
+    let url: overdraft_server::config::DatabaseUrl = database_url
+        .parse()
+        .unwrap_or_else(|never: std::convert::Infallible| match never {});
+    let mut started = Vec::new();
+    for n in 0..replicas.count {
+        let mut config = Config::defaults();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config.data_dir = None;
+        config.store = StoreKind::Postgres;
+        config.database_url = Some(url.clone());
+        config.replica = Some(format!("{scenario}-{n}"));
+        config.pool_size = 8;
+        config.mode = run.mode;
+        config.seed = seed.wrapping_mul(31).wrapping_add(u64::from(n));
+        if let Some(ttl) = replicas.lease_ttl_ms {
+            config.lease_ttl_ms = ttl;
+        }
+        match run.setting {
+            Some(Setting::LockScope(scope)) => config.lock_scope = scope,
+            Some(Setting::Fencing(fencing)) => config.fencing = fencing,
+            Some(Setting::Isolation(level)) => config.isolation = level,
+            None => {}
+        }
+        match overdraft_server::spawn(config).await {
+            Ok(ledger) => started.push(ledger),
+            Err(error) => {
+                for ledger in started {
+                    let _ = ledger.stop().await;
+                }
+                return Err(ClientError::Usage(format!(
+                    "cannot start replica {n} on the PostgreSQL database given (--database-url): {error:#}"
+                )));
+            }
+        }
+    }
+    Ok(started)
+}

@@ -211,13 +211,10 @@ pub fn outcome_of(code: tonic::Code) -> Outcome {
     }
 }
 
-/// The history file of one scenario run in `dir`: `SCENARIO-MODE.jsonl`.
-pub fn file_in(
-    dir: &Path,
-    scenario: &str,
-    mode: overdraft_server::config::Mode,
-) -> std::path::PathBuf {
-    dir.join(format!("{scenario}-{}.jsonl", mode.as_str()))
+/// The history file of one scenario run in `dir`: `SCENARIO-RUN.jsonl`,
+/// where `run` is a mode (`cas`) or a run over replicas (`mutex-database`).
+pub fn file_in(dir: &Path, scenario: &str, run: &str) -> std::path::PathBuf {
+    dir.join(format!("{scenario}-{run}.jsonl"))
 }
 
 /// Creates `dir` (and its parents) for the histories of several runs.

@@ -79,7 +79,7 @@ pub fn verdict(row: &ModeOutcome) -> String {
         out,
         "{word} {} in {}: {} ops ({} ok, {} refused, {} aborted, {} errors, {} resent, {} unknown), {} overdrafts, {} lost updates, money {} cents, p99 {} ms, {} CAS retries",
         row.scenario,
-        row.mode.as_str(),
+        row.run,
         row.operations,
         row.succeeded,
         row.refused,

@@ -83,6 +83,29 @@ async fn bad_flags_exit_2_naming_the_rule() {
             vec!["compare", "--target", "x:1", "--modes", "unsafe,quantum"],
             "quantum",
         ),
+        (vec!["scenario", "write-skew"], "give --database-url"),
+        (
+            vec![
+                "scenario",
+                "write-skew",
+                "--target",
+                "x:1",
+                "--database-url",
+                "postgresql://x@127.0.0.1:1/x",
+            ],
+            "drop --target",
+        ),
+        (
+            vec![
+                "scenario",
+                "paused-owner",
+                "--database-url",
+                "postgresql://x@127.0.0.1:1/x",
+                "--mode",
+                "cas",
+            ],
+            "runs actor/unfenced, actor/fenced; none is in the mode",
+        ),
     ] {
         let output = common::atm(&args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}");

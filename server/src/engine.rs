@@ -418,6 +418,12 @@ impl Engine {
         Ok(report)
     }
 
+    /// Gives up the actor leases this replica holds; used at shutdown,
+    /// once no call is in flight.
+    pub async fn release_leases(&self) -> Result<u64, LedgerError> {
+        self.actor.release_leases().await
+    }
+
     /// Makes everything acknowledged so far durable; used at shutdown.
     pub fn flush(&self) -> Result<(), LedgerError> {
         self.core.store.flush()?;

@@ -241,6 +241,15 @@ pub async fn run_with_metrics(
         .add_service(InterceptedService::new(chaos, guard))
         .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await?;
+    // No call is in flight now: the accounts this replica owned go to the
+    // next replica that calls, not after their leases run out.
+    match engine.release_leases().await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "gave up the actor leases held here"),
+        Err(error) => {
+            tracing::warn!(%error, "could not give up the leases held here; they run out by themselves")
+        }
+    }
     // The store is flushed first: a metrics server that failed must not
     // cost an acknowledged operation its place on disk.
     let flushed = engine

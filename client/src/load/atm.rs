@@ -108,6 +108,7 @@ pub(super) async fn run_atm(
             operation: drawn.method,
             account: &first,
             to: second.as_deref(),
+            joint: None,
             amount_cents: drawn.amount_cents,
             request_id,
             deadline: plan.deadline_per_attempt,

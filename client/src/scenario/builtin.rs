@@ -51,6 +51,18 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "half-applied-transfer",
         include_str!("../../scenarios/half-applied-transfer.toml"),
     ),
+    (
+        "scaled-out-mutex",
+        include_str!("../../scenarios/scaled-out-mutex.toml"),
+    ),
+    (
+        "paused-owner",
+        include_str!("../../scenarios/paused-owner.toml"),
+    ),
+    (
+        "write-skew",
+        include_str!("../../scenarios/write-skew.toml"),
+    ),
 ];
 
 /// The TOML of the built-in named `name`.

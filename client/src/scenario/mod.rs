@@ -12,7 +12,10 @@ use overdraft_history::format::Operation;
 use overdraft_proto::v1 as pb;
 use overdraft_server::{
     bank::{AccountId, parse_amount, parse_opening_balance},
-    config::{LockOrder, Mode, OVERDRAFT_CENTS_MAX, OverdraftPolicy, RACE_WINDOW_MS_MAX},
+    config::{
+        Fencing, Isolation, LEASE_TTL_MS_MAX, LockOrder, LockScope, Mode, OVERDRAFT_CENTS_MAX,
+        OverdraftPolicy, RACE_WINDOW_MS_MAX,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +41,12 @@ pub const STEP_RETRIES_MAX: u32 = 10;
 
 /// Most accounts one scenario may open (a Reset's bound).
 pub const ACCOUNTS_MAX: usize = 10_000;
+
+/// Most ledger replicas a scenario may start.
+pub const REPLICAS_MAX: u32 = 8;
+
+/// Longest an ATM may wait before its first step.
+pub const START_MS_MAX: u64 = 60_000;
 
 /// A scenario as written in TOML.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -79,13 +88,136 @@ pub struct Scenario {
     /// then audit. Such a scenario runs with a ledger process of its own.
     #[serde(default)]
     pub crash: Option<String>,
+    /// Ledger replicas on one PostgreSQL database, which the scenario
+    /// starts itself: how many, and the runs (a mode and a setting) to
+    /// compare.
+    #[serde(default)]
+    pub replicas: Option<Replicas>,
     /// Accounts to open.
     pub accounts: Vec<AccountSpec>,
     /// The ATMs.
     pub atms: Vec<AtmSpec>,
-    /// What must hold, by mode (`unsafe`, `mutex`, `cas`, `actor`, or `safe` for the last three).
+    /// What must hold, by run (`mutex/database`), mode (`unsafe`, `mutex`,
+    /// `cas`, `actor`), `safe` for the last three, or `all`.
     #[serde(default)]
     pub expect: BTreeMap<String, Expect>,
+}
+
+/// A scenario over ledger replicas sharing one PostgreSQL database.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Replicas {
+    /// How many replicas (2 to [`REPLICAS_MAX`]).
+    pub count: u32,
+    /// How long an actor owner's lease lasts unrenewed (`--lease-ttl-ms`).
+    #[serde(default)]
+    pub lease_ttl_ms: Option<u64>,
+    /// Race windows `[min, max]` ms by replica, first to last; replicas
+    /// past the list use the scenario's `race_window_ms`.
+    #[serde(default)]
+    pub race_window_ms: Vec<[u64; 2]>,
+    /// The runs, in order: `MODE` or `MODE/SETTING`, the setting one of
+    /// `process`, `database` (mutex's lock scope), `fenced`, `unfenced`
+    /// (actor), `read-committed`, `repeatable-read`, `serializable` (the
+    /// transactions' isolation).
+    pub runs: Vec<String>,
+}
+
+/// One run of a scenario: a mode, and for replicas a setting of theirs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The consistency mode.
+    pub mode: Mode,
+    /// The replicas' setting that distinguishes this run, if any.
+    pub setting: Option<Setting>,
+}
+
+/// A replica setting a run can vary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `--lock-scope`.
+    LockScope(LockScope),
+    /// `--fencing`.
+    Fencing(Fencing),
+    /// `--isolation`.
+    Isolation(Isolation),
+}
+
+impl Setting {
+    fn parse(text: &str) -> Option<Self> {
+        use clap::ValueEnum;
+        match text {
+            "fenced" => Some(Setting::Fencing(Fencing::On)),
+            "unfenced" => Some(Setting::Fencing(Fencing::Off)),
+            _ => LockScope::from_str(text, false)
+                .map(Setting::LockScope)
+                .or_else(|_| Isolation::from_str(text, false).map(Setting::Isolation))
+                .ok(),
+        }
+    }
+
+    fn name(self) -> String {
+        use clap::ValueEnum;
+        let value = match self {
+            Setting::Fencing(Fencing::On) => return "fenced".into(),
+            Setting::Fencing(Fencing::Off) => return "unfenced".into(),
+            Setting::LockScope(scope) => scope.to_possible_value(),
+            Setting::Isolation(level) => level.to_possible_value(),
+        };
+        value.map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+impl Run {
+    /// A run in `mode` with nothing else set.
+    pub fn of(mode: Mode) -> Self {
+        Self {
+            mode,
+            setting: None,
+        }
+    }
+
+    /// `MODE` or `MODE/SETTING`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        use clap::ValueEnum;
+        let (mode, setting) = match text.split_once('/') {
+            Some((mode, setting)) => (mode, Some(setting)),
+            None => (text, None),
+        };
+        let mode = Mode::from_str(mode, false)
+            .map_err(|_| format!("run {text:?}: the mode must be unsafe, mutex, cas or actor"))?;
+        let setting = setting
+            .map(|name| {
+                Setting::parse(name).ok_or_else(|| {
+                    format!(
+                        "run {text:?}: the setting must be process, database, fenced, unfenced, read-committed, repeatable-read or serializable"
+                    )
+                })
+            })
+            .transpose()?;
+        match setting {
+            Some(Setting::LockScope(_)) if mode != Mode::Mutex => {
+                Err(format!("run {text:?}: a lock scope is mutex's setting"))
+            }
+            Some(Setting::Fencing(_)) if mode != Mode::Actor => {
+                Err(format!("run {text:?}: fencing is actor's setting"))
+            }
+            _ => Ok(Self { mode, setting }),
+        }
+    }
+
+    /// `mutex/database`, or the mode's name alone.
+    pub fn label(self) -> String {
+        match self.setting {
+            Some(setting) => format!("{}/{}", self.mode.as_str(), setting.name()),
+            None => self.mode.as_str().to_owned(),
+        }
+    }
+
+    /// The label as a file name's part: `mutex-database`.
+    pub fn file_stem(self) -> String {
+        self.label().replace('/', "-")
+    }
 }
 
 fn yes() -> bool {
@@ -170,6 +302,13 @@ pub struct AtmSpec {
     /// How many times each runs its script.
     #[serde(default = "one")]
     pub repeat: u32,
+    /// With replicas: which one (0-based) this ATM calls; by default ATM
+    /// *i* calls replica *i* mod their count.
+    #[serde(default)]
+    pub replica: Option<u32>,
+    /// Wait before the first step, ms (after the barrier, if any).
+    #[serde(default)]
+    pub start_ms: u64,
     /// The steps.
     pub script: Vec<Step>,
 }
@@ -196,6 +335,10 @@ pub struct Step {
     /// Amount (all but balance).
     #[serde(default)]
     pub amount_cents: Option<i64>,
+    /// A withdrawal under the household rule: the account may go below
+    /// zero as long as it and this joint account together do not.
+    #[serde(default)]
+    pub joint: Option<String>,
     /// `"auto"` (default: unique per operation), `"none"` (no idempotency
     /// key), or a fixed key shared by every ATM that sends this step.
     #[serde(default)]
@@ -307,15 +450,29 @@ impl Scenario {
         }
     }
 
-    /// The expectation for `mode`: its own section, else `safe` for the safe modes, else `all`.
-    pub fn expectation(&self, mode: Mode) -> Option<&Expect> {
-        let group = if mode == Mode::Unsafe {
+    /// The runs: the replicas' list, else one per mode to run.
+    pub fn runs(&self) -> Vec<Run> {
+        match &self.replicas {
+            Some(replicas) => replicas
+                .runs
+                .iter()
+                .filter_map(|text| Run::parse(text).ok())
+                .collect(),
+            None => self.modes().into_iter().map(Run::of).collect(),
+        }
+    }
+
+    /// The expectation for `run`: its own section, else its mode's, else
+    /// `safe` for the safe modes, else `all`.
+    pub fn expectation(&self, run: Run) -> Option<&Expect> {
+        let group = if run.mode == Mode::Unsafe {
             "unsafe"
         } else {
             "safe"
         };
         self.expect
-            .get(mode.as_str())
+            .get(&run.label())
+            .or_else(|| self.expect.get(run.mode.as_str()))
             .or_else(|| self.expect.get(group))
             .or_else(|| self.expect.get("all"))
     }
@@ -404,21 +561,43 @@ impl Scenario {
                 ),
             ));
         }
+        self.validate_replicas()?;
         for atm in &self.atms {
+            if atm.start_ms > START_MS_MAX {
+                return Err((
+                    "start_ms",
+                    format!("ATM {}: must be at most {START_MS_MAX}", atm.name),
+                ));
+            }
+            let replicas = self.replicas.as_ref().map_or(0, |r| r.count);
+            match atm.replica {
+                Some(n) if n >= replicas => {
+                    return Err((
+                        "replica",
+                        format!(
+                            "ATM {} calls replica {n}, but the scenario starts {replicas} (numbered from 0)",
+                            atm.name
+                        ),
+                    ));
+                }
+                _ => {}
+            }
             for step in &atm.script {
                 step.validate(&known)
                     .map_err(|message| ("script", format!("ATM {}: {message}", atm.name)))?;
             }
         }
         for (key, expect) in &self.expect {
+            let runs = self.replicas.as_ref().map_or(&[][..], |r| &r.runs[..]);
             if !matches!(
                 key.as_str(),
                 "unsafe" | "mutex" | "cas" | "actor" | "safe" | "all"
-            ) {
+            ) && !runs.contains(key)
+            {
                 return Err((
                     "expect",
                     format!(
-                        "unknown section [expect.{key}]; use unsafe, mutex, cas, actor, safe or all"
+                        "unknown section [expect.{key}]; use unsafe, mutex, cas, actor, safe, all or a run in replicas.runs"
                     ),
                 ));
             }
@@ -430,6 +609,64 @@ impl Scenario {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl Scenario {
+    fn validate_replicas(&self) -> Result<(), (&'static str, String)> {
+        let Some(replicas) = &self.replicas else {
+            return Ok(());
+        };
+        if !(2..=REPLICAS_MAX).contains(&replicas.count) {
+            return Err((
+                "count",
+                format!(
+                    "replicas.count must be 2 to {REPLICAS_MAX} (got {})",
+                    replicas.count
+                ),
+            ));
+        }
+        if let Some(ttl) = replicas.lease_ttl_ms
+            && !(10..=LEASE_TTL_MS_MAX).contains(&ttl)
+        {
+            return Err((
+                "lease_ttl_ms",
+                format!("must be 10 to {LEASE_TTL_MS_MAX} (got {ttl})"),
+            ));
+        }
+        if replicas.race_window_ms.len() > replicas.count as usize {
+            return Err((
+                "race_window_ms",
+                format!(
+                    "replicas.race_window_ms lists {} windows for {} replicas",
+                    replicas.race_window_ms.len(),
+                    replicas.count
+                ),
+            ));
+        }
+        for [min, max] in &replicas.race_window_ms {
+            overdraft_server::config::check_race_window(*min, *max)
+                .map_err(|e| ("race_window_ms", e))?;
+        }
+        if replicas.runs.is_empty() {
+            return Err(("runs", "replicas.runs must list at least one run".into()));
+        }
+        if !self.modes.is_empty() {
+            return Err((
+                "modes",
+                "a scenario over replicas lists its runs in replicas.runs, not modes".into(),
+            ));
+        }
+        if self.crash.is_some() || self.lost_acks > 0 || self.slow_owner_ms > 0 {
+            return Err((
+                "replicas",
+                "replicas do not combine with crash, lost_acks or slow_owner_ms yet".into(),
+            ));
+        }
+        for text in &replicas.runs {
+            Run::parse(text).map_err(|e| ("runs", e))?;
         }
         Ok(())
     }
@@ -454,6 +691,15 @@ impl Step {
                 if self.from == self.to {
                     return Err("a transfer's from and to must differ".into());
                 }
+            }
+        }
+        if let Some(joint) = &self.joint {
+            if self.op != Operation::Withdraw {
+                return Err("joint belongs to a withdraw step".into());
+            }
+            account("joint", &self.joint)?;
+            if Some(joint) == self.account.as_ref() {
+                return Err("a withdrawal's joint account must differ from its account".into());
             }
         }
         if self.op != Operation::Balance {
@@ -533,5 +779,45 @@ mod tests {
         let error = Scenario::parse("bad.toml", text).unwrap_err();
         assert_eq!(error.line, 2, "{error}");
         assert!(error.message.starts_with("race_window_ms"), "{error}");
+    }
+
+    /// A scenario over replicas that breaks a rule is refused, naming the
+    /// field; the built-in it was made from passes.
+    #[test]
+    fn bad_replica_settings_name_the_field() {
+        let good = "name = \"x\"\naccounts = [{ id = \"a\", opening_cents = 1 }, { id = \"b\", opening_cents = 1 }]\n[replicas]\ncount = 2\nruns = [\"mutex/database\", \"actor/fenced\", \"unsafe/serializable\"]\n[[atms]]\nname = \"atm\"\nreplica = 1\nscript = [{ op = \"withdraw\", account = \"a\", joint = \"b\", amount_cents = 5 }]\n";
+        let scenario = Scenario::parse("good.toml", good).unwrap_or_else(|e| panic!("{e}"));
+        let labels: Vec<String> = scenario.runs().iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            ["mutex/database", "actor/fenced", "unsafe/serializable"]
+        );
+        for (from, to, field) in [
+            ("count = 2", "count = 1", "count"),
+            ("count = 2", "count = 9", "count"),
+            ("\"mutex/database\"", "\"mutex/global\"", "runs"),
+            ("\"mutex/database\"", "\"cas/fenced\"", "runs"),
+            ("\"actor/fenced\"", "\"actor/process\"", "runs"),
+            ("\"mutex/database\"", "\"optimistic\"", "runs"),
+            ("replica = 1", "replica = 2", "replica"),
+            ("joint = \"b\"", "joint = \"a\"", "script"),
+            ("joint = \"b\"", "joint = \"nobody\"", "script"),
+            ("op = \"withdraw\"", "op = \"deposit\"", "script"),
+            ("count = 2", "count = 2\nlease_ttl_ms = 5", "lease_ttl_ms"),
+            (
+                "count = 2",
+                "count = 2\nrace_window_ms = [[1, 2], [3, 4], [5, 6]]",
+                "race_window_ms",
+            ),
+            ("[replicas]", "modes = [\"cas\"]\n[replicas]", "modes"),
+        ] {
+            assert!(good.contains(from), "{from}");
+            let text = good.replacen(from, to, 1);
+            let error = Scenario::parse("bad.toml", &text).unwrap_err();
+            assert!(
+                error.message.starts_with(field),
+                "{to:?}: expected an error naming {field}, got {error}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use overdraft_history::format::Operation;
 
 use crate::history::{Clock, Header, HistoryFile, HistorySink, OpLine, OpenLine};
 
-use super::{Expect, Presence, Scenario, Step};
+use super::{Expect, Presence, Run, Scenario, Step};
 use crate::{
     child::ChildLedger,
     connect::{ClientError, Clients},
@@ -47,6 +47,8 @@ pub struct ModeOutcome {
     pub scenario: String,
     /// The mode.
     pub mode: Mode,
+    /// The run's label: the mode, or over replicas `MODE/SETTING`.
+    pub run: String,
     /// True when every expectation held (or none was set).
     pub passed: bool,
     /// Each expectation that did not hold, as a sentence.
@@ -202,7 +204,9 @@ pub async fn run_mode(
     }
     let mut clients = Clients::connect(url).await?;
     let previous = clients.configure(pb::ConfigureRequest::default()).await?;
-    let outcome = run_configured(url, &mut clients, scenario, mode, None, history).await;
+    let targets = [url.to_owned()];
+    let run = Run::of(mode);
+    let outcome = run_configured(&targets, &mut clients, scenario, run, None, history).await;
     // Leave a shared ledger as we found it, whatever happened.
     clients.configure(restore_request(&previous)).await?;
     outcome
@@ -223,10 +227,10 @@ pub async fn run_mode_crashing(
     let url = child.url.clone();
     let mut clients = Clients::connect(&url).await?;
     let outcome = run_configured(
-        &url,
+        std::slice::from_ref(&url),
         &mut clients,
         scenario,
-        mode,
+        Run::of(mode),
         Some(&mut child),
         history,
     )
@@ -235,14 +239,57 @@ pub async fn run_mode_crashing(
     outcome
 }
 
+/// Runs a scenario with `replicas` as `run`: starts its replicas in this
+/// process on the PostgreSQL database at `database_url` (their shared
+/// tables are reset), runs the ATMs over them, then stops them.
+pub async fn run_replicated(
+    database_url: &str,
+    scenario: &Scenario,
+    run: Run,
+    seed: u64,
+    history: Option<&Path>,
+) -> Result<ModeOutcome, ClientError> {
+    let Some(replicas) = &scenario.replicas else {
+        return Err(ClientError::Usage(format!(
+            "scenario {} runs on one ledger: use run_mode",
+            scenario.name
+        )));
+    };
+    let ledgers =
+        crate::embedded::replicas(database_url, &scenario.name, replicas, run, seed).await?;
+    let targets: Vec<String> = ledgers.iter().map(|l| l.url()).collect();
+    let outcome = match Clients::connect(&targets[0]).await {
+        Ok(mut clients) => {
+            run_configured(&targets, &mut clients, scenario, run, None, history).await
+        }
+        Err(error) => Err(error),
+    };
+    for ledger in ledgers {
+        if let Err(error) = ledger.stop().await {
+            tracing::warn!(%error, "a scenario replica did not stop cleanly");
+        }
+    }
+    outcome
+}
+
+/// The race window replica `n` of `targets` runs with.
+fn window_of(scenario: &Scenario, n: usize) -> [u64; 2] {
+    scenario
+        .replicas
+        .as_ref()
+        .and_then(|r| r.race_window_ms.get(n).copied())
+        .unwrap_or(scenario.race_window_ms)
+}
+
 async fn run_configured(
-    url: &str,
+    targets: &[String],
     clients: &mut Clients,
     scenario: &Scenario,
-    mode: Mode,
+    run: Run,
     child: Option<&mut ChildLedger>,
     history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
+    let mode = run.mode;
     let accounts = scenario
         .accounts
         .iter()
@@ -252,11 +299,18 @@ async fn run_configured(
         })
         .collect();
     clients.reset(accounts).await?;
-    clients.configure(configure_request(scenario)).await?;
-    clients.set_mode(mode).await?;
+    for (n, target) in targets.iter().enumerate() {
+        let configure = configure_request(scenario, window_of(scenario, n));
+        if n == 0 {
+            clients.configure(configure).await?;
+        } else {
+            Clients::connect(target).await?.configure(configure).await?;
+        }
+    }
+    Clients::set_mode_everywhere(targets, mode).await?;
 
     let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
-    if scenario.barrier {
+    if scenario.barrier && targets.len() == 1 {
         // Also hold the first operations at the server's race hook until all
         // have read: the race becomes certain in unsafe mode, whatever the
         // scheduling of this machine. In the safe modes they cannot all get
@@ -296,7 +350,8 @@ async fn run_configured(
     let mut atm_index = 0u32;
     for spec in &scenario.atms {
         for copy in 0..spec.count {
-            let channel = crate::connect::channel(url).await?;
+            let replica = spec.replica.map_or(atm_index as usize, |n| n as usize) % targets.len();
+            let channel = crate::connect::channel(&targets[replica]).await?;
             let name = if spec.count == 1 {
                 spec.name.clone()
             } else {
@@ -304,6 +359,7 @@ async fn run_configured(
             };
             let script = spec.script.clone();
             let repeat = spec.repeat;
+            let start = Duration::from_millis(spec.start_ms);
             let barrier = scenario.barrier.then(|| Arc::clone(&barrier));
             let recording = sink.clone().map(|sink| Recording {
                 sink,
@@ -311,7 +367,9 @@ async fn run_configured(
                 atm: atm_index,
             });
             atm_index += 1;
-            atms.spawn(run_atm(channel, name, script, repeat, barrier, recording));
+            atms.spawn(run_atm(
+                channel, name, script, repeat, barrier, start, recording,
+            ));
         }
     }
     let started = Instant::now();
@@ -330,12 +388,19 @@ async fn run_configured(
     }
 
     let audit = clients.audit().await?;
-    let stats = clients.stats().await?;
-    let retries = stats
-        .modes
-        .iter()
-        .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
-        .map_or(0, |m| m.retries);
+    let mut retries = 0;
+    for (n, target) in targets.iter().enumerate() {
+        let stats = if n == 0 {
+            clients.stats().await?
+        } else {
+            Clients::connect(target).await?.stats().await?
+        };
+        retries += stats
+            .modes
+            .iter()
+            .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
+            .map_or(0, |m| m.retries);
+    }
     let mut balances = BTreeMap::new();
     for account in &scenario.accounts {
         let invoke_ns = clock.now();
@@ -356,6 +421,7 @@ async fn run_configured(
     let mut outcome = ModeOutcome {
         scenario: scenario.name.clone(),
         mode,
+        run: run.label(),
         passed: true,
         failures: Vec::new(),
         operations: tally.operations,
@@ -383,7 +449,7 @@ async fn run_configured(
             tally.errors
         ));
     }
-    if let Some(expect) = scenario.expectation(mode) {
+    if let Some(expect) = scenario.expectation(run) {
         outcome.failures.extend(check(expect, &outcome));
     }
     outcome.passed = outcome.failures.is_empty();
@@ -403,12 +469,16 @@ async fn run_atm(
     script: Vec<Step>,
     repeat: u32,
     barrier: Option<Arc<Barrier>>,
+    start: Duration,
     recording: Option<Recording>,
 ) -> Tally {
     let mut ledger = pb::ledger_client::LedgerClient::new(channel);
     let mut tally = Tally::default();
     if let Some(barrier) = barrier {
         barrier.wait().await;
+    }
+    if !start.is_zero() {
+        tokio::time::sleep(start).await;
     }
     for round in 0..repeat {
         for (index, step) in script.iter().enumerate() {
@@ -463,6 +533,7 @@ async fn send_once(
         operation: step.op,
         account: &account,
         to: to.as_deref(),
+        joint: step.joint.as_deref(),
         amount_cents: step.amount_cents.unwrap_or_default(),
         request_id: request_id.to_owned(),
         deadline: step.timeout_ms.map(Duration::from_millis),
@@ -509,10 +580,10 @@ async fn open_history(
     crate::history::create(path, &header, &opens)
 }
 
-fn configure_request(scenario: &Scenario) -> pb::ConfigureRequest {
+fn configure_request(scenario: &Scenario, [min, max]: [u64; 2]) -> pb::ConfigureRequest {
     pb::ConfigureRequest {
-        race_window_ms_min: Some(scenario.race_window_ms[0]),
-        race_window_ms_max: Some(scenario.race_window_ms[1]),
+        race_window_ms_min: Some(min),
+        race_window_ms_max: Some(max),
         overdraft: Some(OverdraftPolicy::from(scenario.overdraft).into()),
         lock_order: Some(pb::LockOrder::from(scenario.lock_order).into()),
         idempotency: Some(scenario.idempotency),

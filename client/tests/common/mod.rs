@@ -21,6 +21,7 @@ pub async fn atm(args: &[&str]) -> Output {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_atm"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env_remove("OVERDRAFT_DATABASE_URL")
         .output()
         .await
         .expect("the atm binary runs")

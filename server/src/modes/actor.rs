@@ -107,6 +107,15 @@ impl ActorMode {
         }
     }
 
+    /// Across replicas, gives up this replica's leases (see
+    /// [`Ownership::release`]); on one ledger there are none.
+    pub(crate) async fn release_leases(&self) -> Result<u64, LedgerError> {
+        match &self.ownership {
+            Some(ownership) => ownership.release().await,
+            None => Ok(0),
+        }
+    }
+
     /// Messages queued in all the mailboxes, and in the fullest one.
     pub(crate) fn mailbox_depth(&self) -> (usize, usize) {
         self.mailboxes

@@ -88,6 +88,16 @@ impl Ownership {
         }
     }
 
+    /// Gives up this replica's leases, as it stops: the others take its
+    /// accounts at once rather than when the leases run out.
+    pub(crate) async fn release(&self) -> Result<u64, LedgerError> {
+        self.lock().clear();
+        match self.store.leases() {
+            Some(leases) => Ok(leases.release_leases(&self.holder).await?),
+            None => Ok(0),
+        }
+    }
+
     /// How an owner here writes under `token`: fenced, or blind.
     pub(crate) fn write_kind(&self, token: u64) -> WriteKind {
         match self.fencing {

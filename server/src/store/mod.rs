@@ -216,6 +216,11 @@ pub trait Leases: Send + Sync {
         address: &str,
         ttl_ms: u64,
     ) -> Result<Lease, StoreError>;
+
+    /// Gives up every lease `holder` has, so the next replica to call
+    /// takes them at once instead of waiting for them to run out: what a
+    /// replica does as it stops. Returns how many it gave up.
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError>;
 }
 
 /// The ledger's storage.
@@ -236,7 +241,8 @@ pub trait Store: Send + Sync + 'static {
     /// The idempotency record under `id`, if any.
     async fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
 
-    /// Removes every account, journal entry and idempotency record.
+    /// Removes every account, journal entry and idempotency record (and,
+    /// in a store replicas share, every owner's lease).
     async fn clear(&self) -> Result<(), StoreError>;
 
     /// Every account, in id order.

@@ -787,6 +787,8 @@ const SQL_TAKE_LEASE: &str = "WITH taken AS (
          WHERE accounts.id = $1 AND accounts.fence < taken.token
      )
      SELECT token, (extract(epoch FROM expires_at - now()) * 1000)::bigint FROM taken";
+/// Tries to take a lease that keeps vanishing under the taker.
+const LEASE_TRIES_MAX: usize = 3;
 const SQL_LEASE_HOLDER: &str = "SELECT holder, address,
          greatest((extract(epoch FROM expires_at - now()) * 1000)::bigint, 0)
      FROM leases WHERE account_id = $1";
@@ -803,28 +805,45 @@ impl Leases for PostgresStore {
         let client = self.pool.get().await.map_err(pool_error)?;
         let ttl_ms = to_i64(ttl_ms, "lease ttl")?;
         let take = client.prepare_cached(SQL_TAKE_LEASE).await.map_err(pg)?;
+        let held = client.prepare_cached(SQL_LEASE_HOLDER).await.map_err(pg)?;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
             [&account.as_str(), &holder, &address, &ttl_ms];
-        if let Some(row) = client.query_opt(&take, &params).await.map_err(pg)? {
-            let token: i64 = row.try_get(0).map_err(pg)?;
-            let valid_ms: i64 = row.try_get(1).map_err(pg)?;
-            return Ok(Lease::Mine {
-                token: to_u64(token, "lease token")?,
-                valid_ms: u64::try_from(valid_ms).unwrap_or(0),
-            });
+        // Held by another, the row can still go between the two statements
+        // (its holder stopped and released it): then the lease is free, and
+        // the next try takes it.
+        for _ in 0..LEASE_TRIES_MAX {
+            if let Some(row) = client.query_opt(&take, &params).await.map_err(pg)? {
+                let token: i64 = row.try_get(0).map_err(pg)?;
+                let valid_ms: i64 = row.try_get(1).map_err(pg)?;
+                return Ok(Lease::Mine {
+                    token: to_u64(token, "lease token")?,
+                    valid_ms: u64::try_from(valid_ms).unwrap_or(0),
+                });
+            }
+            if let Some(row) = client
+                .query_opt(&held, &[&account.as_str()])
+                .await
+                .map_err(pg)?
+            {
+                let valid_ms: i64 = row.try_get(2).map_err(pg)?;
+                return Ok(Lease::Theirs {
+                    holder: row.try_get(0).map_err(pg)?,
+                    address: row.try_get(1).map_err(pg)?,
+                    valid_ms: u64::try_from(valid_ms).unwrap_or(0),
+                });
+            }
         }
-        // Held by another; the row cannot have gone (leases are never deleted).
-        let held = client.prepare_cached(SQL_LEASE_HOLDER).await.map_err(pg)?;
-        let row = client
-            .query_one(&held, &[&account.as_str()])
+        Err(StoreError::Postgres(format!(
+            "the lease on {account} changed hands {LEASE_TRIES_MAX} times while it was being taken"
+        )))
+    }
+
+    async fn release_leases(&self, holder: &str) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        client
+            .execute("DELETE FROM leases WHERE holder = $1", &[&holder])
             .await
-            .map_err(pg)?;
-        let valid_ms: i64 = row.try_get(2).map_err(pg)?;
-        Ok(Lease::Theirs {
-            holder: row.try_get(0).map_err(pg)?,
-            address: row.try_get(1).map_err(pg)?,
-            valid_ms: u64::try_from(valid_ms).unwrap_or(0),
-        })
+            .map_err(pg)
     }
 }
 
@@ -896,7 +915,7 @@ impl Store for PostgresStore {
     async fn clear(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client
-            .batch_execute("TRUNCATE accounts, journal, requests")
+            .batch_execute("TRUNCATE accounts, journal, requests, leases")
             .await
             .map_err(pg)
     }
