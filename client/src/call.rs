@@ -47,6 +47,7 @@ pub async fn send(
         line.to_account_id = request.to.map(str::to_owned);
     } else {
         line.account_id = Some(request.account.to_owned());
+        line.joint_account_id = request.joint.map(str::to_owned);
     }
     if request.operation.is_mutation() {
         line.amount_cents = Some(request.amount_cents);

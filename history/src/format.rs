@@ -246,6 +246,10 @@ pub struct OpLine {
     /// A transfer's destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_account_id: Option<String>,
+    /// A withdrawal's joint account (the household rule: the two together
+    /// stay at or above the floor), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joint_account_id: Option<String>,
     /// The amount (all but balance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount_cents: Option<i64>,

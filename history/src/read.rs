@@ -112,8 +112,8 @@ pub struct Op {
     pub outcome: Outcome,
     /// The account (a transfer's `from`).
     pub account: AccountIx,
-    /// A transfer's `to` account.
-    to_account: AccountIx,
+    /// A transfer's `to` account, or a joint withdrawal's household account.
+    second: AccountIx,
     /// The amount (0 for a balance read).
     pub amount_cents: i64,
     /// When it started, ns on the run's clock.
@@ -151,7 +151,13 @@ impl Op {
 
     /// A transfer's destination.
     pub fn to_account(&self) -> Option<AccountIx> {
-        (self.to_account != u32::MAX).then_some(self.to_account)
+        (self.operation == Operation::Transfer && self.second != u32::MAX).then_some(self.second)
+    }
+
+    /// A joint withdrawal's household account: the withdrawal may take its
+    /// own account below the floor as long as the two together stay above.
+    pub fn joint_account(&self) -> Option<AccountIx> {
+        (self.operation == Operation::Withdraw && self.second != u32::MAX).then_some(self.second)
     }
 
     /// The balance returned (a transfer's `from`).
@@ -331,6 +337,8 @@ struct RawLine<'a> {
     from_account_id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     to_account_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    joint_account_id: Option<Cow<'a, str>>,
     amount_cents: Option<i64>,
     #[serde(borrow)]
     request_id: Option<Cow<'a, str>>,
@@ -603,7 +611,7 @@ fn read_op(
     let outcome = raw
         .outcome
         .ok_or_else(|| at.error(Some("outcome"), "missing (ok, fail or unknown)"))?;
-    let (account, to_account) = read_accounts(run, &raw, operation, at)?;
+    let (account, second) = read_accounts(run, &raw, operation, at)?;
     let amount_cents = match operation {
         Operation::Balance => 0,
         _ => match raw.amount_cents {
@@ -692,7 +700,7 @@ fn read_op(
         operation,
         outcome,
         account,
-        to_account: to_account.unwrap_or(u32::MAX),
+        second: second.unwrap_or(u32::MAX),
         amount_cents,
         invoke_ns,
         complete_ns,
@@ -732,6 +740,16 @@ fn read_accounts(
         Ok((run.account(&from), Some(run.account(&to))))
     } else {
         let account = named("account_id", &raw.account_id)?;
-        Ok((run.account(&account), None))
+        let joint = match raw.joint_account_id.as_deref().filter(|v| !v.is_empty()) {
+            None => None,
+            Some(_) if operation != Operation::Withdraw => {
+                return Err(at.error(Some("joint_account_id"), "only a withdraw has one"));
+            }
+            Some(joint) if joint == account => {
+                return Err(at.error(Some("joint_account_id"), "must differ from account_id"));
+            }
+            Some(joint) => Some(run.account(joint)),
+        };
+        Ok((run.account(&account), joint))
     }
 }

@@ -877,9 +877,8 @@ async fn an_audit_during_another_replicas_load_is_consistent() {
 /// list: `scaled-out-mutex` breaks with the process mutex and holds with
 /// the database lock, cas and actor; `paused-owner`'s stale write lands
 /// unfenced and is refused fenced; `write-skew` passes repeatable read and
-/// not serializable. Where the history checker models the rules (all but
-/// the household rule), `atm check` agrees with the audit: anomalies
-/// exactly in the runs that expect them. Method: each scenario as the atm
+/// not serializable. `atm check` agrees with the audit (the household rule
+/// included): anomalies exactly in the runs that expect them. Method: each scenario as the atm
 /// runs it (its replicas started in this process on a fresh database),
 /// two seeds each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -910,9 +909,6 @@ async fn builtin_replica_scenarios_meet_their_expectations() {
                 }
                 let broken =
                     scenario.expectation(*run).and_then(|e| e.anomalies) == Some(Presence::Some);
-                if name == "write-skew" {
-                    continue;
-                }
                 checked_runs += 1;
                 let history = overdraft_history::read_files(&[history.as_path()]).unwrap();
                 let report = overdraft_history::check(
@@ -930,11 +926,7 @@ async fn builtin_replica_scenarios_meet_their_expectations() {
             }
         }
     }
-    assert_eq!(
-        checked_runs,
-        2 * 6,
-        "every run of two scenarios was checked"
-    );
+    assert_eq!(checked_runs, 2 * 9, "every run was checked");
     assert!(failures.is_empty(), "{failures:#?}");
 }
 

@@ -729,7 +729,8 @@ fn lost_update(
 /// The money view: the opening plus every applied change, in version then
 /// completion order (what the customers were told). It going below the
 /// policy's floor is an overdraft, even where lost updates kept the stored
-/// balance above it.
+/// balance above it; but not by a joint withdrawal, which may, as long as
+/// its household does not (judged across the two accounts).
 fn overdrafts(
     run: &Run,
     account: u32,
@@ -749,7 +750,9 @@ fn overdrafts(
     for index in order {
         let before = money;
         money += i128::from(legs[index].delta_cents);
-        if money < floor && before >= floor {
+        // A joint withdrawal answers to the household rule (household.rs).
+        let joint = run.ops[legs[index].op as usize].joint_account().is_some();
+        if money < floor && before >= floor && !joint {
             let depth = i64::try_from(money - floor).unwrap_or(i64::MIN);
             let mut finding = Finding::new(AnomalyKind::Overdraft, depth);
             finding.accounts.push(account);

@@ -22,6 +22,7 @@
 
 mod account;
 mod finding;
+mod household;
 mod schedule;
 mod search;
 
@@ -288,6 +289,7 @@ pub fn check(run: &Run, evidence: &Evidence<'_>, time_budget: Duration) -> Repor
         &run.policy,
         &mut findings,
     );
+    household::check(run, &chains, &run.policy, &mut findings, &mut undecided);
     let mut inferred = vec![false; run.ops.len()];
     for verdict in &verdicts {
         for &op in &verdict.inferred_applied {
@@ -542,8 +544,10 @@ fn gather(
                     input.final_read = Some(index);
                 }
             }
+            // A joint withdrawal's refusal depends on the household, which
+            // one account's states cannot judge: it is not placed.
             (Operation::Withdraw | Operation::Transfer, Outcome::Fail, _)
-                if run.code(op) == Some("FailedPrecondition") =>
+                if run.code(op) == Some("FailedPrecondition") && op.joint_account().is_none() =>
             {
                 inputs[input_of(op.account)].refusals.push(index);
             }
