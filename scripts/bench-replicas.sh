@@ -2,6 +2,7 @@
 # Replicas over PostgreSQL against the single sled ledger, on one machine in
 # one run: throughput and p99 per mode for 1, 2 and 3 `ledger` processes on
 # one database, on one hot account and on 1,000 (uncontended), beside sled.
+# Actor across replicas forwards each call whose account another replica owns.
 # `atm load --target A,B,C` keeps ATM i on replica i mod n.
 #
 # PostgreSQL runs from a fresh `initdb` in a temporary directory (as the
@@ -90,11 +91,11 @@ measure() { # label mode accounts -> a JSON line
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); $atms ATMs, deposits, $duration per run"
 for accounts in 1000 1; do
   start sled 1
-  for mode in unsafe mutex cas; do measure "sled $mode" "$mode" "$accounts"; done
+  for mode in unsafe mutex cas actor; do measure "sled $mode" "$mode" "$accounts"; done
   stop
   for n in 1 2 3; do
     start postgres "$n"
-    for mode in unsafe mutex cas; do measure "pg x$n $mode" "$mode" "$accounts"; done
+    for mode in unsafe mutex cas actor; do measure "pg x$n $mode" "$mode" "$accounts"; done
     stop
     start postgres "$n" --lock-scope database
     measure "pg x$n mutex/db" mutex "$accounts"

@@ -241,3 +241,50 @@ async fn the_live_page_shows_a_mutex_run_clean() {
     assert!(!page.contains("class=\"anomaly\""));
     assert!(number(&page, "total") > 100);
 }
+
+/// Goal: `atm view --target A,B` watches a ledger scaled out: operations
+/// are counted over every replica, and replicas left in different modes
+/// are shown as such. Operation: two ledgers (mutex and cas), 7 deposits
+/// on the first and 5 on the second; the snapshot counts 12 and names both
+/// modes; once both are in cas it says cas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_counts_every_replica() {
+    use overdraft_proto::v1 as pb;
+    let ledgers = [bank(Mode::Mutex).await, bank(Mode::Cas).await];
+    for (ledger, deposits) in ledgers.iter().zip([7, 5]) {
+        let mut client = pb::ledger_client::LedgerClient::connect(ledger.url())
+            .await
+            .unwrap();
+        for n in 0..deposits {
+            client
+                .deposit(pb::DepositRequest {
+                    account_id: "acct-0".into(),
+                    amount_cents: 100,
+                    request_id: format!("view-{n}"),
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let args = ViewArgs {
+        target: format!("{},{}", ledgers[0].url(), ledgers[1].url()),
+        http: address,
+        histories: None,
+        fault_log: None,
+    };
+    tokio::spawn(async move { view::serve(listener, &args).await });
+    tokio::time::sleep(view::EVERY * 2).await;
+    let state = snapshot(address).await;
+    assert_eq!(state["operations_total"], 12, "{state}");
+    assert_eq!(state["mode"], "mixed: mutex, cas", "{state}");
+    overdraft_client::connect::Clients::connect(&ledgers[0].url())
+        .await
+        .unwrap()
+        .set_mode(Mode::Cas)
+        .await
+        .unwrap();
+    tokio::time::sleep(view::EVERY * 2).await;
+    assert_eq!(snapshot(address).await["mode"], "cas");
+}

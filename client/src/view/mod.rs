@@ -40,7 +40,9 @@ pub const PAGES_MAX: usize = 64;
 /// `atm view` arguments.
 #[derive(Debug, Args)]
 pub struct ViewArgs {
-    /// The ledger to watch.
+    /// The ledger to watch, or its replicas (comma-separated): operations
+    /// are counted over all of them, balances and the audit are asked of
+    /// the first (the store they share).
     #[arg(long)]
     pub target: String,
     /// Serve the page here (e.g. 127.0.0.1:8080; 0.0.0.0:8080 in a container).
@@ -65,6 +67,7 @@ struct Shared {
 
 /// Serves the page until the process is stopped.
 pub async fn run(args: &ViewArgs) -> Result<bool, ClientError> {
+    crate::connect::targets(&args.target)?;
     let listener = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| ClientError::Usage(format!("cannot listen on --http {}: {e}", args.http)))?;

@@ -238,7 +238,9 @@ impl Files {
 /// What the view keeps between snapshots.
 pub(super) struct Watcher {
     target: String,
-    clients: Option<Clients>,
+    /// The ledger, or its replicas: the first answers for the shared
+    /// balances and the audit, every one for its own operation counts.
+    clients: Option<Vec<Clients>>,
     /// None only while a look has them on the blocking thread.
     files: Option<Files>,
     follows_histories: bool,
@@ -346,19 +348,33 @@ impl Watcher {
 
     async fn ask_ledger(&mut self, snapshot: &mut Snapshot) -> Result<(), String> {
         if self.clients.is_none() {
-            self.clients = Some(
-                Clients::connect(&self.target)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            );
+            let mut connected = Vec::new();
+            for target in crate::connect::targets(&self.target).map_err(|e| e.to_string())? {
+                connected.push(Clients::connect(&target).await.map_err(|e| e.to_string())?);
+            }
+            self.clients = Some(connected);
         }
-        let Some(clients) = self.clients.as_mut() else {
+        let Some([clients, replicas @ ..]) = self.clients.as_deref_mut() else {
             return Ok(());
         };
         let stats = clients.stats().await.map_err(|e| e.to_string())?;
-        snapshot.mode = overdraft_server::config::Mode::from_proto(stats.mode)
-            .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned());
+        let mode_of = |stats: &overdraft_proto::v1::StatsReply| {
+            overdraft_server::config::Mode::from_proto(stats.mode)
+                .map_or_else(|| "unknown".to_owned(), |m| m.as_str().to_owned())
+        };
+        snapshot.mode = mode_of(&stats);
         snapshot.operations_total = stats.modes.iter().map(|m| m.operations).sum();
+        // Each replica counts what it served; each process has its own mode,
+        // and a ledger scaled out with replicas in different modes says so.
+        let mut modes = vec![snapshot.mode.clone()];
+        for replica in replicas {
+            let stats = replica.stats().await.map_err(|e| e.to_string())?;
+            snapshot.operations_total += stats.modes.iter().map(|m| m.operations).sum::<u64>();
+            modes.push(mode_of(&stats));
+        }
+        if modes.iter().any(|m| *m != snapshot.mode) {
+            snapshot.mode = format!("mixed: {}", modes.join(", "));
+        }
         let now = Instant::now();
         if !self.follows_histories
             && let Some((then, total)) = self.last_total
