@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    connect::{ClientError, Clients},
+    connect::ClientError,
     latency::Latency,
     load::{
         self, FlushSummary, LoadArgs, LoadReport,
@@ -183,9 +183,8 @@ fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRu
 /// latency and CPU cost on both sides.
 pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientError> {
     let targets = crate::connect::targets(url)?;
-    let mut clients = Clients::connect(&targets[0]).await?;
     let channels = crate::connect::spread(&targets, args.connections).await?;
-    let meter = CpuMeter::start(&mut clients).await?;
+    let mut meter = CpuMeter::start(&targets).await?;
     let started = Instant::now();
     let deadline = args.run_duration().map(|d| started + d);
     let quota = args.ops.map(|ops| ops / u64::from(args.atms).max(1));
@@ -213,7 +212,7 @@ pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientErr
         latency.merge(&joined.map_err(|e| ClientError::Internal(e.to_string()))?);
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
-    let cpu_per_op = meter.finish(&mut clients, latency.count()).await?.per_op;
+    let cpu_per_op = meter.finish(latency.count()).await?.per_op;
     Ok(CeilingRun {
         ops_per_sec: latency.count() as f64 / elapsed.as_secs_f64(),
         latency_us: Percentiles {

@@ -38,6 +38,13 @@ pub fn cpu_time() -> CpuTime {
     }
 }
 
+/// A random number fixed for this process's life: tells apart processes
+/// whose pids may be equal (containers, hosts).
+pub fn instance() -> u64 {
+    static INSTANCE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *INSTANCE.get_or_init(rand::random)
+}
+
 /// Resident set size now, in bytes, from `/proc/self/statm`; None off Linux.
 pub fn rss_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -17,7 +17,8 @@ use tokio::{
 /// memory, and the CPU grows with work done in that process (not in the
 /// test's). Method: a real ledger binary with `--metrics-listen`; read
 /// Stats, send 3,000 deposits, read again; scrape `/metrics` and find the
-/// same process figures there.
+/// same process figures there. Ledgers embedded in one process share its
+/// process instance, so a client summing replicas counts it once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_report_the_ledgers_own_cpu_and_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,5 +112,31 @@ async fn stats_report_the_ledgers_own_cpu_and_memory() {
         })
         .expect("the deposits are counted");
     assert!(deposits_ok.ends_with(" 3000"), "{deposits_ok}");
+
+    // Two ledgers embedded in this test's process report its figures, and
+    // say so: the same process instance, not the binary's.
+    let mut embedded = Vec::new();
+    for _ in 0..2 {
+        let mut config = overdraft_server::Config::defaults();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config.store = overdraft_server::config::StoreKind::Memory;
+        let running = overdraft_server::spawn(config).await.unwrap();
+        let stats = AdminClient::new(common::connect(&running.url()).await)
+            .stats(pb::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        embedded.push(stats.process_instance);
+        running.stop().await.unwrap();
+    }
+    assert_eq!(embedded[0], embedded[1], "one process, one instance");
+    assert_ne!(
+        embedded[0], after.process_instance,
+        "the ledger binary is another process"
+    );
+    assert_eq!(
+        after.process_instance, before.process_instance,
+        "an instance lasts the process's life"
+    );
     child.kill().await.unwrap();
 }

@@ -447,6 +447,13 @@ async fn atm_load_spreads_over_replicas_and_checks_hold() {
             let served = overdraft_tests::mode_stats(&ledger.stats().await, mode).operations;
             assert!(served > 0, "{mode}: every replica served, in the mode set");
         }
+        // The three replicas run in this process: their CPU is this
+        // process's, counted once (not three times) beside the atm's.
+        let cpu = report.cpu_per_op;
+        assert!(
+            cpu.ledger_us > 0.0 && cpu.ledger_us < 1.5 * cpu.atm_us,
+            "{mode}: {cpu:?}"
+        );
         let audit = report.audit.clone().unwrap();
         // The shared journal streams whole from any replica (a page of rows
         // at a time, the channel to the client blocking when it is full).

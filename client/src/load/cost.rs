@@ -28,13 +28,16 @@ pub struct RunCost {
     pub per_op: CpuPerOp,
     /// CPU this process used over the run.
     pub atm_cpu: Duration,
-    /// The ledger's resident memory then (0 if not reported).
+    /// The ledger's resident memory then, over all its replicas (0 if not
+    /// reported).
     pub ledger_rss_bytes: u64,
 }
 
-/// Readings at the start of a run.
-#[derive(Clone, Copy, Debug)]
+/// Readings at the start of a run, and the ledgers to read again at its
+/// end: one, or every replica (the ledger's cost is theirs together).
+#[derive(Debug)]
 pub struct CpuMeter {
+    ledgers: Vec<Clients>,
     ledger: Duration,
     atm: Duration,
 }
@@ -43,25 +46,42 @@ fn ledger_cpu(stats: &pb::StatsReply) -> Duration {
     Duration::from_micros(stats.cpu_user_us.saturating_add(stats.cpu_system_us))
 }
 
+/// CPU and resident memory summed over the processes serving `ledgers`
+/// (replicas embedded in one process count once).
+async fn read_ledgers(ledgers: &mut [Clients]) -> Result<(Duration, u64), ClientError> {
+    let (mut cpu, mut rss) = (Duration::ZERO, 0u64);
+    let mut seen = std::collections::HashSet::new();
+    for ledger in ledgers {
+        let stats = ledger.stats().await?;
+        if !seen.insert(stats.process_instance) {
+            continue;
+        }
+        cpu += ledger_cpu(&stats);
+        rss = rss.saturating_add(stats.rss_bytes);
+    }
+    Ok((cpu, rss))
+}
+
 impl CpuMeter {
-    /// Reads both sides now.
-    pub async fn start(clients: &mut Clients) -> Result<Self, ClientError> {
-        let stats = clients.stats().await?;
+    /// Connects to each of `targets` and reads both sides now.
+    pub async fn start(targets: &[String]) -> Result<Self, ClientError> {
+        let mut ledgers = Vec::with_capacity(targets.len());
+        for target in targets {
+            ledgers.push(Clients::connect(target).await?);
+        }
+        let (ledger, _) = read_ledgers(&mut ledgers).await?;
         Ok(Self {
-            ledger: ledger_cpu(&stats),
+            ledgers,
+            ledger,
             atm: process::cpu_time().total(),
         })
     }
 
     /// What the run since [`CpuMeter::start`] cost, over `operations`.
-    pub async fn finish(
-        &self,
-        clients: &mut Clients,
-        operations: u64,
-    ) -> Result<RunCost, ClientError> {
+    pub async fn finish(&mut self, operations: u64) -> Result<RunCost, ClientError> {
         let atm = process::cpu_time().total().saturating_sub(self.atm);
-        let stats = clients.stats().await?;
-        let ledger = ledger_cpu(&stats).saturating_sub(self.ledger);
+        let (ledger, rss) = read_ledgers(&mut self.ledgers).await?;
+        let ledger = ledger.saturating_sub(self.ledger);
         let per_op = |used: Duration| used.as_secs_f64() * 1e6 / operations.max(1) as f64;
         Ok(RunCost {
             per_op: CpuPerOp {
@@ -69,7 +89,7 @@ impl CpuMeter {
                 atm_us: per_op(atm),
             },
             atm_cpu: atm,
-            ledger_rss_bytes: stats.rss_bytes,
+            ledger_rss_bytes: rss,
         })
     }
 }

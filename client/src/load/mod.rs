@@ -130,7 +130,7 @@ async fn drive(
         None => (None, None),
     };
 
-    let meter = CpuMeter::start(&mut clients).await?;
+    let mut meter = CpuMeter::start(&targets).await?;
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let ticker = show_progress
@@ -164,7 +164,7 @@ async fn drive(
         writer.finish().await?;
         place.complete()?;
     }
-    let cost = meter.finish(&mut clients, sent).await?;
+    let cost = meter.finish(sent).await?;
     if let Some(((sink, writer), place)) = history {
         let accounts: Vec<String> = (0..args.accounts).map(account_id).collect();
         history::record_final_reads(

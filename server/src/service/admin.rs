@@ -141,6 +141,7 @@ impl Admin for LedgerService {
             rss_bytes: crate::process::rss_bytes().unwrap_or(0),
             flush_time_us: Stats::read(&stats.flush_time_us),
             flush_time_us_max: Stats::read(&stats.flush_time_us_max),
+            process_instance: crate::process::instance(),
         }))
     }
 }
