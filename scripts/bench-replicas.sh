@@ -2,7 +2,7 @@
 # Replicas over PostgreSQL against the single sled ledger, on one machine in
 # one run: throughput and p99 per mode for 1, 2 and 3 `ledger` processes on
 # one database, on one hot account and on 1,000 (uncontended), beside sled.
-# Actor across replicas forwards each call whose account another replica owns.
+# In actor mode a replica forwards a call whose account another one owns.
 # `atm load --target A,B,C` keeps ATM i on replica i mod n.
 #
 # PostgreSQL runs from a fresh `initdb` in a temporary directory (as the

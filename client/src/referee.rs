@@ -60,7 +60,8 @@ pub enum Expect {
 /// `atm reset` arguments: what a crowd's run starts from.
 #[derive(Debug, Args)]
 pub struct ResetArgs {
-    /// The ledger (e.g. http://127.0.0.1:50051).
+    /// The ledger (e.g. http://127.0.0.1:50051), or its replicas
+    /// (comma-separated).
     #[arg(long)]
     pub target: String,
     /// Accounts to open.
@@ -89,12 +90,15 @@ pub async fn reset(args: &ResetArgs) -> Result<bool, ClientError> {
             dir.display()
         );
     }
-    let mut clients = Clients::connect(&args.target).await?;
+    // Replicas share their accounts (one Reset, through the first) and
+    // keep a mode each (SetMode to every one).
+    let targets = crate::connect::targets(&args.target)?;
+    let mut clients = Clients::connect(&targets[0]).await?;
     clients
         .reset(crate::load::opening(args.accounts, args.opening_cents))
         .await?;
     if let Some(mode) = args.mode {
-        clients.set_mode(mode).await?;
+        Clients::set_mode_everywhere(&targets, mode).await?;
     }
     eprintln!(
         "atm reset: {} accounts opened with {} cents each at {}",

@@ -255,3 +255,27 @@ async fn resends_after_lost_replies_apply_once() {
     assert_eq!(ruling.report.verdict, Verdict::Valid, "{}", ruling.reason);
     assert!(ruling.held);
 }
+
+/// Goal: `atm reset --target A,B --mode M` readies a ledger scaled out:
+/// the accounts are opened through the first replica, and every replica
+/// is switched to the mode (each process keeps its own). Operation: two
+/// ledgers in unsafe; reset with cas; both report cas, the first holds the
+/// accounts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_switches_every_replica() {
+    let ledgers = [bank(Mode::Unsafe).await, bank(Mode::Unsafe).await];
+    let args = referee::ResetArgs {
+        target: format!("{},{}", ledgers[0].url(), ledgers[1].url()),
+        accounts: 3,
+        opening_cents: 700,
+        mode: Some(Mode::Cas),
+        fresh_histories: None,
+    };
+    assert!(referee::reset(&args).await.unwrap());
+    for ledger in &ledgers {
+        let mut clients = Clients::connect(&ledger.url()).await.unwrap();
+        assert_eq!(clients.mode().await.unwrap(), Some(Mode::Cas));
+    }
+    let mut first = Clients::connect(&ledgers[0].url()).await.unwrap();
+    assert_eq!(first.balance("acct-2").await.unwrap().balance_cents, 700);
+}
