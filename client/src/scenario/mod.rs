@@ -6,7 +6,10 @@
 mod builtin;
 pub mod run;
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+};
 
 use overdraft_history::format::Operation;
 use overdraft_proto::v1 as pb;
@@ -489,7 +492,17 @@ impl Scenario {
             .sum()
     }
 
+    /// Every rule a scenario must keep, each error naming its field.
     fn validate(&self) -> Result<(), (&'static str, String)> {
+        self.validate_settings()?;
+        let known = self.validate_accounts()?;
+        self.validate_replicas()?;
+        self.validate_atms(&known)?;
+        self.validate_expectations(&known)
+    }
+
+    /// The ledger's settings and the faults, and the run's size.
+    fn validate_settings(&self) -> Result<(), (&'static str, String)> {
         let [min, max] = self.race_window_ms;
         if max > RACE_WINDOW_MS_MAX || min > max {
             return Err((
@@ -521,28 +534,6 @@ impl Scenario {
                 ),
             ));
         }
-        if self.accounts.is_empty() || self.accounts.len() > ACCOUNTS_MAX {
-            return Err((
-                "accounts",
-                format!("must list 1 to {ACCOUNTS_MAX} accounts"),
-            ));
-        }
-        let mut known = std::collections::BTreeSet::new();
-        for account in &self.accounts {
-            AccountId::parse("id", &account.id).map_err(|e| ("accounts", e.to_string()))?;
-            parse_opening_balance("opening_cents", account.opening_cents)
-                .map_err(|e| ("accounts", e.to_string()))?;
-            if !known.insert(account.id.as_str()) {
-                return Err(("accounts", format!("lists {} twice", account.id)));
-            }
-        }
-        let atms: u64 = self.atms.iter().map(|atm| u64::from(atm.count)).sum();
-        if atms == 0 || atms > u64::from(ATMS_MAX) {
-            return Err((
-                "atms",
-                format!("must start 1 to {ATMS_MAX} ATMs in all (got {atms})"),
-            ));
-        }
         if self.slow_owner_ms > SLOW_OWNER_MS_MAX {
             return Err((
                 "slow_owner_ms",
@@ -551,6 +542,13 @@ impl Scenario {
         }
         if self.lost_acks > LOST_ACKS_MAX {
             return Err(("lost_acks", format!("must be at most {LOST_ACKS_MAX}")));
+        }
+        let atms: u64 = self.atms.iter().map(|atm| u64::from(atm.count)).sum();
+        if atms == 0 || atms > u64::from(ATMS_MAX) {
+            return Err((
+                "atms",
+                format!("must start 1 to {ATMS_MAX} ATMs in all (got {atms})"),
+            ));
         }
         if self.operations() > OPERATIONS_MAX {
             return Err((
@@ -561,7 +559,32 @@ impl Scenario {
                 ),
             ));
         }
-        self.validate_replicas()?;
+        Ok(())
+    }
+
+    /// The accounts, each once and well formed; returns their ids.
+    fn validate_accounts(&self) -> Result<BTreeSet<&str>, (&'static str, String)> {
+        if self.accounts.is_empty() || self.accounts.len() > ACCOUNTS_MAX {
+            return Err((
+                "accounts",
+                format!("must list 1 to {ACCOUNTS_MAX} accounts"),
+            ));
+        }
+        let mut known = BTreeSet::new();
+        for account in &self.accounts {
+            AccountId::parse("id", &account.id).map_err(|e| ("accounts", e.to_string()))?;
+            parse_opening_balance("opening_cents", account.opening_cents)
+                .map_err(|e| ("accounts", e.to_string()))?;
+            if !known.insert(account.id.as_str()) {
+                return Err(("accounts", format!("lists {} twice", account.id)));
+            }
+        }
+        Ok(known)
+    }
+
+    /// Each ATM's start, replica and steps.
+    fn validate_atms(&self, known: &BTreeSet<&str>) -> Result<(), (&'static str, String)> {
+        let replicas = self.replicas.as_ref().map_or(0, |r| r.count);
         for atm in &self.atms {
             if atm.start_ms > START_MS_MAX {
                 return Err((
@@ -569,26 +592,27 @@ impl Scenario {
                     format!("ATM {}: must be at most {START_MS_MAX}", atm.name),
                 ));
             }
-            let replicas = self.replicas.as_ref().map_or(0, |r| r.count);
-            match atm.replica {
-                Some(n) if n >= replicas => {
-                    return Err((
-                        "replica",
-                        format!(
-                            "ATM {} calls replica {n}, but the scenario starts {replicas} (numbered from 0)",
-                            atm.name
-                        ),
-                    ));
-                }
-                _ => {}
+            if let Some(n) = atm.replica.filter(|n| *n >= replicas) {
+                return Err((
+                    "replica",
+                    format!(
+                        "ATM {} calls replica {n}, but the scenario starts {replicas} (numbered from 0)",
+                        atm.name
+                    ),
+                ));
             }
             for step in &atm.script {
-                step.validate(&known)
+                step.validate(known)
                     .map_err(|message| ("script", format!("ATM {}: {message}", atm.name)))?;
             }
         }
+        Ok(())
+    }
+
+    /// The expectations' sections and the accounts they name.
+    fn validate_expectations(&self, known: &BTreeSet<&str>) -> Result<(), (&'static str, String)> {
+        let runs = self.replicas.as_ref().map_or(&[][..], |r| &r.runs[..]);
         for (key, expect) in &self.expect {
-            let runs = self.replicas.as_ref().map_or(&[][..], |r| &r.runs[..]);
             if !matches!(
                 key.as_str(),
                 "unsafe" | "mutex" | "cas" | "actor" | "safe" | "all"
@@ -601,13 +625,11 @@ impl Scenario {
                     ),
                 ));
             }
-            for account in expect.balances.keys() {
-                if !known.contains(account.as_str()) {
-                    return Err((
-                        "balances",
-                        format!("[expect.{key}] names unknown account {account}"),
-                    ));
-                }
+            if let Some(account) = expect.balances.keys().find(|a| !known.contains(a.as_str())) {
+                return Err((
+                    "balances",
+                    format!("[expect.{key}] names unknown account {account}"),
+                ));
             }
         }
         Ok(())
@@ -673,7 +695,7 @@ impl Scenario {
 }
 
 impl Step {
-    fn validate(&self, known: &std::collections::BTreeSet<&str>) -> Result<(), String> {
+    fn validate(&self, known: &BTreeSet<&str>) -> Result<(), String> {
         let account = |field: &str, value: &Option<String>| -> Result<(), String> {
             match value {
                 Some(id) if known.contains(id.as_str()) => Ok(()),

@@ -290,88 +290,15 @@ async fn run_configured(
     history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
     let mode = run.mode;
-    let accounts = scenario
-        .accounts
-        .iter()
-        .map(|a| pb::OpenAccountRequest {
-            account_id: a.id.clone(),
-            initial_balance_cents: a.opening_cents,
-        })
-        .collect();
-    clients.reset(accounts).await?;
-    for (n, target) in targets.iter().enumerate() {
-        let configure = configure_request(scenario, window_of(scenario, n));
-        if n == 0 {
-            clients.configure(configure).await?;
-        } else {
-            Clients::connect(target).await?.configure(configure).await?;
-        }
-    }
-    Clients::set_mode_everywhere(targets, mode).await?;
-
+    let crash = prepare(targets, clients, scenario, mode, child.is_some()).await?;
     let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
-    if scenario.barrier && targets.len() == 1 {
-        // Also hold the first operations at the server's race hook until all
-        // have read: the race becomes certain in unsafe mode, whatever the
-        // scheduling of this machine. In the safe modes they cannot all get
-        // there together (that is the point), so the barrier gives up soon.
-        let wait_ms = if mode == Mode::Unsafe {
-            SERVER_BARRIER_WAIT_MS_UNSAFE
-        } else {
-            SERVER_BARRIER_WAIT_MS_SAFE
-        };
-        let parties = u32::try_from(atm_total).unwrap_or(u32::MAX);
-        clients.arm_barrier(parties, wait_ms).await?;
-    }
-    if scenario.lost_acks > 0 {
-        clients.arm_lost_acks(scenario.lost_acks).await?;
-    }
-    if scenario.slow_owner_ms > 0 {
-        clients.set_slow_owner(scenario.slow_owner_ms).await?;
-    }
-    let crash = scenario.crash.as_deref().and_then(super::crash_point);
-    if let Some(point) = crash {
-        if child.is_none() {
-            return Err(ClientError::Usage(format!(
-                "scenario {} crashes the ledger; run it with run_mode_crashing",
-                scenario.name
-            )));
-        }
-        clients.arm_crash(point).await?;
-    }
     let clock = Clock::start();
     let recorder = match history {
         Some(path) => Some(open_history(clients, path, scenario, mode, atm_total, &clock).await?),
         None => None,
     };
     let sink = recorder.as_ref().map(|(sink, _)| sink.clone());
-    let barrier = Arc::new(Barrier::new(atm_total));
-    let mut atms = JoinSet::new();
-    let mut atm_index = 0u32;
-    for spec in &scenario.atms {
-        for copy in 0..spec.count {
-            let replica = spec.replica.map_or(atm_index as usize, |n| n as usize) % targets.len();
-            let channel = crate::connect::channel(&targets[replica]).await?;
-            let name = if spec.count == 1 {
-                spec.name.clone()
-            } else {
-                format!("{}#{copy}", spec.name)
-            };
-            let script = spec.script.clone();
-            let repeat = spec.repeat;
-            let start = Duration::from_millis(spec.start_ms);
-            let barrier = scenario.barrier.then(|| Arc::clone(&barrier));
-            let recording = sink.clone().map(|sink| Recording {
-                sink,
-                clock,
-                atm: atm_index,
-            });
-            atm_index += 1;
-            atms.spawn(run_atm(
-                channel, name, script, repeat, barrier, start, recording,
-            ));
-        }
-    }
+    let mut atms = spawn_atms(targets, scenario, sink.as_ref(), clock).await?;
     let started = Instant::now();
     let mut tally = Tally::default();
     while let Some(joined) = atms.join_next().await {
@@ -388,31 +315,8 @@ async fn run_configured(
     }
 
     let audit = clients.audit().await?;
-    let mut retries = 0;
-    for (n, target) in targets.iter().enumerate() {
-        let stats = if n == 0 {
-            clients.stats().await?
-        } else {
-            Clients::connect(target).await?.stats().await?
-        };
-        retries += stats
-            .modes
-            .iter()
-            .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
-            .map_or(0, |m| m.retries);
-    }
-    let mut balances = BTreeMap::new();
-    for account in &scenario.accounts {
-        let invoke_ns = clock.now();
-        let state = clients.balance(&account.id).await?;
-        if let Some(sink) = &sink {
-            let mut line =
-                OpLine::final_read(&account.id, invoke_ns, state.balance_cents, state.version);
-            line.complete_ns = clock.now();
-            sink.record(line).await;
-        }
-        balances.insert(account.id.clone(), state.balance_cents);
-    }
+    let retries = retries_over(targets, clients, mode).await?;
+    let balances = final_reads(clients, scenario, sink.as_ref(), clock).await?;
     drop(sink);
     if let Some((sink, file)) = recorder {
         drop(sink);
@@ -442,18 +346,171 @@ async fn run_configured(
         balances,
         findings: audit.findings.iter().map(FindingView::from).collect(),
     };
-    // Under a crash the ATMs' calls fail as the ledger dies: expected.
-    if let Some(error) = tally.first_error.as_ref().filter(|_| crash.is_none()) {
+    judge(&mut outcome, scenario, run, &tally, crash.is_some());
+    Ok(outcome)
+}
+
+/// Holds `outcome` to the scenario's expectations for `run`, and to no
+/// call failing unless the ledger was crashed on purpose.
+fn judge(outcome: &mut ModeOutcome, scenario: &Scenario, run: Run, tally: &Tally, crashed: bool) {
+    if let Some(error) = tally.first_error.as_ref().filter(|_| !crashed) {
         outcome.failures.push(format!(
             "{} operation(s) failed unexpectedly, first: {error}",
             tally.errors
         ));
     }
     if let Some(expect) = scenario.expectation(run) {
-        outcome.failures.extend(check(expect, &outcome));
+        let failures = check(expect, outcome);
+        outcome.failures.extend(failures);
     }
     outcome.passed = outcome.failures.is_empty();
-    Ok(outcome)
+}
+
+/// Readies the ledger (every replica of it) for the scenario in `mode`:
+/// its accounts, settings and faults. Returns the crash point armed, if
+/// any (only with a child ledger to restart).
+async fn prepare(
+    targets: &[String],
+    clients: &mut Clients,
+    scenario: &Scenario,
+    mode: Mode,
+    restartable: bool,
+) -> Result<Option<pb::CrashPoint>, ClientError> {
+    let accounts = scenario
+        .accounts
+        .iter()
+        .map(|a| pb::OpenAccountRequest {
+            account_id: a.id.clone(),
+            initial_balance_cents: a.opening_cents,
+        })
+        .collect();
+    clients.reset(accounts).await?;
+    for (n, target) in targets.iter().enumerate() {
+        let configure = configure_request(scenario, window_of(scenario, n));
+        if n == 0 {
+            clients.configure(configure).await?;
+        } else {
+            Clients::connect(target).await?.configure(configure).await?;
+        }
+    }
+    Clients::set_mode_everywhere(targets, mode).await?;
+    if scenario.barrier && targets.len() == 1 {
+        // Also hold the first operations at the server's race hook until all
+        // have read: the race becomes certain in unsafe mode, whatever the
+        // scheduling of this machine. In the safe modes they cannot all get
+        // there together (that is the point), so the barrier gives up soon.
+        let wait_ms = if mode == Mode::Unsafe {
+            SERVER_BARRIER_WAIT_MS_UNSAFE
+        } else {
+            SERVER_BARRIER_WAIT_MS_SAFE
+        };
+        let atm_total: u64 = scenario.atms.iter().map(|atm| u64::from(atm.count)).sum();
+        let parties = u32::try_from(atm_total).unwrap_or(u32::MAX);
+        clients.arm_barrier(parties, wait_ms).await?;
+    }
+    if scenario.lost_acks > 0 {
+        clients.arm_lost_acks(scenario.lost_acks).await?;
+    }
+    if scenario.slow_owner_ms > 0 {
+        clients.set_slow_owner(scenario.slow_owner_ms).await?;
+    }
+    let crash = scenario.crash.as_deref().and_then(super::crash_point);
+    if let Some(point) = crash {
+        if !restartable {
+            return Err(ClientError::Usage(format!(
+                "scenario {} crashes the ledger; run it with run_mode_crashing",
+                scenario.name
+            )));
+        }
+        clients.arm_crash(point).await?;
+    }
+    Ok(crash)
+}
+
+/// Connects and starts every ATM: ATM *i* on replica *i* mod their count
+/// unless its spec names one.
+async fn spawn_atms(
+    targets: &[String],
+    scenario: &Scenario,
+    sink: Option<&HistorySink>,
+    clock: Clock,
+) -> Result<JoinSet<Tally>, ClientError> {
+    let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
+    let barrier = Arc::new(Barrier::new(atm_total));
+    let mut atms = JoinSet::new();
+    let mut atm_index = 0u32;
+    for spec in &scenario.atms {
+        for copy in 0..spec.count {
+            let replica = spec.replica.map_or(atm_index as usize, |n| n as usize) % targets.len();
+            let channel = crate::connect::channel(&targets[replica]).await?;
+            let name = if spec.count == 1 {
+                spec.name.clone()
+            } else {
+                format!("{}#{copy}", spec.name)
+            };
+            let barrier = scenario.barrier.then(|| Arc::clone(&barrier));
+            let recording = sink.cloned().map(|sink| Recording {
+                sink,
+                clock,
+                atm: atm_index,
+            });
+            atm_index += 1;
+            atms.spawn(run_atm(
+                channel,
+                name,
+                spec.script.clone(),
+                spec.repeat,
+                barrier,
+                Duration::from_millis(spec.start_ms),
+                recording,
+            ));
+        }
+    }
+    Ok(atms)
+}
+
+/// The store retries in `mode` over every replica.
+async fn retries_over(
+    targets: &[String],
+    clients: &mut Clients,
+    mode: Mode,
+) -> Result<u64, ClientError> {
+    let mut retries = 0;
+    for (n, target) in targets.iter().enumerate() {
+        let stats = if n == 0 {
+            clients.stats().await?
+        } else {
+            Clients::connect(target).await?.stats().await?
+        };
+        retries += stats
+            .modes
+            .iter()
+            .find(|m| m.mode == i32::from(pb::Mode::from(mode)))
+            .map_or(0, |m| m.retries);
+    }
+    Ok(retries)
+}
+
+/// Every account's final balance, recorded as the history's final reads.
+async fn final_reads(
+    clients: &mut Clients,
+    scenario: &Scenario,
+    sink: Option<&HistorySink>,
+    clock: Clock,
+) -> Result<BTreeMap<String, i64>, ClientError> {
+    let mut balances = BTreeMap::new();
+    for account in &scenario.accounts {
+        let invoke_ns = clock.now();
+        let state = clients.balance(&account.id).await?;
+        if let Some(sink) = sink {
+            let mut line =
+                OpLine::final_read(&account.id, invoke_ns, state.balance_cents, state.version);
+            line.complete_ns = clock.now();
+            sink.record(line).await;
+        }
+        balances.insert(account.id.clone(), state.balance_cents);
+    }
+    Ok(balances)
 }
 
 /// Where one ATM records what it saw.
