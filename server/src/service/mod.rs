@@ -44,7 +44,13 @@ impl LedgerService {
 pub fn status(error: LedgerError) -> Status {
     let code = error.code();
     if code == Code::Internal {
-        tracing::error!(%error, "internal error");
+        // The detail (a database's error text, an invariant) stays in the
+        // log; the client gets a number to find it by.
+        let incident: u32 = rand::random();
+        tracing::error!(incident = format_args!("{incident:08x}"), %error, "internal error");
+        return Status::internal(format!(
+            "internal error {incident:08x}: the ledger's log has the detail"
+        ));
     }
     use overdraft_proto::error_reason as reason;
     let reason = match &error {
@@ -75,4 +81,28 @@ pub(crate) fn mode_from_proto(raw: i32) -> Result<Mode, Status> {
             format!("must be MODE_UNSAFE, MODE_MUTEX, MODE_CAS or MODE_ACTOR (got {raw})"),
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An internal error's detail stays in the log: the client gets the
+    /// code and a number to find it by, never a database's error text.
+    #[test]
+    fn internal_errors_keep_their_detail_in_the_log() {
+        let error = LedgerError::Store(crate::store::StoreError::Postgres(
+            "relation \"accounts\" does not exist".into(),
+        ));
+        let internal = status(error);
+        assert_eq!(internal.code(), Code::Internal);
+        assert!(
+            internal.message().starts_with("internal error ")
+                && !internal.message().contains("accounts"),
+            "{internal:?}"
+        );
+        // Any other error says what went wrong, in its own words.
+        let shutting = status(LedgerError::ShuttingDown);
+        assert_eq!(shutting.message(), LedgerError::ShuttingDown.to_string());
+    }
 }
