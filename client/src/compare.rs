@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
-    connect::ClientError,
+    connect::{ClientError, Clients},
     latency::Latency,
     load::{
         self, FlushSummary, LoadArgs, LoadReport,
@@ -183,8 +183,9 @@ fn row(load: &LoadReport, ceiling: f64, ceiling_ledger_cpu_us: f64) -> CompareRu
 /// latency and CPU cost on both sides.
 pub async fn ceiling(url: &str, args: &LoadArgs) -> Result<CeilingRun, ClientError> {
     let targets = crate::connect::targets(url)?;
+    let clients = Clients::connect(&targets[0]).await?;
     let channels = crate::connect::spread(&targets, args.connections).await?;
-    let mut meter = CpuMeter::start(&targets).await?;
+    let mut meter = CpuMeter::start(&clients, &targets[1..]).await?;
     let started = Instant::now();
     let deadline = args.run_duration().map(|d| started + d);
     let quota = args.ops.map(|ops| ops / u64::from(args.atms).max(1));

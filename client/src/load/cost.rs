@@ -63,10 +63,13 @@ async fn read_ledgers(ledgers: &mut [Clients]) -> Result<(Duration, u64), Client
 }
 
 impl CpuMeter {
-    /// Connects to each of `targets` and reads both sides now.
-    pub async fn start(targets: &[String]) -> Result<Self, ClientError> {
-        let mut ledgers = Vec::with_capacity(targets.len());
-        for target in targets {
+    /// Reads both sides now: the ledger through `first` (its connection
+    /// shared, not a new one: a proxy that deals connections out to
+    /// replicas in turn would count it) and through each of `others`.
+    pub async fn start(first: &Clients, others: &[String]) -> Result<Self, ClientError> {
+        let mut ledgers = Vec::with_capacity(others.len() + 1);
+        ledgers.push(first.clone());
+        for target in others {
             ledgers.push(Clients::connect(target).await?);
         }
         let (ledger, _) = read_ledgers(&mut ledgers).await?;

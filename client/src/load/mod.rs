@@ -130,7 +130,7 @@ async fn drive(
         None => (None, None),
     };
 
-    let mut meter = CpuMeter::start(&targets).await?;
+    let mut meter = CpuMeter::start(&clients, &targets[1..]).await?;
     let started = Instant::now();
     let progress = Arc::new(Progress::default());
     let ticker = show_progress
