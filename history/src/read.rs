@@ -732,6 +732,13 @@ fn read_accounts(
             .ok_or_else(|| at.error(Some(field), format!("a {operation} names it")))
     };
     if operation == Operation::Transfer {
+        if raw
+            .joint_account_id
+            .as_deref()
+            .is_some_and(|v| !v.is_empty())
+        {
+            return Err(at.error(Some("joint_account_id"), "only a withdraw has one"));
+        }
         let from = named("from_account_id", &raw.from_account_id)?;
         let to = named("to_account_id", &raw.to_account_id)?;
         if from == to {
@@ -748,8 +755,9 @@ fn read_accounts(
             Some(joint) if joint == account => {
                 return Err(at.error(Some("joint_account_id"), "must differ from account_id"));
             }
-            Some(joint) => Some(run.account(joint)),
+            Some(joint) => Some(joint),
         };
-        Ok((run.account(&account), joint))
+        let account = run.account(&account);
+        Ok((account, joint.map(|joint| run.account(joint))))
     }
 }

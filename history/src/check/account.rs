@@ -747,12 +747,24 @@ fn overdrafts(
     let mut order: Vec<usize> = (0..legs.len()).collect();
     order.sort_unstable_by_key(|&i| (legs[i].version, run.ops[legs[i].op as usize].complete_ns));
     let mut money = i128::from(opening);
+    // Below the floor by joint withdrawals alone, which answer to the
+    // household rule (household.rs): any other debit from there overdraws.
+    let mut excused = false;
     for index in order {
         let before = money;
-        money += i128::from(legs[index].delta_cents);
-        // A joint withdrawal answers to the household rule (household.rs).
+        let delta = legs[index].delta_cents;
+        money += i128::from(delta);
         let joint = run.ops[legs[index].op as usize].joint_account().is_some();
-        if money < floor && before >= floor && !joint {
+        let fresh = before >= floor || excused;
+        excused = if money >= floor {
+            false
+        } else if joint {
+            fresh
+        } else {
+            // A deposit keeps the excuse; a debit is judged below.
+            excused && delta >= 0
+        };
+        if money < floor && fresh && !joint && delta < 0 {
             let depth = i64::try_from(money - floor).unwrap_or(i64::MIN);
             let mut finding = Finding::new(AnomalyKind::Overdraft, depth);
             finding.accounts.push(account);

@@ -166,7 +166,9 @@ impl Household<'_> {
         let other = self.chains[1 - side];
         let op_index = chain.ops[next];
         let op = &self.run.ops[op_index as usize];
-        if !chain.inferred[next] && other_ends[other_at] < op.invoke_ns {
+        // An inferred mutation may have applied any time after it was sent,
+        // but not before.
+        if other_ends[other_at] < op.invoke_ns {
             return Err(None);
         }
         if op.joint_account() != Some(self.accounts[1 - side]) {

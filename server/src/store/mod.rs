@@ -241,8 +241,8 @@ pub trait Store: Send + Sync + 'static {
     /// The idempotency record under `id`, if any.
     async fn request(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
 
-    /// Removes every account, journal entry and idempotency record (and,
-    /// in a store replicas share, every owner's lease).
+    /// Removes every account, journal entry and idempotency record. Owner
+    /// leases stay: ownership is about replicas, not balances.
     async fn clear(&self) -> Result<(), StoreError>;
 
     /// Every account, in id order.

@@ -915,7 +915,7 @@ impl Store for PostgresStore {
     async fn clear(&self) -> Result<(), StoreError> {
         let client = self.pool.get().await.map_err(pool_error)?;
         client
-            .batch_execute("TRUNCATE accounts, journal, requests, leases")
+            .batch_execute("TRUNCATE accounts, journal, requests")
             .await
             .map_err(pg)
     }
