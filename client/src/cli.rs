@@ -590,8 +590,12 @@ async fn run_scenario(
     } else {
         String::new()
     };
-    let mut mode_flag: Vec<&str> = runs_wanted.iter().map(|r| r.mode.as_str()).collect();
-    mode_flag.dedup();
+    let mut mode_flag: Vec<&str> = Vec::new();
+    for run in &runs_wanted {
+        if !mode_flag.contains(&run.mode.as_str()) {
+            mode_flag.push(run.mode.as_str());
+        }
+    }
     println!(
         "\nseed {seed}; replay: atm scenario {name}{target_flag} --mode {} --seed {seed}",
         mode_flag.join(",")

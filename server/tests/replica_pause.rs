@@ -78,10 +78,11 @@ struct Paused {
 
 /// Replica A takes a $100 account and starts a $60 withdrawal, held at
 /// its race hook; once it is held (after the read), A is stopped for
-/// [`PAUSE`]. Meanwhile replica B withdraws $60; then A resumes.
-async fn paused_owner(fencing: &str) -> Paused {
+/// [`PAUSE`] (or, without `pause`, left running). Meanwhile replica B
+/// withdraws $60; then A resumes.
+async fn paused_owner(fencing: &str, pause: bool) -> Paused {
     let url = postgres::cluster()
-        .database(&format!("sigstop_{fencing}"))
+        .database(&format!("sigstop_{fencing}_{pause}"))
         .await;
     let (a, a_url) = replica(&url, "a", fencing).await;
     let (_b, b_url) = replica(&url, "b", fencing).await;
@@ -107,19 +108,26 @@ async fn paused_owner(fencing: &str) -> Paused {
         if state.barrier_waiting_for == 1 {
             break;
         }
+        // Held for HOLD_MS once there, polled every 2 ms: it cannot get
+        // there and away unseen. A loaded machine may take a while to get
+        // it there.
         assert!(
-            asked.elapsed() < Duration::from_millis(HOLD_MS),
+            asked.elapsed() < Duration::from_secs(10),
             "A's withdrawal never reached the race hook: {state:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    signal(&a, libc::SIGSTOP);
+    if pause {
+        signal(&a, libc::SIGSTOP);
+    }
     tokio::time::sleep(PAUSE / 2).await;
     let second = LedgerClient::new(connect(&b_url).await)
         .withdraw(withdrawal(1))
         .await;
     tokio::time::sleep(PAUSE / 2).await;
-    signal(&a, libc::SIGCONT);
+    if pause {
+        signal(&a, libc::SIGCONT);
+    }
     let first = first.await.unwrap();
     let calls = [first, second].map(|call| call.map(tonic::Response::into_inner));
     let balance = LedgerClient::new(connect(&b_url).await)
@@ -165,10 +173,23 @@ async fn paused_owner(fencing: &str) -> Paused {
 /// withdrawals are acknowledged on a $100 account, the balance shows $40
 /// and the audit finds the lost update. Fenced: the database refuses A's
 /// stale token, A steps down and hands the call to B, which refuses it for
-/// want of funds; the audit is clean.
+/// want of funds; the audit is clean. Unpaused (the control), A writes in
+/// time and B is refused: the pause alone makes the stale write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_stopped_past_its_lease_writes_stale_unfenced_and_is_refused_fenced() {
-    let unfenced = paused_owner("off").await;
+    // The control: unpaused, A writes within its lease and B, asked later,
+    // is refused for want of funds. The calls do not race by themselves.
+    let running = paused_owner("off", false).await;
+    assert!(running.calls[0].is_ok(), "{:?}", running.calls);
+    assert_eq!(
+        running.calls[1].as_ref().map_err(tonic::Status::code).err(),
+        Some(tonic::Code::FailedPrecondition),
+        "{:?}",
+        running.calls
+    );
+    assert!(running.audit.clean, "{:?}", running.audit.findings);
+
+    let unfenced = paused_owner("off", true).await;
     assert!(
         unfenced.calls.iter().all(Result::is_ok),
         "without fencing both withdrawals land: {:?}",
@@ -179,7 +200,7 @@ async fn a_replica_stopped_past_its_lease_writes_stale_unfenced_and_is_refused_f
     assert_eq!(unfenced.audit.money_delta_cents, 6_000);
     assert_eq!(unfenced.fenced, 0);
 
-    let fenced = paused_owner("on").await;
+    let fenced = paused_owner("on", true).await;
     assert!(
         fenced.calls[1].is_ok(),
         "the new owner pays: {:?}",

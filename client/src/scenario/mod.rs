@@ -592,14 +592,26 @@ impl Scenario {
                     format!("ATM {}: must be at most {START_MS_MAX}", atm.name),
                 ));
             }
-            if let Some(n) = atm.replica.filter(|n| *n >= replicas) {
-                return Err((
-                    "replica",
-                    format!(
-                        "ATM {} calls replica {n}, but the scenario starts {replicas} (numbered from 0)",
-                        atm.name
-                    ),
-                ));
+            match atm.replica {
+                Some(_) if self.replicas.is_none() => {
+                    return Err((
+                        "replica",
+                        format!(
+                            "ATM {}: names a replica, but the scenario has no [replicas]",
+                            atm.name
+                        ),
+                    ));
+                }
+                Some(n) if n >= replicas => {
+                    return Err((
+                        "replica",
+                        format!(
+                            "ATM {} calls replica {n}, but the scenario starts {replicas} (numbered from 0)",
+                            atm.name
+                        ),
+                    ));
+                }
+                _ => {}
             }
             for step in &atm.script {
                 step.validate(known)
@@ -832,6 +844,11 @@ mod tests {
                 "race_window_ms",
             ),
             ("[replicas]", "modes = [\"cas\"]\n[replicas]", "modes"),
+            (
+                "[replicas]\ncount = 2\nruns = [\"mutex/database\", \"actor/fenced\", \"unsafe/serializable\"]\n",
+                "",
+                "replica",
+            ),
         ] {
             assert!(good.contains(from), "{from}");
             let text = good.replacen(from, to, 1);
