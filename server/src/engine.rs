@@ -139,12 +139,16 @@ impl Engine {
         let guard = Arc::clone(&self.mode).read_owned().await;
         let mode = *guard;
         let outcome = self.execute_in(mode, request, guard, forwarded).await;
-        let code = outcome
-            .as_ref()
-            .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
-        self.core
-            .stats
-            .observe(mode, method, code, started.elapsed());
+        // A call forwarded here is counted where it entered, once: summed
+        // over replicas, the counters are the clients' calls.
+        if !forwarded {
+            let code = outcome
+                .as_ref()
+                .map_or_else(LedgerError::code, |_| tonic::Code::Ok);
+            self.core
+                .stats
+                .observe(mode, method, code, started.elapsed());
+        }
         outcome
     }
 
@@ -159,7 +163,9 @@ impl Engine {
             Some(applied) => Ok(applied),
             None => self.run_in(mode, request, guard, forwarded).await,
         };
-        self.count(mode, &outcome);
+        if !forwarded {
+            self.count(mode, &outcome);
+        }
         let applied = outcome?;
         self.wait_durable().await?;
         crate::crash::reached(CrashPoint::BeforeAck, self.core.store.as_ref());
@@ -246,6 +252,10 @@ impl Engine {
             Ok(applied) if applied.replayed => Stats::bump(&self.core.stats.replays),
             Ok(_) => Stats::bump(&counters.operations),
             Err(LedgerError::Refused(_)) => Stats::bump(&counters.refusals),
+            // Refused by the owning replica this call was forwarded to.
+            Err(LedgerError::Peer(status)) if status.code() == tonic::Code::FailedPrecondition => {
+                Stats::bump(&counters.refusals);
+            }
             Err(_) => {}
         }
     }

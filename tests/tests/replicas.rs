@@ -62,6 +62,8 @@ struct Outcome {
     replicas_used: usize,
     /// Calls and legs a replica handed to another (actor only).
     forwarded: u64,
+    /// Calls applied or refused, summed over the replicas' counters.
+    answered: u64,
 }
 
 /// Opens the accounts through the first replica, runs every ATM against
@@ -107,9 +109,11 @@ async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Co
     let mut operations = 0;
     let mut replicas_used = 0;
     let mut forwarded = 0;
+    let mut answered = 0;
     for ledger in &mut ledgers {
         let stats = overdraft_tests::mode_stats(&ledger.stats().await, mode);
         operations += stats.operations;
+        answered += stats.operations + stats.refusals;
         replicas_used += usize::from(stats.operations > 0);
         forwarded += stats.forwarded;
     }
@@ -123,6 +127,7 @@ async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Co
         operations,
         replicas_used,
         forwarded,
+        answered,
     }
 }
 
@@ -702,6 +707,14 @@ async fn fenced_actor_holds_across_three_replicas() {
         assert!(
             outcome.forwarded > 0,
             "seed {seed}: with 12 ATMs over 3 replicas some calls reach a non-owner"
+        );
+        // Each client call is counted once, where it entered, not again at
+        // the owner it was forwarded to (a few may end ABORTED, uncounted).
+        let calls = ATMS * OPS_PER_ATM as u64;
+        assert!(
+            outcome.answered <= calls && outcome.answered >= calls * 9 / 10,
+            "seed {seed}: {} calls answered by the counters, {calls} sent",
+            outcome.answered
         );
         outcome
             .model
