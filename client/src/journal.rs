@@ -76,5 +76,6 @@ pub fn line(record: pb::JournalRecord) -> JournalLine {
             })
             .collect(),
         time_unix_ns: record.time_unix_ns,
+        replica: Some(record.replica).filter(|r| !r.is_empty()),
     }
 }

@@ -345,6 +345,9 @@ pub struct JournalLine {
     pub legs: Vec<JournalLeg>,
     /// Wall clock of the commit, ns since the Unix epoch.
     pub time_unix_ns: u64,
+    /// The replica that wrote it, where replicas share the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// What one journaled operation did to one account.

@@ -20,8 +20,10 @@ pub const EXPORT_QUEUE_MAX: usize = 4_096;
 pub fn stream(store: Arc<dyn Store>) -> mpsc::Receiver<Result<pb::JournalRecord, Status>> {
     let (sender, receiver) = mpsc::channel(EXPORT_QUEUE_MAX);
     real_tokio::task::spawn_blocking(move || {
-        let scanned = store.scan_journal(&mut |entry| {
-            match sender.blocking_send(Ok(record(&entry))) {
+        let scanned = store.scan_journal_by_writer(&mut |entry, replica| {
+            let mut record = record(&entry);
+            record.replica = replica.unwrap_or_default().to_owned();
+            match sender.blocking_send(Ok(record)) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The client went away: stop reading.
                 Err(_) => ControlFlow::Break(()),
@@ -66,6 +68,8 @@ pub fn record(entry: &JournalEntry) -> pb::JournalRecord {
             })
             .collect(),
         time_unix_ns: entry.time_unix_ns,
+        // Set by the export where the store knows it (replicas).
+        replica: String::new(),
     }
 }
 

@@ -471,6 +471,18 @@ async fn atm_load_spreads_over_replicas_and_checks_hold() {
             written >= acknowledged && acknowledged > 0,
             "{mode}: {written} journal entries for {acknowledged} acknowledged operations"
         );
+        // Each entry names the replica that wrote it: all three wrote.
+        let mut writers = std::collections::BTreeMap::new();
+        for line in std::fs::read_to_string(&exported).unwrap().lines() {
+            let entry: overdraft_history::format::JournalLine = serde_json::from_str(line).unwrap();
+            let writer = entry.replica.expect("every entry names its replica");
+            *writers.entry(writer).or_insert(0u64) += 1;
+        }
+        assert_eq!(
+            writers.keys().map(String::as_str).collect::<Vec<_>>(),
+            ["replica-0", "replica-1", "replica-2"],
+            "{mode}: {writers:?}"
+        );
         let run = overdraft_history::read_files(&[history.as_path()]).unwrap();
         let checked = overdraft_history::check(
             &run,

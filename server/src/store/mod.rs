@@ -266,6 +266,15 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError>;
 
+    /// [`Store::scan_journal`] with the replica that wrote each entry, in a
+    /// store replicas share (None in one ledger's own store).
+    fn scan_journal_by_writer(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry, Option<&str>) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.scan_journal(&mut |entry| visit(entry, None))
+    }
+
     /// Whether other processes write this store too (replicas): then
     /// nothing held in this process (an actor's ownership) protects an
     /// account.

@@ -184,12 +184,13 @@ fn account_from(row: &tokio_postgres::Row) -> Result<Account, StoreError> {
     })
 }
 
-fn entry_from(row: &tokio_postgres::Row) -> Result<JournalEntry, StoreError> {
+/// A journal row (seq, entry, replica): the entry and who wrote it.
+fn entry_from(row: &tokio_postgres::Row) -> Result<(JournalEntry, String), StoreError> {
     let seq: i64 = row.try_get(0).map_err(pg)?;
     let bytes: &[u8] = row.try_get(1).map_err(pg)?;
     let mut entry: JournalEntry = decode_record("journal entry", bytes)?;
     entry.seq = to_u64(seq, "journal seq")?;
-    Ok(entry)
+    Ok((entry, row.try_get(2).map_err(pg)?))
 }
 
 impl PostgresStore {
@@ -299,7 +300,7 @@ impl PostgresStore {
     /// bounded channel).
     fn snapshot_scan(
         &self,
-        visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(JournalEntry, &str) -> ControlFlow<()>,
         accounts: bool,
     ) -> Result<Vec<(AccountId, Account)>, StoreError> {
         let client = self.block(async {
@@ -326,7 +327,7 @@ impl PostgresStore {
     fn scan_pages(
         &self,
         client: &deadpool_postgres::Object,
-        visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
+        visit: &mut dyn FnMut(JournalEntry, &str) -> ControlFlow<()>,
         accounts: bool,
     ) -> Result<Vec<(AccountId, Account)>, StoreError> {
         let mut after = 0_i64;
@@ -334,7 +335,7 @@ impl PostgresStore {
             let page = self.block(async {
                 let rows = client
                     .query(
-                        "SELECT seq, entry FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        "SELECT seq, entry, replica FROM journal WHERE seq > $1 ORDER BY seq LIMIT $2",
                         &[&after, &SCAN_PAGE_ROWS],
                     )
                     .await
@@ -342,11 +343,11 @@ impl PostgresStore {
                 rows.iter().map(entry_from).collect::<Result<Vec<_>, _>>()
             })?;
             let full = page.len() == usize::try_from(SCAN_PAGE_ROWS).unwrap_or(usize::MAX);
-            if let Some(last) = page.last() {
+            if let Some((last, _)) = page.last() {
                 after = i64::try_from(last.seq).unwrap_or(i64::MAX);
             }
-            for entry in page {
-                if visit(entry).is_break() {
+            for (entry, replica) in page {
+                if visit(entry, &replica).is_break() {
                     return Ok(Vec::new());
                 }
             }
@@ -931,14 +932,23 @@ impl Store for PostgresStore {
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        self.snapshot_scan(visit, false).map(drop)
+        self.snapshot_scan(&mut |entry, _| visit(entry), false)
+            .map(drop)
+    }
+
+    fn scan_journal_by_writer(
+        &self,
+        visit: &mut dyn FnMut(JournalEntry, Option<&str>) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        self.snapshot_scan(&mut |entry, replica| visit(entry, Some(replica)), false)
+            .map(drop)
     }
 
     fn scan_then_accounts(
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> ControlFlow<()>,
     ) -> Result<Vec<(AccountId, Account)>, StoreError> {
-        self.snapshot_scan(visit, true)
+        self.snapshot_scan(&mut |entry, _| visit(entry), true)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
