@@ -16,7 +16,7 @@ use crate::{
     load::{self, LoadArgs},
     report::{self, to_json},
     scenario::{
-        BUILTIN, Run, Scenario,
+        BUILTIN, Run, Scenario, file_stem,
         run::{ModeOutcome, run_mode, run_mode_crashing, run_replicated},
     },
 };
@@ -515,9 +515,9 @@ async fn run_scenario(
         }
         crate::history::create_dir(dir)?;
     }
-    let ledger = match database_url {
-        Some(_) => None,
-        None => Some(embedded::Ledger::target_or_embedded(place.target, seed).await?),
+    let runner = match database_url {
+        Some(url) => Runner::Replicas(url),
+        None => Runner::Ledger(embedded::Ledger::target_or_embedded(place.target, seed).await?),
     };
     let mut runs = Vec::new();
     for run in &runs_wanted {
@@ -528,8 +528,8 @@ async fn run_scenario(
                 path.clone()
             }
         });
-        let outcome = match (&ledger, &database_url) {
-            (_, Some(url)) => {
+        let outcome = match &runner {
+            Runner::Replicas(url) => {
                 if !json {
                     eprintln!(
                         "atm scenario: {} over {} replicas ...",
@@ -539,23 +539,22 @@ async fn run_scenario(
                 }
                 run_replicated(url, &scenario, *run, seed, file.as_deref()).await?
             }
-            _ if scenario.crash.is_some() => {
+            Runner::Ledger(_) if scenario.crash.is_some() => {
                 run_mode_crashing(&scenario, run.mode, seed, None, file.as_deref()).await?
             }
-            (Some(ledger), None) => {
+            Runner::Ledger(ledger) => {
                 run_mode(&ledger.url, &scenario, run.mode, file.as_deref()).await?
             }
-            (None, None) => unreachable!("a scenario without replicas has a ledger"),
         };
         runs.push(outcome);
     }
-    let label = match ledger {
-        Some(ledger) => {
+    let label = match runner {
+        Runner::Ledger(ledger) => {
             let label = ledger.label.clone();
             ledger.stop().await?;
             label
         }
-        None => "replicas on PostgreSQL".to_owned(),
+        Runner::Replicas(_) => "replicas on PostgreSQL".to_owned(),
     };
     if let Some(dir) = &postmortem {
         let written = write_postmortems(dir, &scenario.name, &runs)?;
@@ -603,11 +602,18 @@ async fn run_scenario(
     Ok(passed)
 }
 
-/// Where a scenario runs: a ledger given, one embedded, or replicas on a
-/// PostgreSQL database.
+/// Where a scenario runs, as the command line says: a ledger given, one
+/// embedded, or replicas on a PostgreSQL database.
 struct Place {
     target: Option<String>,
     database_url: Option<String>,
+}
+
+/// What runs a scenario's runs: a ledger (given or embedded), or replicas
+/// each run starts on the PostgreSQL database at this URL.
+enum Runner {
+    Ledger(embedded::Ledger),
+    Replicas(String),
 }
 
 /// One postmortem per run whose history shows an anomaly; the other
@@ -621,7 +627,7 @@ fn write_postmortems(
     let checked: Vec<(&str, overdraft_history::Run, overdraft_history::Report)> = runs
         .iter()
         .map(|run| {
-            let path = crate::history::file_in(dir, scenario, &run.run.replace('/', "-"));
+            let path = crate::history::file_in(dir, scenario, &file_stem(&run.run));
             let history = overdraft_history::read_files(&[&path])
                 .map_err(|e| ClientError::Internal(e.to_string()))?;
             let report = overdraft_history::check(
@@ -659,7 +665,7 @@ fn write_postmortems(
             faults: None,
             resolutions,
         };
-        let base = dir.join(format!("{scenario}-{}", label.replace('/', "-")));
+        let base = dir.join(format!("{scenario}-{}", file_stem(label)));
         let markdown = base.with_extension("md");
         crate::postmortem::write(&incident, &markdown, Some(&base.with_extension("html")))?;
         written.push(markdown);

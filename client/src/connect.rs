@@ -206,11 +206,20 @@ impl Clients {
         .into_inner())
     }
 
+    /// Connects to each of `targets` (the replicas of one ledger).
+    pub async fn connect_each(targets: &[String]) -> Result<Vec<Self>, ClientError> {
+        let mut connected = Vec::with_capacity(targets.len());
+        for target in targets {
+            connected.push(Self::connect(target).await?);
+        }
+        Ok(connected)
+    }
+
     /// Admin.SetMode on every ledger in `targets`: each replica keeps its own
     /// mode, and an operation finishes in the mode it started in.
     pub async fn set_mode_everywhere(targets: &[String], mode: Mode) -> Result<(), ClientError> {
-        for target in targets {
-            Clients::connect(target).await?.set_mode(mode).await?;
+        for mut ledger in Self::connect_each(targets).await? {
+            ledger.set_mode(mode).await?;
         }
         Ok(())
     }

@@ -21,9 +21,7 @@ pub fn stream(store: Arc<dyn Store>) -> mpsc::Receiver<Result<pb::JournalRecord,
     let (sender, receiver) = mpsc::channel(EXPORT_QUEUE_MAX);
     real_tokio::task::spawn_blocking(move || {
         let scanned = store.scan_journal_by_writer(&mut |entry, replica| {
-            let mut record = record(&entry);
-            record.replica = replica.unwrap_or_default().to_owned();
-            match sender.blocking_send(Ok(record)) {
+            match sender.blocking_send(Ok(record(&entry, replica))) {
                 Ok(()) => ControlFlow::Continue(()),
                 // The client went away: stop reading.
                 Err(_) => ControlFlow::Break(()),
@@ -38,8 +36,8 @@ pub fn stream(store: Arc<dyn Store>) -> mpsc::Receiver<Result<pb::JournalRecord,
     receiver
 }
 
-/// The wire form of `entry`.
-pub fn record(entry: &JournalEntry) -> pb::JournalRecord {
+/// The wire form of `entry`, written by `replica` where replicas share the store.
+pub fn record(entry: &JournalEntry, replica: Option<&str>) -> pb::JournalRecord {
     pb::JournalRecord {
         seq: entry.seq,
         kind: kind_name(entry.kind).to_owned(),
@@ -68,8 +66,7 @@ pub fn record(entry: &JournalEntry) -> pb::JournalRecord {
             })
             .collect(),
         time_unix_ns: entry.time_unix_ns,
-        // Set by the export where the store knows it (replicas).
-        replica: String::new(),
+        replica: replica.unwrap_or_default().to_owned(),
     }
 }
 

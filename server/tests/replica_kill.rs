@@ -19,7 +19,7 @@ mod common;
 #[path = "../../tests/src/postgres.rs"]
 #[allow(unreachable_pub, dead_code)]
 mod postgres;
-use common::{connect, open_accounts, sigkill, start_ledger_with};
+use common::{connect, open_accounts, sigkill, start_replica};
 
 const ACCOUNTS: [&str; 4] = ["a", "b", "c", "d"];
 const OPENING_CENTS: i64 = 1_000_000;
@@ -54,20 +54,11 @@ async fn load(mut client: LedgerClient<Channel>, atm: usize) -> Vec<Acked> {
 }
 
 async fn replica(url: &str, name: &str, mode: &str) -> (tokio::process::Child, String) {
-    start_ledger_with(&[
-        "--store",
-        "postgres",
-        "--database-url",
+    start_replica(
         url,
-        "--replica",
         name,
-        "--mode",
-        mode,
-        "--pool-size",
-        "8",
-        "--race-window-ms",
-        "2",
-    ])
+        &["--mode", mode, "--pool-size", "8", "--race-window-ms", "2"],
+    )
     .await
 }
 

@@ -20,7 +20,7 @@ mod common;
 #[path = "../../tests/src/postgres.rs"]
 #[allow(unreachable_pub, dead_code)]
 mod postgres;
-use common::{connect, open_accounts, start_ledger_with};
+use common::{connect, open_accounts, signal, start_replica};
 
 /// The owners' lease: the paused replica's hold at the race hook is
 /// shorter, so without the pause it would write in time.
@@ -32,31 +32,23 @@ const HOLD_MS: u64 = 150;
 const PAUSE: Duration = Duration::from_millis(1_200);
 
 async fn replica(url: &str, name: &str, fencing: &str) -> (Child, String) {
-    start_ledger_with(&[
-        "--store",
-        "postgres",
-        "--database-url",
+    start_replica(
         url,
-        "--replica",
         name,
-        "--mode",
-        "actor",
-        "--fencing",
-        fencing,
-        "--lease-ttl-ms",
-        LEASE_TTL_MS,
-        "--race-window-ms",
-        "0",
-        "--pool-size",
-        "4",
-    ])
+        &[
+            "--mode",
+            "actor",
+            "--fencing",
+            fencing,
+            "--lease-ttl-ms",
+            LEASE_TTL_MS,
+            "--race-window-ms",
+            "0",
+            "--pool-size",
+            "4",
+        ],
+    )
     .await
-}
-
-fn signal(child: &Child, signal: libc::c_int) {
-    let pid = child.id().expect("running") as libc::pid_t;
-    // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 fn withdrawal(n: u32) -> pb::WithdrawRequest {

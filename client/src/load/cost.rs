@@ -67,11 +67,8 @@ impl CpuMeter {
     /// shared, not a new one: a proxy that deals connections out to
     /// replicas in turn would count it) and through each of `others`.
     pub async fn start(first: &Clients, others: &[String]) -> Result<Self, ClientError> {
-        let mut ledgers = Vec::with_capacity(others.len() + 1);
-        ledgers.push(first.clone());
-        for target in others {
-            ledgers.push(Clients::connect(target).await?);
-        }
+        let mut ledgers = vec![first.clone()];
+        ledgers.extend(Clients::connect_each(others).await?);
         let (ledger, _) = read_ledgers(&mut ledgers).await?;
         Ok(Self {
             ledgers,

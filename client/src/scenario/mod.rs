@@ -171,6 +171,11 @@ impl Setting {
     }
 }
 
+/// A run's label as a file name's part: `mutex/database` -> `mutex-database`.
+pub fn file_stem(label: &str) -> String {
+    label.replace('/', "-")
+}
+
 impl Run {
     /// A run in `mode` with nothing else set.
     pub fn of(mode: Mode) -> Self {
@@ -219,7 +224,7 @@ impl Run {
 
     /// The label as a file name's part: `mutex-database`.
     pub fn file_stem(self) -> String {
-        self.label().replace('/', "-")
+        file_stem(&self.label())
     }
 }
 

@@ -290,7 +290,9 @@ async fn run_configured(
     history: Option<&Path>,
 ) -> Result<ModeOutcome, ClientError> {
     let mode = run.mode;
-    let crash = prepare(targets, clients, scenario, mode, child.is_some()).await?;
+    // The other replicas, for what each keeps its own: settings, mode, stats.
+    let mut others = Clients::connect_each(&targets[1..]).await?;
+    let crash = prepare(clients, &mut others, scenario, mode, child.is_some()).await?;
     let atm_total: usize = scenario.atms.iter().map(|atm| atm.count as usize).sum();
     let clock = Clock::start();
     let recorder = match history {
@@ -315,7 +317,7 @@ async fn run_configured(
     }
 
     let audit = clients.audit().await?;
-    let retries = retries_over(targets, clients, mode).await?;
+    let retries = retries_over(clients, &mut others, mode).await?;
     let balances = final_reads(clients, scenario, sink.as_ref(), clock).await?;
     drop(sink);
     if let Some((sink, file)) = recorder {
@@ -366,12 +368,12 @@ fn judge(outcome: &mut ModeOutcome, scenario: &Scenario, run: Run, tally: &Tally
     outcome.passed = outcome.failures.is_empty();
 }
 
-/// Readies the ledger (every replica of it) for the scenario in `mode`:
-/// its accounts, settings and faults. Returns the crash point armed, if
-/// any (only with a child ledger to restart).
+/// Readies the ledger (`clients`, and `others` for its other replicas) for
+/// the scenario in `mode`: its accounts, settings and faults. Returns the
+/// crash point armed, if any (only with a child ledger to restart).
 async fn prepare(
-    targets: &[String],
     clients: &mut Clients,
+    others: &mut [Clients],
     scenario: &Scenario,
     mode: Mode,
     restartable: bool,
@@ -385,16 +387,14 @@ async fn prepare(
         })
         .collect();
     clients.reset(accounts).await?;
-    for (n, target) in targets.iter().enumerate() {
-        let configure = configure_request(scenario, window_of(scenario, n));
-        if n == 0 {
-            clients.configure(configure).await?;
-        } else {
-            Clients::connect(target).await?.configure(configure).await?;
-        }
+    let replicas = std::iter::once(&mut *clients).chain(others.iter_mut());
+    for (n, replica) in replicas.enumerate() {
+        replica
+            .configure(configure_request(scenario, window_of(scenario, n)))
+            .await?;
+        replica.set_mode(mode).await?;
     }
-    Clients::set_mode_everywhere(targets, mode).await?;
-    if scenario.barrier && targets.len() == 1 {
+    if scenario.barrier && others.is_empty() {
         // Also hold the first operations at the server's race hook until all
         // have read: the race becomes certain in unsafe mode, whatever the
         // scheduling of this machine. In the safe modes they cannot all get
@@ -471,17 +471,13 @@ async fn spawn_atms(
 
 /// The store retries in `mode` over every replica.
 async fn retries_over(
-    targets: &[String],
     clients: &mut Clients,
+    others: &mut [Clients],
     mode: Mode,
 ) -> Result<u64, ClientError> {
     let mut retries = 0;
-    for (n, target) in targets.iter().enumerate() {
-        let stats = if n == 0 {
-            clients.stats().await?
-        } else {
-            Clients::connect(target).await?.stats().await?
-        };
+    for replica in std::iter::once(clients).chain(others.iter_mut()) {
+        let stats = replica.stats().await?;
         retries += stats
             .modes
             .iter()

@@ -348,11 +348,12 @@ impl Watcher {
 
     async fn ask_ledger(&mut self, snapshot: &mut Snapshot) -> Result<(), String> {
         if self.clients.is_none() {
-            let mut connected = Vec::new();
-            for target in crate::connect::targets(&self.target).map_err(|e| e.to_string())? {
-                connected.push(Clients::connect(&target).await.map_err(|e| e.to_string())?);
-            }
-            self.clients = Some(connected);
+            let targets = crate::connect::targets(&self.target).map_err(|e| e.to_string())?;
+            self.clients = Some(
+                Clients::connect_each(&targets)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
         }
         let Some([clients, replicas @ ..]) = self.clients.as_deref_mut() else {
             return Ok(());

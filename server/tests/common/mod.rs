@@ -80,8 +80,28 @@ pub(crate) async fn open_accounts(url: &str, accounts: &[&str], cents: i64) {
 
 /// Kills `child` with SIGKILL and reaps it.
 pub(crate) async fn sigkill(child: &mut Child) {
+    signal(child, libc::SIGKILL);
+    child.wait().await.unwrap();
+}
+
+/// Sends `signal` to `child` (SIGSTOP, SIGCONT, SIGKILL).
+pub(crate) fn signal(child: &Child, signal: libc::c_int) {
     let pid = child.id().expect("running") as libc::pid_t;
     // SAFETY: kill(2) with a pid we spawned and still own; no memory is touched.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    child.wait().await.unwrap();
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+}
+
+/// Starts `ledger` as replica `name` on the PostgreSQL database at `url`,
+/// with `args` besides; returns the child and its URL.
+pub(crate) async fn start_replica(url: &str, name: &str, args: &[&str]) -> (Child, String) {
+    let mut all = vec![
+        "--store",
+        "postgres",
+        "--database-url",
+        url,
+        "--replica",
+        name,
+    ];
+    all.extend_from_slice(args);
+    start_ledger_with(&all).await
 }
