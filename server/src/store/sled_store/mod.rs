@@ -42,6 +42,7 @@
 
 mod journal_file;
 mod layout;
+mod pending;
 mod recovery;
 mod seen;
 mod state;
@@ -263,7 +264,7 @@ impl SledStore {
             requests.seen.insert(hash_id(id.as_str()));
             requests
                 .pending
-                .insert(id.as_str().to_owned(), (seq, record.clone()));
+                .insert(id.as_str().to_owned(), seq, record.clone());
         }
         Ok(Ok(seq))
     }
@@ -277,7 +278,7 @@ impl SledStore {
         // record is always in one or the other.
         let from_memory = || {
             let requests = lock(&self.shared.requests);
-            if let Some((_, pending)) = requests.pending.get(id.as_str()) {
+            if let Some(pending) = requests.pending.get(id.as_str()) {
                 return ControlFlow::Break(Some(pending.clone()));
             }
             if !requests.seen.may_contain(hash) {

@@ -66,7 +66,7 @@ pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError
                 requests.seen.insert(hash_id(id.as_str()));
                 requests
                     .pending
-                    .insert(id.as_str().to_owned(), (record.entry.seq, request.clone()));
+                    .insert(id.as_str().to_owned(), record.entry.seq, request.clone());
             }
         }
         rolled_forward_commits += u64::try_from(uncovered.len()).unwrap_or(u64::MAX);

@@ -17,13 +17,13 @@ use std::{
 use super::{
     journal_file::{self, JournalFile},
     layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees},
+    pending::Pending,
     seen::SeenIds,
     state::lock,
 };
 use crate::{
     bank::{Account, AccountId},
     crash::{self, CrashPoint},
-    journal::RequestRecord,
     store::{
         FlushDone, FlushFigures, StoreError, encode_account, encode_record,
         request_index::{RequestIndex, hash_id},
@@ -105,8 +105,8 @@ impl Written {
 /// always in one place or the other: pending, or in the published index.
 #[derive(Debug)]
 pub(super) struct Requests {
-    /// Idempotency records not yet in the index, with the seq that wrote each.
-    pub(super) pending: HashMap<String, (u64, RequestRecord)>,
+    /// Idempotency records not known to be in the index yet.
+    pub(super) pending: Pending,
     /// Every request id committed, pending or indexed.
     pub(super) seen: SeenIds,
     /// The index as of the last checkpoint. Readers look through a copy, so
@@ -119,7 +119,7 @@ pub(super) struct Requests {
 impl Requests {
     pub(super) fn new(index: RequestIndex, journal: Arc<File>) -> Result<Self, StoreError> {
         Ok(Self {
-            pending: HashMap::new(),
+            pending: Pending::default(),
             seen: SeenIds::new()?,
             index: Arc::new(index),
             journal,
@@ -228,20 +228,14 @@ pub(super) fn checkpoint_views(
         journal_offset: views.journal.end(),
     };
     trees.meta.insert(CHECKPOINT_KEY, encode_record(&record))?;
-    {
+    let indexed = {
         let mut requests = lock(&shared.requests);
         requests.index = Arc::new(record.index);
-        for (id, seq, _) in views.owed.requests.drain(..) {
-            // A later commit may have replaced the record: that one stays.
-            if requests
-                .pending
-                .get(&id)
-                .is_some_and(|(pending, _)| *pending == seq)
-            {
-                requests.pending.remove(&id);
-            }
-        }
-    }
+        requests.pending.indexed_below(record.covered)
+    };
+    // Freed outside the lock: every operation's lookup waits on it.
+    drop(indexed);
+    views.owed.requests.clear();
     RequestIndex::delete_runs(&trees.request_index, &replaced)?;
     tracing::debug!(
         covered = views.owed.covered,
