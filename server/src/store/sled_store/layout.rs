@@ -63,7 +63,7 @@ impl Trees {
 
 /// What the views hold, written after them: a checkpoint exists once this
 /// record says so.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) struct Checkpoint {
     /// The views reflect every commit with a seq below this, and none above.
     pub(super) covered: u64,

@@ -35,11 +35,13 @@
 //! all the requests it finds together.
 //!
 //! Layout: `journal_file.rs` the journal file, `layout.rs` the trees and
-//! their records, `seen.rs` the filter of request ids, `writer.rs` the
-//! writer thread and checkpoints, `recovery.rs` what opening replays,
-//! `state.rs` the mirror and the lock they all share; this file the
-//! committers' side.
+//! their records, `seen.rs` the filter of request ids, `pending.rs` the
+//! idempotency records a checkpoint has yet to index, `writer.rs` the
+//! writer thread, `checkpoint.rs` the checkpointer thread, `recovery.rs`
+//! what opening replays, `state.rs` the mirror and the lock they all share;
+//! this file the committers' side.
 
+mod checkpoint;
 mod journal_file;
 mod layout;
 mod pending;
@@ -68,7 +70,7 @@ use journal_file::{Frames, JournalFile};
 use layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees};
 use seen::SeenIds;
 use state::{Mirror, lock};
-use writer::{Job, Owed, Shared, WRITE_QUEUE_MAX, failed, write_batches};
+use writer::{Checkpointer, Job, Owed, Shared, WRITE_QUEUE_MAX, failed, write_batches};
 
 /// sled's page cache size: 256 MiB, enough to keep a demo's working set in memory.
 const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
@@ -107,6 +109,20 @@ impl Drop for SledStore {
         }
     }
 }
+/// Starts one of the store's threads.
+fn spawn(
+    name: &str,
+    body: impl FnOnce() + Send + 'static,
+) -> Result<thread::JoinHandle<()>, StoreError> {
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(body)
+        .map_err(|e| StoreError::Corrupt {
+            what: "store thread",
+            detail: format!("{name}: {e}"),
+        })
+}
+
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -137,17 +153,24 @@ impl SledStore {
             shared,
             rolled_forward_commits,
         } = recovery::recover(dir, &trees)?;
+        let (jobs, checkpoints) = mpsc::sync_channel(checkpoint::JOBS_QUEUED_MAX);
+        let checkpointer = {
+            let (trees, shared) = (trees.clone(), Arc::clone(&shared));
+            spawn("sled-checkpoint", move || {
+                checkpoint::run(&trees, &shared, &checkpoints);
+            })?
+        };
+        let checkpointer = Checkpointer {
+            jobs,
+            thread: checkpointer,
+        };
         let (queue, receiver) = mpsc::sync_channel(WRITE_QUEUE_MAX);
-        let writer_trees = trees.clone();
-        let writer_dir = dir.to_owned();
-        let writer_shared = Arc::clone(&shared);
-        let writer = thread::Builder::new()
-            .name("sled-writer".into())
-            .spawn(move || write_batches(&writer_dir, &writer_trees, &writer_shared, &receiver))
-            .map_err(|e| StoreError::Corrupt {
-                what: "writer thread",
-                detail: e.to_string(),
-            })?;
+        let writer = {
+            let (trees, shared, dir) = (trees.clone(), Arc::clone(&shared), dir.to_owned());
+            spawn("sled-writer", move || {
+                write_batches(&dir, &trees, &shared, &receiver, checkpointer);
+            })?
+        };
         Ok(Self {
             db,
             trees,
@@ -314,6 +337,9 @@ impl SledStore {
         let mut mirror = self.mirror();
         self.drain()?;
         let mut views = lock(&self.shared.views);
+        // Waits out a checkpoint in progress; one handed over before this
+        // is for the old epoch, and the checkpointer drops it.
+        let mut checkpoints = lock(&self.shared.checkpoints);
         // The new epoch's file exists (empty) before a checkpoint names it,
         // and the old one is removed after: a crash in between reopens one
         // epoch or the other whole.
@@ -324,7 +350,8 @@ impl SledStore {
             covered: mirror.next_seq,
             ..Owed::default()
         };
-        views.index = RequestIndex::default();
+        checkpoints.index = RequestIndex::default();
+        checkpoints.epoch = journal.epoch();
         let record = Checkpoint {
             covered: mirror.next_seq,
             index: RequestIndex::default(),

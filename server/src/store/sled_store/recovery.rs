@@ -8,11 +8,12 @@ use std::{
 };
 
 use super::{
+    checkpoint::{self, Checkpoints},
     journal_file::JournalFile,
     layout::{JournalRecord, Trees, account_id_of},
     seen::SeenIds,
     state::{Mirror, lock},
-    writer::{Owed, Requests, Shared, Views, Written, checkpoint_views},
+    writer::{Owed, Requests, Shared, Views, Written},
 };
 use crate::store::{StoreError, decode_account, request_index::hash_id};
 
@@ -76,9 +77,12 @@ pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError
     mirror.accounts.extend(owed.accounts.clone());
     mirror.next_seq = owed.covered;
     let written = Written::new(journal.handle(), journal.end());
+    let checkpoints = Checkpoints {
+        index: checkpoint.index,
+        epoch: journal.epoch(),
+    };
     let views = Views {
         owed,
-        index: checkpoint.index,
         last: Instant::now(),
         journal,
     };
@@ -88,13 +92,15 @@ pub(super) fn recover(dir: &Path, trees: &Trees) -> Result<Recovered, StoreError
         wake: Condvar::new(),
         requests: Mutex::new(requests),
         views: Mutex::new(views),
+        checkpoints: Mutex::new(checkpoints),
     });
     if rolled_forward_commits > 0 {
         tracing::warn!(
             rolled_forward_commits,
             "replayed the journal past the last checkpoint (the process stopped without one)"
         );
-        checkpoint_views(trees, &shared, &mut lock(&shared.views))?;
+        let job = lock(&shared.views).hand_over();
+        checkpoint::checkpoint(trees, &shared, job)?;
     }
     Ok(Recovered {
         mirror,

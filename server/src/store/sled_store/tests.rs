@@ -344,7 +344,8 @@ fn after_a_failed_write_no_sync_is_answered_ok() {
     let mut syncs: Vec<crate::store::FlushDone> = vec![Box::new(move |outcome, _| {
         sender.send(outcome.is_ok()).unwrap();
     })];
-    let outcome = writer::write_batch(&store.trees, &store.shared, &[record], &mut syncs);
+    let (checkpoints, _jobs) = std::sync::mpsc::sync_channel(1);
+    let outcome = writer::write_batch(&store.shared, &checkpoints, &[record], &mut syncs);
     assert!(outcome.is_err());
     assert!(!answer.recv().unwrap(), "the queued sync is refused");
     assert_eq!(
@@ -353,4 +354,62 @@ fn after_a_failed_write_no_sync_is_answered_ok() {
         "nothing appended"
     );
     assert!(store.commit(&commit(&account, &key, after)).is_err());
+}
+
+/// Goal: a checkpoint handed over before a Reset, and run after it, changes
+/// nothing (the checkpointer runs on its own thread, so that order happens):
+/// the Reset's checkpoint record, its empty views and its index stand, and
+/// a reopen finds the Reset's state. Control: the same job for the current
+/// epoch is written.
+/// Method: commit keyed deposits, take the writer's hand-over by hand,
+/// clear, run the old job, check; then a job of the new epoch.
+#[test]
+fn a_checkpoint_handed_over_before_a_reset_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let account = AccountId::parse("account_id", "acct").unwrap();
+    let state = |n: u64| Account {
+        balance_cents: i64::try_from(n).unwrap(),
+        version: n + 1,
+    };
+    let store = open_when_unlocked(dir.path()).unwrap();
+    for n in 0..50 {
+        let key = RequestId::internal(format!("old-{n}"));
+        assert!(
+            store
+                .commit(&commit(&account, &key, state(n)))
+                .unwrap()
+                .is_ok()
+        );
+    }
+    store.drain().unwrap();
+    let stale = lock(&store.shared.views).hand_over();
+    assert!(!stale.owed.is_empty());
+    store.clear().unwrap();
+    let after_reset = store.trees.checkpoint().unwrap();
+    checkpoint::checkpoint(&store.trees, &store.shared, stale).unwrap();
+    assert_eq!(store.trees.checkpoint().unwrap(), after_reset);
+    assert!(
+        store.trees.accounts.is_empty(),
+        "the old epoch's balances came back"
+    );
+    assert_eq!(lock(&store.shared.requests).index.len(), 0);
+
+    // Control: a job of the current epoch is checkpointed.
+    let key = RequestId::internal("new-0".to_owned());
+    assert!(
+        store
+            .commit(&commit(&account, &key, state(1)))
+            .unwrap()
+            .is_ok()
+    );
+    store.drain().unwrap();
+    let current = lock(&store.shared.views).hand_over();
+    checkpoint::checkpoint(&store.trees, &store.shared, current).unwrap();
+    assert_ne!(store.trees.checkpoint().unwrap(), after_reset);
+    assert_eq!(store.trees.accounts.len(), 1);
+    assert_eq!(lock(&store.shared.requests).index.len(), 1);
+    drop(store);
+    let store = open_when_unlocked(dir.path()).unwrap();
+    assert_eq!(store.rolled_forward_commits(), 0);
+    assert_eq!(lock(&store.shared.requests).index.len(), 1);
 }

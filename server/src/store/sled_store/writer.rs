@@ -1,22 +1,20 @@
-//! The writer thread: journal segments, and checkpoints of the views.
-//!
-//! A checkpoint writes each account touched since the last one, adds the
-//! request ids as a sorted run to the index (their values: the offsets of
-//! their segments in the journal file), syncs the journal file, and then
-//! writes the checkpoint record: the seq and the journal offset up to which
-//! the views are complete.
+//! The writer thread: journal segments, the syncs `--durability sync`
+//! waits for, and handing what the views owe over to the checkpointer
+//! (`checkpoint.rs`) when a checkpoint is due.
 
 use std::{
     collections::HashMap,
     fs::File,
     path::Path,
     sync::{Arc, Condvar, Mutex, mpsc},
+    thread,
     time::{Duration, Instant},
 };
 
 use super::{
+    checkpoint::{self, Checkpoints},
     journal_file::{self, JournalFile},
-    layout::{CHECKPOINT_KEY, Checkpoint, JournalRecord, Trees},
+    layout::{JournalRecord, Trees},
     pending::Pending,
     seen::SeenIds,
     state::lock,
@@ -24,10 +22,7 @@ use super::{
 use crate::{
     bank::{Account, AccountId},
     crash::{self, CrashPoint},
-    store::{
-        FlushDone, FlushFigures, StoreError, encode_account, encode_record,
-        request_index::{RequestIndex, hash_id},
-    },
+    store::{FlushDone, FlushFigures, StoreError, request_index::RequestIndex},
 };
 
 /// Commits queued for the writer. When it falls this far behind, committers
@@ -93,7 +88,7 @@ impl Written {
 
     /// Records the first write that failed: from then on the store refuses
     /// commits and the writer answers no sync Ok.
-    fn fail(&mut self, error: &StoreError) {
+    pub(super) fn fail(&mut self, error: &StoreError) {
         if self.failure.is_none() {
             tracing::error!(%error, "a journal or sled write failed; the store refuses further writes");
             self.failure = Some(error.to_string());
@@ -165,9 +160,7 @@ impl Owed {
 pub(super) struct Views {
     /// What the next checkpoint writes.
     pub(super) owed: Owed,
-    /// The writer's copy of the index, published to readers at each checkpoint.
-    pub(super) index: RequestIndex,
-    /// When the last checkpoint finished.
+    /// When the last checkpoint was handed over.
     pub(super) last: Instant,
     /// The journal file: the writer appends segments to it.
     pub(super) journal: JournalFile,
@@ -178,6 +171,25 @@ impl Views {
         self.owed.requests.len() >= CHECKPOINT_REQUESTS
             || self.owed.accounts.len() >= CHECKPOINT_ACCOUNTS
             || (!self.owed.is_empty() && self.last.elapsed() >= CHECKPOINT_INTERVAL)
+    }
+
+    /// What the views owe as of now, for a checkpoint; the writer starts
+    /// owing afresh from here.
+    pub(super) fn hand_over(&mut self) -> checkpoint::Job {
+        self.last = Instant::now();
+        let covered = self.owed.covered;
+        checkpoint::Job {
+            owed: std::mem::replace(
+                &mut self.owed,
+                Owed {
+                    covered,
+                    ..Owed::default()
+                },
+            ),
+            epoch: self.journal.epoch(),
+            journal_offset: self.journal.end(),
+            journal: self.journal.handle(),
+        }
     }
 }
 
@@ -190,6 +202,8 @@ pub(super) struct Shared {
     pub(super) requests: Mutex<Requests>,
     /// Held by the writer while it writes, and by [`Store::clear`].
     pub(super) views: Mutex<Views>,
+    /// Held by the checkpointer while it checkpoints, and by [`Store::clear`].
+    pub(super) checkpoints: Mutex<Checkpoints>,
 }
 pub(super) fn failed(failure: &str) -> StoreError {
     StoreError::Corrupt {
@@ -197,57 +211,6 @@ pub(super) fn failed(failure: &str) -> StoreError {
         detail: format!("a write failed earlier, so the store refuses writes: {failure}"),
     }
 }
-pub(super) fn checkpoint_views(
-    trees: &Trees,
-    shared: &Shared,
-    views: &mut Views,
-) -> Result<(), StoreError> {
-    if views.owed.is_empty() {
-        views.last = Instant::now();
-        return Ok(());
-    }
-    let pairs = views
-        .owed
-        .requests
-        .iter()
-        .map(|(id, _, offset)| (hash_id(id), *offset))
-        .collect();
-    let replaced = views.index.add(&trees.request_index, pairs)?;
-    for (account, state) in views.owed.accounts.drain() {
-        trees
-            .accounts
-            .insert(account.as_str(), &encode_account(state))?;
-    }
-    // The checkpoint record must never cover journal that could be lost:
-    // sync the file up to what the views cover before saying so.
-    journal_file::sync(&views.journal.handle())?;
-    let record = Checkpoint {
-        covered: views.owed.covered,
-        index: views.index.clone(),
-        journal_epoch: views.journal.epoch(),
-        journal_offset: views.journal.end(),
-    };
-    trees.meta.insert(CHECKPOINT_KEY, encode_record(&record))?;
-    let indexed = {
-        let mut requests = lock(&shared.requests);
-        requests.index = Arc::new(record.index);
-        requests.pending.indexed_below(record.covered)
-    };
-    // Freed outside the lock: every operation's lookup waits on it.
-    drop(indexed);
-    views.owed.requests.clear();
-    RequestIndex::delete_runs(&trees.request_index, &replaced)?;
-    tracing::debug!(
-        covered = views.owed.covered,
-        index_runs = views.index.runs(),
-        index_pairs = views.index.len(),
-        merged_runs = replaced.len(),
-        "checkpoint"
-    );
-    views.last = Instant::now();
-    Ok(())
-}
-
 /// Writes one segment of consecutive commits, the commit point of all of
 /// them, and notes what they change in the views.
 pub(super) fn write_segment(
@@ -300,10 +263,11 @@ fn take_batch(
 
 /// Writes a batch as one segment, syncs the journal if anyone asked (the
 /// commits before each sync request are in this segment or an earlier one,
-/// so one fdatasync covers every request), and checkpoints when due.
+/// so one fdatasync covers every request), answers the syncs, and then
+/// hands a checkpoint over when one is due.
 pub(super) fn write_batch(
-    trees: &Trees,
     shared: &Shared,
+    checkpoints: &mpsc::SyncSender<checkpoint::Job>,
     records: &[JournalRecord],
     syncs: &mut Vec<FlushDone>,
 ) -> Result<(), StoreError> {
@@ -328,9 +292,6 @@ pub(super) fn write_batch(
         requests: syncs.len(),
         took: started.elapsed(),
     };
-    if outcome.is_ok() && views.due() {
-        outcome = checkpoint_views(trees, shared, &mut views);
-    }
     {
         // Under the views lock, so that a Reset (which swaps the journal
         // file under it) never sees this batch's end beside its new file.
@@ -344,9 +305,16 @@ pub(super) fn write_batch(
         }
         written.syncs_queued = written.syncs_queued.saturating_sub(syncs.len());
     }
+    let due = (outcome.is_ok() && views.due()).then(|| views.hand_over());
     drop(views);
     let failure = outcome.as_ref().err().map(ToString::to_string);
     answer(syncs, failure.as_deref(), Some(figures));
+    if let Some(job) = due {
+        // Waits only if the checkpointer is a whole checkpoint behind.
+        checkpoints
+            .send(job)
+            .map_err(|_| failed("the checkpoint thread has stopped"))?;
+    }
     outcome
 }
 
@@ -362,13 +330,15 @@ fn answer(syncs: &mut Vec<FlushDone>, failure: Option<&str>, figures: Option<Flu
 }
 
 /// The writer: takes everything queued, writes it as a segment, syncs when
-/// asked, reports progress, checkpoints when due. Runs until the store is
-/// dropped, then writes a last checkpoint.
+/// asked, reports progress, hands checkpoints over when due. Runs until the
+/// store is dropped, then waits for the checkpointer and writes a last
+/// checkpoint itself.
 pub(super) fn write_batches(
     dir: &Path,
     trees: &Trees,
     shared: &Shared,
     receiver: &mpsc::Receiver<Job>,
+    checkpointer: Checkpointer,
 ) {
     let mut records = Vec::with_capacity(BATCH_COMMITS_MAX);
     let mut syncs = Vec::new();
@@ -379,7 +349,7 @@ pub(super) fn write_batches(
                     linger(shared);
                 }
                 take_batch(first, receiver, &mut records, &mut syncs);
-                let outcome = write_batch(trees, shared, &records, &mut syncs);
+                let outcome = write_batch(shared, &checkpointer.jobs, &records, &mut syncs);
                 records.clear();
                 outcome
             }
@@ -387,9 +357,19 @@ pub(super) fn write_batches(
                 continue;
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                checkpoint_views(trees, shared, &mut lock(&shared.views))
+                let job = {
+                    let mut views = lock(&shared.views);
+                    (!views.owed.is_empty()).then(|| views.hand_over())
+                };
+                job.map_or(Ok(()), |job| {
+                    checkpointer
+                        .jobs
+                        .send(job)
+                        .map_err(|_| failed("the checkpoint thread has stopped"))
+                })
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => {
+                checkpointer.stop();
                 close(dir, trees, shared);
                 return;
             }
@@ -401,6 +381,22 @@ pub(super) fn write_batches(
     }
 }
 
+/// The checkpointer thread, as the writer holds it.
+pub(super) struct Checkpointer {
+    pub(super) jobs: mpsc::SyncSender<checkpoint::Job>,
+    pub(super) thread: thread::JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Lets it finish the jobs handed over, and waits for it.
+    fn stop(self) {
+        drop(self.jobs);
+        if self.thread.join().is_err() {
+            tracing::error!("the checkpoint thread panicked");
+        }
+    }
+}
+
 /// A clean close: a last checkpoint, then the filter of seen ids saved for
 /// the next open (which otherwise rebuilds it from the whole index).
 fn close(dir: &Path, trees: &Trees, shared: &Shared) {
@@ -409,13 +405,12 @@ fn close(dir: &Path, trees: &Trees, shared: &Shared) {
         // open replays from the last good checkpoint instead.
         return;
     }
-    let mut views = lock(&shared.views);
-    if let Err(error) = checkpoint_views(trees, shared, &mut views) {
+    let job = lock(&shared.views).hand_over();
+    let (epoch, covered) = (job.epoch, job.owed.covered);
+    if let Err(error) = checkpoint::checkpoint(trees, shared, job) {
         tracing::error!(%error, "the last checkpoint failed; the next open replays the journal");
         return;
     }
-    let (epoch, covered) = (views.journal.epoch(), views.owed.covered);
-    drop(views);
     if let Err(error) = lock(&shared.requests).seen.save(dir, epoch, covered) {
         tracing::warn!(%error, "could not save the request filter; the next open rebuilds it");
     }
