@@ -194,7 +194,9 @@ impl SledStore {
         let mut written = lock(&self.shared.written);
         let target = written.queued;
         written.draining += 1;
-        self.shared.wake.notify_one();
+        if written.lingering {
+            self.shared.wake.notify_one();
+        }
         while written.applied < target && written.failure.is_none() {
             written = self
                 .shared
@@ -455,8 +457,10 @@ impl Store for SledStore {
                 return done(Err(error), None);
             }
             written.syncs_queued += 1;
+            if written.lingering {
+                self.shared.wake.notify_one();
+            }
         }
-        self.shared.wake.notify_one();
         if let Err(mpsc::SendError(job)) = queue.send(Job::Sync(done)) {
             lock(&self.shared.written).syncs_queued -= 1;
             if let Job::Sync(done) = job {

@@ -66,6 +66,10 @@ pub(super) struct Written {
     pub(super) draining: usize,
     /// Sync requests queued and not yet done: the writer does not linger either.
     pub(super) syncs_queued: usize,
+    /// The writer is lingering: only then does a drain or a sync request
+    /// need to wake it (a wake-up is a syscall, and a sync request comes
+    /// with every `--durability sync` operation).
+    pub(super) lingering: bool,
     /// The journal file being appended to, for flushes and scans.
     pub(super) journal: Arc<File>,
     /// Bytes of whole frames in it once `applied` commits are written.
@@ -81,6 +85,7 @@ impl Written {
             failure: None,
             draining: 0,
             syncs_queued: 0,
+            lingering: false,
             journal,
             journal_end,
         }
@@ -229,7 +234,12 @@ pub(super) fn linger(shared: &Shared) {
     let mut written = lock(&shared.written);
     let idle = |written: &mut Written| written.draining == 0 && written.syncs_queued == 0;
     if idle(&mut written) {
-        let _ = shared.wake.wait_timeout_while(written, WRITER_LINGER, idle);
+        written.lingering = true;
+        let (mut written, _) = shared
+            .wake
+            .wait_timeout_while(written, WRITER_LINGER, idle)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.lingering = false;
     }
 }
 
