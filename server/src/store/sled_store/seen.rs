@@ -8,15 +8,26 @@ use serde::{Deserialize, Serialize};
 use super::super::{StoreError, decode_record, encode_record};
 
 /// The file a clean close saves the filter to, beside the journal.
-const SAVED_FILE: &str = "seen-ids.bin";
+const SAVED_FILE: &str = "seen-ids-sharded.bin";
+
+/// Where builds before the filter was sharded saved it: removed unread, so
+/// that no other layout is ever decoded as this one.
+const SAVED_FILE_UNSHARDED: &str = "seen-ids.bin";
 
 /// The filter as saved, with the checkpoint it is complete for.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Saved {
     journal_epoch: u64,
     covered: u64,
-    full: bool,
-    filter: qfilter::Filter,
+    shards: Vec<Shard>,
+}
+
+/// [`Saved`] as written: the same fields, the shards borrowed.
+#[derive(Serialize)]
+struct Saving<'a> {
+    journal_epoch: u64,
+    covered: u64,
+    shards: &'a [Shard],
 }
 
 /// Request ids the filter holds at first (4.5 MB); it doubles as it fills.
@@ -29,16 +40,31 @@ pub(super) const SEEN_IDS_MAX: u64 = 1 << 26;
 /// The filter's false-positive rate when fully grown; lower before.
 pub(super) const SEEN_FP_RATE: f64 = 0.01;
 
-/// The hash of every request id committed since the last Reset, as a
-/// quotient filter: a miss proves an id is new, which spares the index
-/// lookup on almost every operation. It doubles as it fills (a pause of the
-/// committing thread, O(ids), at each doubling), so its false-positive rate
-/// stays at 1% or below; past [`SEEN_IDS_MAX`] it answers "maybe" for every
-/// id, which costs lookups, never correctness.
+/// Shards of the filter, chosen by the top bits of an id's hash (the
+/// filter's fingerprint uses the low ones). A filter doubles as it fills by
+/// copying itself whole, under the lock every operation takes: one filter
+/// of 32M ids stood every operation still for 385-448 ms at that doubling
+/// (26 ms already at 2M). A shard holds 1/64 of the ids, so its doublings
+/// cost 1/64 as much: at most 7 ms up to 60M ids (BENCHMARKS.md).
+const SHARDS: usize = 64;
+
+/// One shard: its filter, and whether it has filled up.
+#[derive(Debug, Serialize, Deserialize)]
+struct Shard {
+    filter: qfilter::Filter,
+    full: bool,
+}
+
+/// The hash of every request id committed since the last Reset, as
+/// quotient filters: a miss proves an id is new, which spares the index
+/// lookup on almost every operation. Each shard doubles as it fills (a
+/// pause of the committing thread, O(its ids), at each doubling), so the
+/// false-positive rate stays at 1% or below; a shard past its share of
+/// [`SEEN_IDS_MAX`] answers "maybe" for each of its ids, which costs
+/// lookups, never correctness.
 #[derive(Debug)]
 pub(super) struct SeenIds {
-    pub(super) filter: qfilter::Filter,
-    pub(super) full: bool,
+    shards: Vec<Shard>,
 }
 
 impl SeenIds {
@@ -46,27 +72,49 @@ impl SeenIds {
         Self::sized(SEEN_IDS_INITIAL, SEEN_IDS_MAX)
     }
 
+    /// Room for `initial` ids at first and `max` at most, over all shards.
     pub(super) fn sized(initial: u64, max: u64) -> Result<Self, StoreError> {
-        let filter = qfilter::Filter::new_resizeable(initial, max, SEEN_FP_RATE).map_err(|e| {
-            StoreError::Corrupt {
-                what: "request filter",
-                detail: e.to_string(),
-            }
-        })?;
-        Ok(Self {
-            filter,
-            full: false,
-        })
+        let shards = u64::try_from(SHARDS).unwrap_or(1);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                qfilter::Filter::new_resizeable(
+                    initial.div_ceil(shards),
+                    max.div_ceil(shards),
+                    SEEN_FP_RATE,
+                )
+                .map(|filter| Shard {
+                    filter,
+                    full: false,
+                })
+                .map_err(|e| StoreError::Corrupt {
+                    what: "request filter",
+                    detail: e.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { shards })
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[shard_of(hash)]
     }
 
     pub(super) fn insert(&mut self, hash: u64) {
-        if !self.full && self.filter.insert_fingerprint(false, hash).is_err() {
-            self.full = true;
+        let shard = &mut self.shards[shard_of(hash)];
+        if !shard.full && shard.filter.insert_fingerprint(false, hash).is_err() {
+            shard.full = true;
             tracing::warn!(
-                ids = self.filter.len(),
-                "the request filter is full: every request id is looked up in the index until a Reset"
+                ids = shard.filter.len(),
+                shards = SHARDS,
+                "a shard of the request filter is full: its request ids are looked up in the index until a Reset"
             );
         }
+    }
+
+    /// Shards that have filled up.
+    #[cfg(test)]
+    pub(super) fn full_shards(&self) -> usize {
+        self.shards.iter().filter(|shard| shard.full).count()
     }
 
     /// Saves the filter for the next open, complete up to the checkpoint
@@ -79,11 +127,10 @@ impl SeenIds {
         journal_epoch: u64,
         covered: u64,
     ) -> Result<(), StoreError> {
-        let saved = Saved {
+        let saved = Saving {
             journal_epoch,
             covered,
-            full: self.full,
-            filter: self.filter.clone(),
+            shards: &self.shards,
         };
         let payload = encode_record(&saved);
         // A CRC-32 first: a filter read back wrong could say "new" for an
@@ -113,6 +160,15 @@ impl SeenIds {
         journal_epoch: u64,
         covered: u64,
     ) -> Result<Option<Self>, StoreError> {
+        match std::fs::remove_file(dir.join(SAVED_FILE_UNSHARDED)) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Corrupt {
+                    what: "saved request filter",
+                    detail: format!("could not remove {SAVED_FILE_UNSHARDED}: {error}"),
+                });
+            }
+            _ => {}
+        }
         let path = dir.join(SAVED_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -144,16 +200,24 @@ impl SeenIds {
                 return Ok(None);
             }
         };
-        let current = saved.journal_epoch == journal_epoch && saved.covered == covered;
+        let current = saved.journal_epoch == journal_epoch
+            && saved.covered == covered
+            && saved.shards.len() == SHARDS;
         Ok(current.then_some(Self {
-            filter: saved.filter,
-            full: saved.full,
+            shards: saved.shards,
         }))
     }
 
     pub(super) fn may_contain(&self, hash: u64) -> bool {
-        self.full || self.filter.contains_fingerprint(hash)
+        let shard = self.shard(hash);
+        shard.full || shard.filter.contains_fingerprint(hash)
     }
+}
+
+/// The shard of `hash`: its top bits.
+fn shard_of(hash: u64) -> usize {
+    // SHARDS is a power of two; the shift leaves a value below it.
+    usize::try_from(hash >> (64 - SHARDS.trailing_zeros())).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -180,42 +244,72 @@ mod tests {
         seen.save(dir.path(), 1, 100).unwrap();
         let back = SeenIds::take_saved(dir.path(), 1, 100).unwrap().unwrap();
         assert!(back.may_contain(42));
-        assert!(!back.full);
+        assert_eq!(back.full_shards(), 0);
         assert!(
             SeenIds::take_saved(dir.path(), 1, 100).unwrap().is_none(),
             "once"
         );
     }
 
+    /// Goal: a filter saved by a build before the shards is never read as
+    /// sharded, and does not stay behind. Method: a file under the old name
+    /// holding a valid-looking record; take_saved finds nothing and removes it.
+    #[test]
+    fn a_filter_saved_unsharded_is_removed_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join(SAVED_FILE_UNSHARDED);
+        let payload = encode_record(&(1u64, 100u64, false));
+        let mut bytes = crc32fast::hash(&payload).to_le_bytes().to_vec();
+        bytes.extend_from_slice(&payload);
+        std::fs::write(&old, bytes).unwrap();
+        assert!(SeenIds::take_saved(dir.path(), 1, 100).unwrap().is_none());
+        assert!(!old.exists());
+    }
+
     /// Goal: the filter of seen ids never forgets one while it grows, keeps
-    /// its false-positive rate near 1%, and once full answers "maybe" for
-    /// everything (lookups, never a missed duplicate). Method: a filter from
-    /// 1,000 to 64,000 ids; 60,000 hashes in, 100,000 others probed; then
-    /// past the maximum.
+    /// its false-positive rate near 1%, and a shard once full answers
+    /// "maybe" for everything (lookups, never a missed duplicate). Method: a
+    /// filter from 64,000 to 256,000 ids; 200,000 hashes in, 100,000 others
+    /// probed; then twice its maximum more.
     #[test]
     pub(super) fn seen_ids_grow_without_forgetting_and_say_maybe_once_full() {
         use rand::{Rng, SeedableRng};
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let mut seen = SeenIds::sized(1_000, 64_000).unwrap();
-        let inserted: Vec<u64> = (0..60_000).map(|_| rng.random()).collect();
+        let mut seen = SeenIds::sized(64_000, 256_000).unwrap();
+        let inserted: Vec<u64> = (0..200_000).map(|_| rng.random()).collect();
         for &hash in &inserted {
             seen.insert(hash);
         }
-        assert!(!seen.full);
+        assert_eq!(seen.full_shards(), 0);
         assert!(inserted.iter().all(|&hash| seen.may_contain(hash)));
         let false_positives = (0..100_000)
             .filter(|_| seen.may_contain(rng.random()))
             .count();
         assert!(false_positives < 2_000, "{false_positives} in 100,000");
-        let room = seen.filter.max_capacity() - seen.filter.len();
-        for _ in 0..room + 1_000 {
+        for _ in 0..512_000 {
             seen.insert(rng.random());
         }
+        assert_eq!(seen.full_shards(), SHARDS, "past twice its maximum");
+        assert!((0..1_000).all(|_| seen.may_contain(rng.random())));
+        assert!(inserted.iter().all(|&hash| seen.may_contain(hash)));
+    }
+
+    /// Goal: ids spread over the shards by their hash's top bits, every
+    /// shard in use. Method: 64,000 random hashes, the fullest and emptiest
+    /// shard within a factor of two of the mean.
+    #[test]
+    fn ids_spread_over_every_shard() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let mut seen = SeenIds::sized(64_000, 256_000).unwrap();
+        for _ in 0..64_000 {
+            seen.insert(rng.random());
+        }
+        let lengths: Vec<u64> = seen.shards.iter().map(|s| s.filter.len()).collect();
+        let mean = 64_000 / u64::try_from(SHARDS).unwrap();
         assert!(
-            seen.full,
-            "past its maximum of {}",
-            seen.filter.max_capacity()
+            lengths.iter().all(|&n| n > mean / 2 && n < mean * 2),
+            "{lengths:?}"
         );
-        assert!(seen.may_contain(rng.random()));
     }
 }
