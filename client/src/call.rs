@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use overdraft_proto::v1 as pb;
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, Status};
+
+use crate::transport::Channel;
 
 use crate::history::{self, OpLine, Operation, Outcome};
 

@@ -7,7 +7,9 @@ use overdraft_proto::v1::{
     self as pb, admin_client::AdminClient, chaos_client::ChaosClient, ledger_client::LedgerClient,
 };
 use overdraft_server::config::Mode;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use crate::transport::{Channel, EndOnLastFrame};
 
 /// The environment variable holding the ledger's admin token, sent with
 /// Admin calls (a ledger listening beyond loopback requires it).
@@ -113,6 +115,7 @@ pub async fn channel(target: &str) -> Result<Channel, ClientError> {
     endpoint
         .connect()
         .await
+        .map(EndOnLastFrame::new)
         .map_err(|e| ClientError::Unreachable {
             target: url,
             reason: source_chain(&e),

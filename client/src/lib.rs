@@ -41,4 +41,5 @@ pub mod postmortem;
 pub mod referee;
 pub mod report;
 pub mod scenario;
+pub mod transport;
 pub mod view;

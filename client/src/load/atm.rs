@@ -8,10 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::transport::Channel;
 use overdraft_history::format::Operation;
 use overdraft_proto::v1 as pb;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tonic::transport::Channel;
 
 use super::{plan::AtmPlan, progress::Progress, workload::account_id};
 use crate::{

@@ -13,7 +13,9 @@ use overdraft_proto::v1 as pb;
 use overdraft_server::config::Mode;
 use serde::Serialize;
 use tokio::{sync::Barrier, task::JoinSet};
-use tonic::{Code, transport::Channel};
+use tonic::Code;
+
+use crate::transport::Channel;
 
 use overdraft_server::config::OverdraftPolicy;
 
