@@ -5,10 +5,8 @@
 
 use std::time::Duration;
 
-use overdraft_proto::v1 as pb;
+use overdraft_proto::{transport::Channel, v1 as pb};
 use tonic::{Code, Status};
-
-use crate::transport::Channel;
 
 use crate::history::{self, OpLine, Operation, Outcome};
 

@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use overdraft_proto::v1::{
-    self as pb, admin_client::AdminClient, chaos_client::ChaosClient, ledger_client::LedgerClient,
+use overdraft_proto::{
+    transport::{Channel, EndOnLastFrame},
+    v1::{
+        self as pb, admin_client::AdminClient, chaos_client::ChaosClient,
+        ledger_client::LedgerClient,
+    },
 };
 use overdraft_server::config::Mode;
 use tonic::transport::Endpoint;
-
-use crate::transport::{Channel, EndOnLastFrame};
 
 /// The environment variable holding the ledger's admin token, sent with
 /// Admin calls (a ledger listening beyond loopback requires it).

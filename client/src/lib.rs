@@ -41,5 +41,4 @@ pub mod postmortem;
 pub mod referee;
 pub mod report;
 pub mod scenario;
-pub mod transport;
 pub mod view;

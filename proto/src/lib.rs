@@ -6,6 +6,9 @@
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors, for server reflection.
 //! - [`admin_token`]: how Admin and Chaos calls carry the admin token.
 //! - [`error_reason`]: why a call was refused or aborted, as a structured detail.
+//! - [`transport`]: the channel clients call through, each request in as few frames as h2 allows.
+
+pub mod transport;
 
 /// Package `overdraft.v1`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

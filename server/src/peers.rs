@@ -10,8 +10,9 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
+use overdraft_proto::transport::{Channel, EndOnLastFrame};
 use overdraft_proto::v1::{self as pb, ledger_client::LedgerClient, replica_client::ReplicaClient};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::error::LedgerError;
 
@@ -125,10 +126,12 @@ impl Peers {
                 "a peer advertised an unusable address {address:?}: {e}"
             ))
         })?;
-        let channel = endpoint
-            .connect_timeout(PEER_CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let channel = EndOnLastFrame::new(
+            endpoint
+                .connect_timeout(PEER_CONNECT_TIMEOUT)
+                .tcp_nodelay(true)
+                .connect_lazy(),
+        );
         if channels.len() >= PEERS_MAX {
             channels.clear();
         }

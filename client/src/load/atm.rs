@@ -8,9 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::transport::Channel;
 use overdraft_history::format::Operation;
-use overdraft_proto::v1 as pb;
+use overdraft_proto::{transport::Channel, v1 as pb};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::{plan::AtmPlan, progress::Progress, workload::account_id};

@@ -9,13 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use overdraft_proto::v1 as pb;
+use overdraft_proto::{transport::Channel, v1 as pb};
 use overdraft_server::config::Mode;
 use serde::Serialize;
 use tokio::{sync::Barrier, task::JoinSet};
 use tonic::Code;
-
-use crate::transport::Channel;
 
 use overdraft_server::config::OverdraftPolicy;
 

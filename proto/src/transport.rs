@@ -1,5 +1,6 @@
-//! The channel every atm client calls through: tonic's, with each request
-//! body's last data frame marked as the end of the stream.
+//! The channel overdraft's clients call through (the atm, and the ledger's
+//! calls to its peers): tonic's, with each request body's last data frame
+//! marked as the end of the stream.
 //!
 //! hyper sends a request body frame by frame and sets END_STREAM on a data
 //! frame only if the body says it has ended right after it. tonic's
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame};
 use tonic::{Status, body::Body};
 
-/// What the atm's clients call through.
+/// What overdraft's clients call through.
 pub type Channel = EndOnLastFrame<tonic::transport::Channel>;
 
 /// A service whose request bodies end on their last data frame.
