@@ -9,7 +9,8 @@ use std::{convert::Infallible, sync::Arc, time::Duration};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tonic::{body::Body, transport::Channel};
+use overdraft_proto::transport::Channel;
+use tonic::body::Body;
 use tower::ServiceExt;
 
 use crate::{fault::FaultKind, registry::Registry};

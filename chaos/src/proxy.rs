@@ -14,11 +14,12 @@ use std::{
 };
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use overdraft_proto::transport::{Channel, EndOnLastFrame};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
 };
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 use crate::{
     calls::Calls,
@@ -71,7 +72,7 @@ impl Proxy {
                 .map_err(|e| anyhow::anyhow!("--upstream {url:?} is not a URL: {e}"))?
                 .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true);
-            upstreams.push(endpoint.connect_lazy());
+            upstreams.push(EndOnLastFrame::new(endpoint.connect_lazy()));
         }
         Ok(Self {
             registry,
