@@ -41,10 +41,10 @@ pub(crate) struct GroupCommit {
 
 /// Asks for a sync covering a batch of this many operations; calls the
 /// callback when it ends (the store's [`crate::store::Store::flush_then`]).
-type Sync = Box<dyn Fn(usize, FlushDone) + Send + std::marker::Sync>;
+type Syncer = Box<dyn Fn(usize, FlushDone) + Send + Sync>;
 
 struct Shared {
-    sync: Sync,
+    sync: Syncer,
     state: Mutex<State>,
     /// To the courier: a batch whose sync ended, with its outcome.
     synced: mpsc::UnboundedSender<(Batch, Outcome)>,
@@ -81,7 +81,7 @@ impl GroupCommit {
         }))
     }
 
-    fn with_sync(sync: Sync) -> Self {
+    fn with_sync(sync: Syncer) -> Self {
         let (synced, batches) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             sync,
