@@ -14,12 +14,11 @@ use std::{
 };
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use overdraft_proto::transport::{Channel, EndOnLastFrame};
+use overdraft_proto::transport::Channel;
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
 };
-use tonic::transport::Endpoint;
 
 use crate::{
     calls::Calls,
@@ -68,11 +67,10 @@ impl Proxy {
         }
         let mut upstreams = Vec::with_capacity(urls.len());
         for url in urls {
-            let endpoint = Endpoint::from_shared(url.to_owned())
-                .map_err(|e| anyhow::anyhow!("--upstream {url:?} is not a URL: {e}"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true);
-            upstreams.push(EndOnLastFrame::new(endpoint.connect_lazy()));
+            upstreams.push(
+                Channel::lazy(url, CONNECT_TIMEOUT)
+                    .map_err(|e| anyhow::anyhow!("--upstream {url:?} is not usable: {e}"))?,
+            );
         }
         Ok(Self {
             registry,

@@ -31,8 +31,9 @@ pub struct Request<'a> {
 
 /// Sends `request`, waiting at most `wait_max`; returns the history line
 /// (times unset: the caller's clock fills them) and the status. A wait past
-/// `wait_max`, or tonic's own deadline (reported as CANCELLED), comes back
-/// as DEADLINE_EXCEEDED: to the ATM the deadline passed without a reply.
+/// `wait_max`, or the ledger's enforcement of grpc-timeout (tonic's server
+/// answers CANCELLED when it expires first), comes back as DEADLINE_EXCEEDED:
+/// to the ATM the deadline passed without a reply.
 pub async fn send(
     ledger: &mut pb::ledger_client::LedgerClient<Channel>,
     request: Request<'_>,

@@ -4,14 +4,13 @@
 use std::time::Duration;
 
 use overdraft_proto::{
-    transport::{Channel, EndOnLastFrame},
+    transport::Channel,
     v1::{
         self as pb, admin_client::AdminClient, chaos_client::ChaosClient,
         ledger_client::LedgerClient,
     },
 };
 use overdraft_server::config::Mode;
-use tonic::transport::Endpoint;
 
 /// The environment variable holding the ledger's admin token, sent with
 /// Admin calls (a ledger listening beyond loopback requires it).
@@ -107,36 +106,18 @@ pub async fn spread(targets: &[String], per_target: u32) -> Result<Vec<Channel>,
 /// A connected channel to `target`.
 pub async fn channel(target: &str) -> Result<Channel, ClientError> {
     let url = normalize(target);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| ClientError::BadTarget {
-            target: target.to_owned(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
-    endpoint
-        .connect()
+    let channel = Channel::lazy(&url, CONNECT_TIMEOUT).map_err(|e| ClientError::BadTarget {
+        target: target.to_owned(),
+        reason: e.to_string(),
+    })?;
+    channel
+        .ready()
         .await
-        .map(EndOnLastFrame::new)
-        .map_err(|e| ClientError::Unreachable {
+        .map_err(|status| ClientError::Unreachable {
             target: url,
-            reason: source_chain(&e),
-        })
-}
-
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // hyper and tonic repeat their cause's words; say each thing once.
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+            reason: status.message().to_owned(),
+        })?;
+    Ok(channel)
 }
 
 /// Ledger and Admin clients on one connection.

@@ -10,9 +10,8 @@
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
-use overdraft_proto::transport::{Channel, EndOnLastFrame};
+use overdraft_proto::transport::Channel;
 use overdraft_proto::v1::{self as pb, ledger_client::LedgerClient, replica_client::ReplicaClient};
-use tonic::transport::Endpoint;
 
 use crate::error::LedgerError;
 
@@ -121,17 +120,11 @@ impl Peers {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(address.to_owned()).map_err(|e| {
+        let channel = Channel::lazy(address, PEER_CONNECT_TIMEOUT).map_err(|e| {
             LedgerError::Invariant(format!(
                 "a peer advertised an unusable address {address:?}: {e}"
             ))
         })?;
-        let channel = EndOnLastFrame::new(
-            endpoint
-                .connect_timeout(PEER_CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        );
         if channels.len() >= PEERS_MAX {
             channels.clear();
         }

@@ -1,14 +1,11 @@
-//! The channel overdraft's clients call through (the atm, and the ledger's
-//! calls to its peers): tonic's, with each request body's last data frame
-//! marked as the end of the stream.
+//! A request body read one frame ahead.
 //!
-//! hyper sends a request body frame by frame and sets END_STREAM on a data
-//! frame only if the body says it has ended right after it. tonic's
-//! encoded body learns that it has ended only when polled once more, so a
-//! unary call went out as three frames (HEADERS, DATA, and an empty DATA
-//! carrying END_STREAM), and the ledger, which waits for the end of the
-//! request before it runs the call, handled a frame more per call than
-//! h2load's two. [`EndOnLastFrame`] looks one frame ahead.
+//! A request's last data frame should carry END_STREAM: the ledger waits for
+//! the end of the request before it runs the call, and h2load sends a unary
+//! call as two frames (HEADERS, DATA). tonic's encoded body learns that it
+//! has ended only when polled once more, so sent frame by frame a unary call
+//! went out as three (HEADERS, DATA, and an empty DATA carrying END_STREAM).
+//! [`LookAhead`] asks for the next frame before it hands one out.
 
 use std::{
     pin::Pin,
@@ -19,41 +16,9 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame};
 use tonic::{Status, body::Body};
 
-/// What overdraft's clients call through.
-pub type Channel = EndOnLastFrame<tonic::transport::Channel>;
-
-/// A service whose request bodies end on their last data frame.
-#[derive(Clone, Debug)]
-pub struct EndOnLastFrame<S>(S);
-
-impl<S> EndOnLastFrame<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S) -> Self {
-        Self(inner)
-    }
-}
-
-impl<S> tower_service::Service<http::Request<Body>> for EndOnLastFrame<S>
-where
-    S: tower_service::Service<http::Request<Body>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        self.0
-            .call(request.map(|body| Body::new(LookAhead::new(body))))
-    }
-}
-
 /// A body read one frame ahead, so that it can say it has ended as soon as
 /// its last frame is out.
-struct LookAhead {
+pub(super) struct LookAhead {
     inner: Body,
     /// The frame read ahead, or the error it was.
     ahead: Option<Result<Frame<Bytes>, Status>>,
@@ -62,7 +27,7 @@ struct LookAhead {
 }
 
 impl LookAhead {
-    fn new(inner: Body) -> Self {
+    pub(super) fn new(inner: Body) -> Self {
         let ended = inner.is_end_stream();
         Self {
             inner,
