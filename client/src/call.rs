@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use overdraft_proto::{transport::Channel, v1 as pb};
+use overdraft_proto::{ledger_paths, transport::Channel, v1 as pb};
 use tonic::{Code, Status};
 
 use crate::history::{self, OpLine, Operation, Outcome};
@@ -35,7 +35,7 @@ pub struct Request<'a> {
 /// answers CANCELLED when it expires first), comes back as DEADLINE_EXCEEDED:
 /// to the ATM the deadline passed without a reply.
 pub async fn send(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    ledger: &Channel,
     request: Request<'_>,
     wait_max: Duration,
 ) -> (OpLine, Result<(), Status>) {
@@ -82,19 +82,7 @@ pub async fn send(
     (line, outcome)
 }
 
-fn with_deadline<T>(message: T, deadline: Option<Duration>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(deadline) = deadline {
-        request.set_timeout(deadline);
-    }
-    request
-}
-
-async fn dispatch(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
-    request: Request<'_>,
-    line: &mut OpLine,
-) -> Result<(), Status> {
+async fn dispatch(ledger: &Channel, request: Request<'_>, line: &mut OpLine) -> Result<(), Status> {
     let Request {
         operation,
         account,
@@ -107,13 +95,15 @@ async fn dispatch(
     let account_id = account.to_owned();
     match operation {
         Operation::Deposit | Operation::Withdraw => {
-            let reply = if operation == Operation::Deposit {
+            let reply: pb::MutationReply = if operation == Operation::Deposit {
                 let message = pb::DepositRequest {
                     account_id,
                     amount_cents,
                     request_id,
                 };
-                ledger.deposit(with_deadline(message, deadline)).await
+                ledger
+                    .unary(ledger_paths::DEPOSIT, &message, deadline)
+                    .await
             } else {
                 let message = pb::WithdrawRequest {
                     joint_account_id: joint.unwrap_or_default().to_owned(),
@@ -121,9 +111,10 @@ async fn dispatch(
                     amount_cents,
                     request_id,
                 };
-                ledger.withdraw(with_deadline(message, deadline)).await
-            }?
-            .into_inner();
+                ledger
+                    .unary(ledger_paths::WITHDRAW, &message, deadline)
+                    .await
+            }?;
             line.balance_cents = Some(reply.balance_cents);
             line.version = Some(reply.version);
             line.replayed = reply.replayed;
@@ -138,10 +129,9 @@ async fn dispatch(
                 amount_cents,
                 request_id,
             };
-            let reply = ledger
-                .transfer(with_deadline(message, deadline))
-                .await?
-                .into_inner();
+            let reply: pb::TransferReply = ledger
+                .unary(ledger_paths::TRANSFER, &message, deadline)
+                .await?;
             let from = reply.from.unwrap_or_default();
             let to = reply.to.unwrap_or_default();
             line.balance_cents = Some(from.balance_cents);
@@ -153,10 +143,9 @@ async fn dispatch(
         }
         Operation::Balance => {
             let message = pb::GetBalanceRequest { account_id };
-            let reply = ledger
-                .get_balance(with_deadline(message, deadline))
-                .await?
-                .into_inner();
+            let reply: pb::AccountState = ledger
+                .unary(ledger_paths::GET_BALANCE, &message, deadline)
+                .await?;
             line.balance_cents = Some(reply.balance_cents);
             line.version = Some(reply.version);
         }

@@ -7,6 +7,7 @@
 //! - [`admin_token`]: how Admin and Chaos calls carry the admin token.
 //! - [`error_reason`]: why a call was refused or aborted, as a structured detail.
 //! - [`transport`]: the channel clients call through, each request in as few frames as h2 allows.
+//! - [`ledger_paths`]: the Ledger methods' paths, for [`transport::Channel::unary`].
 
 pub mod transport;
 
@@ -147,5 +148,65 @@ pub mod error_reason {
             .get_details_error_info()
             .filter(|info| info.domain == DOMAIN)
             .map(|info| info.reason)
+    }
+}
+
+/// The paths of the Ledger methods the atm calls through
+/// [`transport::Channel::unary`] (tonic's generated client keeps its own
+/// inside each method).
+pub mod ledger_paths {
+    /// `Ledger.Deposit`: DepositRequest -> MutationReply.
+    pub const DEPOSIT: &str = "/overdraft.v1.Ledger/Deposit";
+    /// `Ledger.Withdraw`: WithdrawRequest -> MutationReply.
+    pub const WITHDRAW: &str = "/overdraft.v1.Ledger/Withdraw";
+    /// `Ledger.Transfer`: TransferRequest -> TransferReply.
+    pub const TRANSFER: &str = "/overdraft.v1.Ledger/Transfer";
+    /// `Ledger.GetBalance`: GetBalanceRequest -> AccountState.
+    pub const GET_BALANCE: &str = "/overdraft.v1.Ledger/GetBalance";
+
+    #[cfg(test)]
+    mod tests {
+        use prost::Message as _;
+
+        /// Goal: each path names a method the proto declares, with the
+        /// request and reply types its doc says. Method: the encoded
+        /// descriptors.
+        #[test]
+        fn each_path_names_a_declared_method() {
+            let set = prost_types::FileDescriptorSet::decode(crate::FILE_DESCRIPTOR_SET).unwrap();
+            let declared = |path: &str| -> Option<(String, String)> {
+                let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+                set.file.iter().find_map(|file| {
+                    file.service.iter().find_map(|s| {
+                        let full = format!("{}.{}", file.package(), s.name());
+                        (full == service).then(|| {
+                            s.method
+                                .iter()
+                                .find(|m| m.name() == method)
+                                .map(|m| (m.input_type().to_owned(), m.output_type().to_owned()))
+                        })?
+                    })
+                })
+            };
+            let expect = |path, input: &str, output: &str| {
+                assert_eq!(
+                    declared(path),
+                    Some((
+                        format!(".overdraft.v1.{input}"),
+                        format!(".overdraft.v1.{output}")
+                    )),
+                    "{path}"
+                );
+            };
+            expect(super::DEPOSIT, "DepositRequest", "MutationReply");
+            expect(super::WITHDRAW, "WithdrawRequest", "MutationReply");
+            expect(super::TRANSFER, "TransferRequest", "TransferReply");
+            expect(super::GET_BALANCE, "GetBalanceRequest", "AccountState");
+            assert_eq!(
+                declared("/overdraft.v1.Ledger/Nope"),
+                None,
+                "the check can fail"
+            );
+        }
     }
 }

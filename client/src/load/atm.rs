@@ -9,7 +9,7 @@ use std::{
 };
 
 use overdraft_history::format::Operation;
-use overdraft_proto::{transport::Channel, v1 as pb};
+use overdraft_proto::transport::Channel;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use super::{plan::AtmPlan, progress::Progress, workload::account_id};
@@ -74,7 +74,6 @@ pub(super) async fn run_atm(
     sink: Option<HistorySink>,
     progress: Arc<Progress>,
 ) -> AtmResult {
-    let mut ledger = pb::ledger_client::LedgerClient::new(channel);
     let mut rng = StdRng::seed_from_u64(plan.stream());
     // The resends' jitter draws from a generator of its own, so that the
     // operations a seed sends do not depend on which replies were lost.
@@ -112,7 +111,7 @@ pub(super) async fn run_atm(
             request_id,
             deadline: plan.deadline_per_attempt,
         };
-        let record = send_attempts(&mut ledger, &plan, request, intended, &mut jitter, &sink).await;
+        let record = send_attempts(&channel, &plan, request, intended, &mut jitter, &sink).await;
         let complete = Instant::now();
         result
             .latency
@@ -134,7 +133,7 @@ pub(super) async fn run_atm(
 /// ledger applies it at most once); records every attempt in the history
 /// and returns the last.
 async fn send_attempts(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    ledger: &Channel,
     plan: &AtmPlan,
     request: crate::call::Request<'_>,
     intended: Instant,

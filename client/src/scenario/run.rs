@@ -525,7 +525,6 @@ async fn run_atm(
     start: Duration,
     recording: Option<Recording>,
 ) -> Tally {
-    let mut ledger = pb::ledger_client::LedgerClient::new(channel);
     let mut tally = Tally::default();
     if let Some(barrier) = barrier {
         barrier.wait().await;
@@ -545,7 +544,7 @@ async fn run_atm(
             let intent = format!("{name}#{round}-{index}");
             let started = Instant::now();
             let mut outcome =
-                send_once(&mut ledger, step, &request_id, &name, &intent, &recording).await;
+                send_once(&channel, step, &request_id, &name, &intent, &recording).await;
             for _ in 0..step.retries {
                 match &outcome {
                     // A lost or late reply, or an ABORTED (CAS contention,
@@ -558,7 +557,7 @@ async fn run_atm(
                     {
                         tally.resends += 1;
                         outcome =
-                            send_once(&mut ledger, step, &request_id, &name, &intent, &recording)
+                            send_once(&channel, step, &request_id, &name, &intent, &recording)
                                 .await;
                     }
                     _ => break,
@@ -571,7 +570,7 @@ async fn run_atm(
 }
 
 async fn send_once(
-    ledger: &mut pb::ledger_client::LedgerClient<Channel>,
+    ledger: &Channel,
     step: &Step,
     request_id: &str,
     atm_name: &str,

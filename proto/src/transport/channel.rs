@@ -117,6 +117,16 @@ impl Channel {
     pub async fn ready(&self) -> Result<(), Status> {
         self.shared.sender().await.map(drop)
     }
+
+    /// The target's `host:port`, as requests name it.
+    pub(super) fn authority(&self) -> &Authority {
+        &self.shared.authority
+    }
+
+    /// A sender ready for one request, the connection dialled if need be.
+    pub(super) async fn sender(&self) -> Result<SendRequest<Bytes>, Status> {
+        self.shared.sender().await
+    }
 }
 
 impl tower_service::Service<http::Request<Body>> for Channel {
