@@ -39,34 +39,11 @@ pub async fn send(
     request: Request<'_>,
     wait_max: Duration,
 ) -> (OpLine, Result<(), Status>) {
-    let mut line = OpLine {
-        request_id: request.request_id.clone(),
-        ..OpLine::new(request.operation)
-    };
-    if request.operation == Operation::Transfer {
-        line.from_account_id = Some(request.account.to_owned());
-        line.to_account_id = request.to.map(str::to_owned);
-    } else {
-        line.account_id = Some(request.account.to_owned());
-        line.joint_account_id = request.joint.map(str::to_owned);
-    }
+    let mut line = OpLine::new(request.operation);
     if request.operation.is_mutation() {
         line.amount_cents = Some(request.amount_cents);
     }
-    let deadline = request.deadline;
-    let outcome = match tokio::time::timeout(wait_max, dispatch(ledger, request, &mut line)).await {
-        Ok(Err(status)) if status.code() == Code::Cancelled && deadline.is_some() => {
-            Err(Status::deadline_exceeded(format!(
-                "no reply within {} ms",
-                deadline.map_or(0, |d| d.as_millis())
-            )))
-        }
-        Ok(outcome) => outcome,
-        Err(_) => Err(Status::deadline_exceeded(format!(
-            "no reply within {} s",
-            wait_max.as_secs()
-        ))),
-    };
+    let outcome = dispatch(ledger, request, wait_max, &mut line).await;
     match &outcome {
         Ok(()) => line.outcome = Some(Outcome::Ok),
         Err(status) => {
@@ -82,7 +59,42 @@ pub async fn send(
     (line, outcome)
 }
 
-async fn dispatch(ledger: &Channel, request: Request<'_>, line: &mut OpLine) -> Result<(), Status> {
+/// One call, bounded by `wait_max`, with the ATM's view of a deadline.
+async fn call<Q, R>(
+    ledger: &Channel,
+    path: &'static str,
+    message: &Q,
+    deadline: Option<Duration>,
+    wait_max: Duration,
+) -> Result<R, Status>
+where
+    Q: prost::Message,
+    R: prost::Message + Default,
+{
+    match tokio::time::timeout(wait_max, ledger.unary(path, message, deadline)).await {
+        Ok(Err(status)) if status.code() == Code::Cancelled && deadline.is_some() => {
+            Err(Status::deadline_exceeded(format!(
+                "no reply within {} ms",
+                deadline.map_or(0, |d| d.as_millis())
+            )))
+        }
+        Ok(outcome) => outcome,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no reply within {} s",
+            wait_max.as_secs()
+        ))),
+    }
+}
+
+/// Sends the request's message and fills `line` from it and its reply:
+/// the message's strings move into the line once the call is over, so
+/// that each is allocated once.
+async fn dispatch(
+    ledger: &Channel,
+    request: Request<'_>,
+    wait_max: Duration,
+    line: &mut OpLine,
+) -> Result<(), Status> {
     let Request {
         operation,
         account,
@@ -94,33 +106,31 @@ async fn dispatch(ledger: &Channel, request: Request<'_>, line: &mut OpLine) -> 
     } = request;
     let account_id = account.to_owned();
     match operation {
-        Operation::Deposit | Operation::Withdraw => {
-            let reply: pb::MutationReply = if operation == Operation::Deposit {
-                let message = pb::DepositRequest {
-                    account_id,
-                    amount_cents,
-                    request_id,
-                };
-                ledger
-                    .unary(ledger_paths::DEPOSIT, &message, deadline)
-                    .await
-            } else {
-                let message = pb::WithdrawRequest {
-                    joint_account_id: joint.unwrap_or_default().to_owned(),
-                    account_id,
-                    amount_cents,
-                    request_id,
-                };
-                ledger
-                    .unary(ledger_paths::WITHDRAW, &message, deadline)
-                    .await
-            }?;
-            line.balance_cents = Some(reply.balance_cents);
-            line.version = Some(reply.version);
-            line.replayed = reply.replayed;
-            if operation == Operation::Withdraw {
-                line.fee_cents = Some(reply.fee_cents);
-            }
+        Operation::Deposit => {
+            let message = pb::DepositRequest {
+                account_id,
+                amount_cents,
+                request_id,
+            };
+            let reply = call(ledger, ledger_paths::DEPOSIT, &message, deadline, wait_max).await;
+            line.account_id = Some(message.account_id);
+            line.request_id = message.request_id;
+            mutated(line, reply?);
+        }
+        Operation::Withdraw => {
+            let message = pb::WithdrawRequest {
+                joint_account_id: joint.unwrap_or_default().to_owned(),
+                account_id,
+                amount_cents,
+                request_id,
+            };
+            let reply = call(ledger, ledger_paths::WITHDRAW, &message, deadline, wait_max).await;
+            line.account_id = Some(message.account_id);
+            line.joint_account_id = joint.map(|_| message.joint_account_id);
+            line.request_id = message.request_id;
+            let reply: pb::MutationReply = reply?;
+            line.fee_cents = Some(reply.fee_cents);
+            mutated(line, reply);
         }
         Operation::Transfer => {
             let message = pb::TransferRequest {
@@ -129,9 +139,11 @@ async fn dispatch(ledger: &Channel, request: Request<'_>, line: &mut OpLine) -> 
                 amount_cents,
                 request_id,
             };
-            let reply: pb::TransferReply = ledger
-                .unary(ledger_paths::TRANSFER, &message, deadline)
-                .await?;
+            let reply = call(ledger, ledger_paths::TRANSFER, &message, deadline, wait_max).await;
+            line.from_account_id = Some(message.from_account_id);
+            line.to_account_id = to.map(|_| message.to_account_id);
+            line.request_id = message.request_id;
+            let reply: pb::TransferReply = reply?;
             let from = reply.from.unwrap_or_default();
             let to = reply.to.unwrap_or_default();
             line.balance_cents = Some(from.balance_cents);
@@ -143,12 +155,27 @@ async fn dispatch(ledger: &Channel, request: Request<'_>, line: &mut OpLine) -> 
         }
         Operation::Balance => {
             let message = pb::GetBalanceRequest { account_id };
-            let reply: pb::AccountState = ledger
-                .unary(ledger_paths::GET_BALANCE, &message, deadline)
-                .await?;
+            let reply = call(
+                ledger,
+                ledger_paths::GET_BALANCE,
+                &message,
+                deadline,
+                wait_max,
+            )
+            .await;
+            line.account_id = Some(message.account_id);
+            line.request_id = request_id;
+            let reply: pb::AccountState = reply?;
             line.balance_cents = Some(reply.balance_cents);
             line.version = Some(reply.version);
         }
     }
     Ok(())
+}
+
+/// A deposit's or withdrawal's reply, into its line.
+fn mutated(line: &mut OpLine, reply: pb::MutationReply) {
+    line.balance_cents = Some(reply.balance_cents);
+    line.version = Some(reply.version);
+    line.replayed = reply.replayed;
 }

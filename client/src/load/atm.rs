@@ -12,7 +12,7 @@ use overdraft_history::format::Operation;
 use overdraft_proto::transport::Channel;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::{plan::AtmPlan, progress::Progress, workload::account_id};
+use super::{plan::AtmPlan, progress::Progress, workload::account_id_into};
 use crate::{
     history::{HistorySink, OpLine, Outcome},
     latency::Latency,
@@ -79,6 +79,8 @@ pub(super) async fn run_atm(
     // operations a seed sends do not depend on which replies were lost.
     let mut jitter = StdRng::seed_from_u64(plan.stream() ^ JITTER_STREAM);
     let mut result = AtmResult::default();
+    // The accounts' ids are written into these two each call, not allocated.
+    let (mut from_id, mut to_id) = (String::new(), String::new());
     let mut k = 0u64;
     while plan.more(k, Instant::now()) {
         let intended = plan.intended(k);
@@ -100,12 +102,15 @@ pub(super) async fn run_atm(
             amount_cents: plan.amounts.pick(&mut rng),
         };
         let request_id = plan.request_id(k);
-        let first = account_id(drawn.first);
-        let second = (drawn.method == Operation::Transfer).then(|| account_id(drawn.second));
+        account_id_into(&mut from_id, drawn.first);
+        let to = (drawn.method == Operation::Transfer).then(|| {
+            account_id_into(&mut to_id, drawn.second);
+            to_id.as_str()
+        });
         let request = crate::call::Request {
             operation: drawn.method,
-            account: &first,
-            to: second.as_deref(),
+            account: &from_id,
+            to,
             joint: None,
             amount_cents: drawn.amount_cents,
             request_id,
@@ -176,8 +181,13 @@ async fn send_attempts(
 
 /// Folds one operation's outcome into the ATM's status counts and model.
 fn account_outcome(result: &mut AtmResult, drawn: &Drawn, record: &OpLine) {
-    let code = record.code.clone().unwrap_or_else(|| "Ok".to_owned());
-    *result.statuses.entry(code).or_default() += 1;
+    let code = record.code.as_deref().unwrap_or("Ok");
+    match result.statuses.get_mut(code) {
+        Some(count) => *count += 1,
+        None => {
+            result.statuses.insert(code.to_owned(), 1);
+        }
+    }
     match record.outcome {
         Some(Outcome::Ok) => {
             let amount = drawn.amount_cents;

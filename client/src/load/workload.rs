@@ -231,7 +231,16 @@ fn rank_to_index(rank: f64, accounts: u32) -> u32 {
 
 /// The account id of index `n`.
 pub fn account_id(n: u32) -> String {
-    format!("acct-{n}")
+    let mut id = String::new();
+    account_id_into(&mut id, n);
+    id
+}
+
+/// Writes the account id of index `n` into `id`, reusing its allocation.
+pub fn account_id_into(id: &mut String, n: u32) {
+    use std::fmt::Write as _;
+    id.clear();
+    let _ = write!(id, "acct-{n}");
 }
 
 #[cfg(test)]
