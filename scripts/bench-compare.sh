@@ -3,6 +3,7 @@
 # 64 ATMs on 1,000 uncontended accounts and on one hot account, with sled and
 # with the memory store (to show what storage costs). Prints the tables.
 # Usage: scripts/bench-compare.sh [DURATION]   (default 5s per run)
+# OVERDRAFT_THREADS=N sets the ledger's runtime threads (ledger --threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-5s}"
@@ -22,7 +23,7 @@ run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
   port=$((port + 1))
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F)"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); ledger threads: ${OVERDRAFT_THREADS:-one per core}"
 run sled none
 run sled sync
 run memory none

@@ -6,6 +6,7 @@
 # second, operations per flush, flush time (mean, max) and the share of
 # time a flush was in progress. Goal: sync at 0.8 of none or better.
 # Usage: scripts/bench-durability.sh [DURATION] [ROUNDS]   (default 5s, 3)
+# OVERDRAFT_THREADS=N sets the ledger's runtime threads (ledger --threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-5s}"
@@ -34,7 +35,7 @@ run() { # durability round -> JSON file
   pid=""
   port=$((port + 1))
 }
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); sled, 64 ATMs, 1000 accounts, deposits, $duration per run"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); sled, 64 ATMs, 1000 accounts, deposits, $duration per run; ledger threads: ${OVERDRAFT_THREADS:-one per core}"
 for round in $(seq "$rounds"); do
   run none "$round"
   run sync "$round"

@@ -10,6 +10,7 @@
 # Admin.Stats, h2load's from /proc), so a client that makes the ledger work
 # harder shows.
 # Usage: scripts/bench-h2load.sh [SECONDS] [MODE] [ROUNDS]   (default 8 s, mutex, 3)
+# OVERDRAFT_THREADS=N sets the ledger's runtime threads (ledger --threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-8}"
@@ -64,7 +65,7 @@ ok_deposits() {
     awk '/^overdraft_operations_total\{/ && /method="deposit"/ && /code="Ok"/ { n += $2 } END { print n + 0 }'
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); mode $mode; ${seconds} s per run"
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); $(date -u +%F); mode $mode; ${seconds} s per run; ledger threads: ${OVERDRAFT_THREADS:-one per core}"
 # Deposits on one account, atm and h2load alternating ROUNDS times: the host
 # drifts by 10-30% between runs, so each pair is compared on its own.
 printf '%-7s %12s %8s %14s %15s %14s %10s\n' "round" "atm ops/s" "p99 ms" "ledger µs/op" "h2load ops/s" "ledger µs/op" "atm/h2load"

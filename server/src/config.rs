@@ -317,6 +317,9 @@ pub const LOCK_WAIT_MS_MAX: u64 = 60_000;
 /// Most CAS retries accepted on the command line.
 pub const CAS_RETRIES_MAX_LIMIT: u32 = 1_000;
 
+/// Most runtime threads `--threads` accepts.
+pub const THREADS_MAX: u16 = 256;
+
 /// `ledger`: the overdraft ledger service.
 #[derive(Clone, Debug, Parser, Serialize)]
 #[command(name = "ledger", version, about, long_about = None)]
@@ -420,6 +423,17 @@ pub struct Config {
     /// Most compare-and-swap retries in cas mode before the operation is aborted.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(0..=i64::from(CAS_RETRIES_MAX_LIMIT)))]
     pub cas_retries_max: u32,
+
+    /// Runtime threads serving calls. Unset: one per core (tokio's
+    /// multi-threaded runtime). 1: every call on one thread, with the
+    /// store's writer and checkpointer threads beside it; on a machine the
+    /// ATMs share (a laptop demo, two cores) that costs the ledger about a
+    /// third less CPU per call and answers more calls, since a reply is
+    /// not handed between threads (BENCHMARKS.md). With one thread,
+    /// unprotected operations interleave only where they wait (the race
+    /// window), never truly in parallel.
+    #[arg(long, env = "OVERDRAFT_THREADS", value_parser = clap::value_parser!(u16).range(1..=i64::from(THREADS_MAX)))]
+    pub threads: Option<u16>,
 
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
