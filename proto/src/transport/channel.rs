@@ -144,18 +144,27 @@ impl tower_service::Service<http::Request<Body>> for Channel {
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let shared = Arc::clone(&self.shared);
         Box::pin(async move {
-            match grpc_timeout(request.headers()) {
-                None => shared.exchange(request).await,
-                Some(timeout) => tokio::time::timeout(timeout, shared.exchange(request))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(format!(
-                            "no response within the call's deadline ({} ms)",
-                            timeout.as_millis()
-                        )))
-                    }),
-            }
+            let deadline = grpc_timeout(request.headers());
+            within(deadline, shared.exchange(request)).await
         })
+    }
+}
+
+/// `call`'s outcome, or DEADLINE_EXCEEDED once `deadline` (if any) passes.
+pub(super) async fn within<T>(
+    deadline: Option<Duration>,
+    call: impl Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    match deadline {
+        None => call.await,
+        Some(deadline) => tokio::time::timeout(deadline, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "no response within the call's deadline ({} ms)",
+                    deadline.as_millis()
+                )))
+            }),
     }
 }
 

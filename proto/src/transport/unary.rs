@@ -20,7 +20,7 @@ use http::{
 };
 use tonic::{Code, Status};
 
-use super::channel::{Channel, status_of};
+use super::channel::{Channel, status_of, within};
 
 /// The largest reply accepted, as tonic's default limit.
 pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
@@ -46,31 +46,19 @@ impl Channel {
         Q: prost::Message,
         R: prost::Message + Default,
     {
-        let call = self.unary_call(path, message, deadline);
-        match deadline {
-            None => call.await,
-            Some(deadline) => tokio::time::timeout(deadline, call)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "no response within the call's deadline ({} ms)",
-                        deadline.as_millis()
-                    )))
-                }),
-        }
+        let frame = encode(message)?;
+        let reply = within(deadline, self.exchange(path, frame, deadline)).await?;
+        decode(reply)
     }
 
-    async fn unary_call<Q, R>(
+    /// Sends one encoded request and returns the reply's data once its
+    /// status says OK.
+    async fn exchange(
         &self,
         path: &'static str,
-        message: &Q,
+        frame: Bytes,
         deadline: Option<Duration>,
-    ) -> Result<R, Status>
-    where
-        Q: prost::Message,
-        R: prost::Message + Default,
-    {
-        let frame = encode(message)?;
+    ) -> Result<Bytes, Status> {
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
             .authority(self.authority().clone())
@@ -115,7 +103,7 @@ impl Channel {
             Some(status) => return Err(status),
             None => return Err(missing_status(head.status)),
         }
-        decode(reply.into_bytes())
+        Ok(reply.into_bytes())
     }
 }
 
