@@ -115,7 +115,7 @@ async fn dispatch(
             let reply = call(ledger, ledger_paths::DEPOSIT, &message, deadline, wait_max).await;
             line.account_id = Some(message.account_id);
             line.request_id = message.request_id;
-            mutated(line, reply?);
+            mutated(line, operation, reply?);
         }
         Operation::Withdraw => {
             let message = pb::WithdrawRequest {
@@ -128,9 +128,7 @@ async fn dispatch(
             line.account_id = Some(message.account_id);
             line.joint_account_id = joint.map(|_| message.joint_account_id);
             line.request_id = message.request_id;
-            let reply: pb::MutationReply = reply?;
-            line.fee_cents = Some(reply.fee_cents);
-            mutated(line, reply);
+            mutated(line, operation, reply?);
         }
         Operation::Transfer => {
             let message = pb::TransferRequest {
@@ -143,15 +141,7 @@ async fn dispatch(
             line.from_account_id = Some(message.from_account_id);
             line.to_account_id = to.map(|_| message.to_account_id);
             line.request_id = message.request_id;
-            let reply: pb::TransferReply = reply?;
-            let from = reply.from.unwrap_or_default();
-            let to = reply.to.unwrap_or_default();
-            line.balance_cents = Some(from.balance_cents);
-            line.version = Some(from.version);
-            line.to_balance_cents = Some(to.balance_cents);
-            line.to_version = Some(to.version);
-            line.fee_cents = Some(reply.fee_cents);
-            line.replayed = reply.replayed;
+            transferred(line, reply?);
         }
         Operation::Balance => {
             let message = pb::GetBalanceRequest { account_id };
@@ -166,16 +156,31 @@ async fn dispatch(
             line.account_id = Some(message.account_id);
             line.request_id = request_id;
             let reply: pb::AccountState = reply?;
-            line.balance_cents = Some(reply.balance_cents);
-            line.version = Some(reply.version);
+            (line.balance_cents, line.version) = (Some(reply.balance_cents), Some(reply.version));
         }
     }
     Ok(())
 }
 
-/// A deposit's or withdrawal's reply, into its line.
-fn mutated(line: &mut OpLine, reply: pb::MutationReply) {
+/// A deposit's or withdrawal's reply, into its line (a fee only on a
+/// withdrawal's).
+fn mutated(line: &mut OpLine, operation: Operation, reply: pb::MutationReply) {
     line.balance_cents = Some(reply.balance_cents);
     line.version = Some(reply.version);
+    line.replayed = reply.replayed;
+    if operation == Operation::Withdraw {
+        line.fee_cents = Some(reply.fee_cents);
+    }
+}
+
+/// A transfer's reply, into its line.
+fn transferred(line: &mut OpLine, reply: pb::TransferReply) {
+    let from = reply.from.unwrap_or_default();
+    let to = reply.to.unwrap_or_default();
+    line.balance_cents = Some(from.balance_cents);
+    line.version = Some(from.version);
+    line.to_balance_cents = Some(to.balance_cents);
+    line.to_version = Some(to.version);
+    line.fee_cents = Some(reply.fee_cents);
     line.replayed = reply.replayed;
 }
