@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use overdraft_server::config::Mode;
+use overdraft_server::{config::Mode, runtime::THREADS_MAX};
 use serde::Serialize;
 
 use crate::{
@@ -29,9 +29,6 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
-
-/// Most runtime threads `--threads` accepts.
-pub const THREADS_MAX: u16 = 256;
 
 impl Cli {
     /// Runtime threads the command asks for: `load` and `compare` say

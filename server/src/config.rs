@@ -317,9 +317,6 @@ pub const LOCK_WAIT_MS_MAX: u64 = 60_000;
 /// Most CAS retries accepted on the command line.
 pub const CAS_RETRIES_MAX_LIMIT: u32 = 1_000;
 
-/// Most runtime threads `--threads` accepts.
-pub const THREADS_MAX: u16 = 256;
-
 /// `ledger`: the overdraft ledger service.
 #[derive(Clone, Debug, Parser, Serialize)]
 #[command(name = "ledger", version, about, long_about = None)]
@@ -432,7 +429,7 @@ pub struct Config {
     /// not handed between threads (BENCHMARKS.md). With one thread,
     /// unprotected operations interleave only where they wait (the race
     /// window), never truly in parallel.
-    #[arg(long, env = "OVERDRAFT_THREADS", value_parser = clap::value_parser!(u16).range(1..=i64::from(THREADS_MAX)))]
+    #[arg(long, env = "OVERDRAFT_THREADS", value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::runtime::THREADS_MAX)))]
     pub threads: Option<u16>,
 
     /// Log format.

@@ -22,6 +22,7 @@
 //! - [`peers`]: calls to the other replicas (actor mode's forwarding and legs).
 //! - [`stats`]: what the ledger counts and times; [`metrics`]: `/metrics` for Prometheus;
 //!   [`process`]: the process's own CPU time and memory.
+//! - [`runtime`]: the async runtime the binaries run on, sized by `--threads`.
 //! - [`run`] / [`spawn`]: serve on a bound listener until a shutdown future completes;
 //!   [`serve`]: bind, announce the address, serve until a signal (the binary).
 
@@ -42,6 +43,7 @@ pub mod modes;
 pub mod peers;
 pub mod process;
 pub mod race;
+pub mod runtime;
 pub mod service;
 pub mod stats;
 pub mod store;

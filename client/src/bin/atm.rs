@@ -17,19 +17,7 @@ fn main() -> std::process::ExitCode {
         overdraft_server::config::LogFormat::Text,
         "warn",
     );
-    let runtime = match cli.runtime_threads() {
-        Some(1) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        Some(threads) => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(usize::from(threads))
-            .enable_all()
-            .build(),
-        None => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-    };
-    let runtime = match runtime {
+    let runtime = match overdraft_server::runtime::build(cli.runtime_threads()) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("atm: cannot start the async runtime: {error}");
