@@ -5,37 +5,16 @@
 
 mod common;
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use overdraft_proto::v1::{self as pb, admin_client::AdminClient, ledger_client::LedgerClient};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 
-/// A real ledger binary with `args`, and the address it listens on.
+/// A real ledger binary with `args` over `dir`: the child and its URL.
 async fn ledger(args: &[&str], dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ledger"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the ledger binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the ledger prints within 30 s")
-        .unwrap()
-        .expect("a line");
-    let addr = line
-        .strip_prefix("listening on ")
-        .expect("the listening line")
-        .to_owned();
-    (child, addr)
+    let dir = dir.to_str().expect("a UTF-8 temporary path");
+    let args: Vec<&str> = args.iter().copied().chain(["--data-dir", dir]).collect();
+    common::start_ledger_with(&args).await
 }
 
 /// CPU ticks (user + system) of a `/proc/PID/...stat` file.
@@ -57,12 +36,12 @@ struct Cost {
 
 /// 16 clients deposit 1 cent 200 times each, concurrently, into acct-0;
 /// returns what that cost the ledger `pid`, after checking the balance.
-async fn crowd(addr: &str, pid: u32) -> Cost {
+async fn crowd(url: &str, pid: u32) -> Cost {
     let (process, main_thread) = (
         format!("/proc/{pid}/stat"),
         format!("/proc/{pid}/task/{pid}/stat"),
     );
-    let channel = common::connect(&format!("http://{addr}")).await;
+    let channel = common::connect(url).await;
     AdminClient::new(channel.clone())
         .reset(pb::ResetRequest {
             accounts: vec![pb::OpenAccountRequest {
@@ -120,12 +99,12 @@ async fn crowd(addr: &str, pid: u32) -> Cost {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_thread_serves_a_durable_crowd_on_the_main_thread() {
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = ledger(
+    let (child, url) = ledger(
         &["--threads", "1", "--durability", "sync", "--mode", "mutex"],
         dir.path(),
     )
     .await;
-    let one = crowd(&addr, child.id().unwrap()).await;
+    let one = crowd(&url, child.id().unwrap()).await;
     assert!(
         one.process >= 10 && one.main_thread * 2 >= one.process,
         "with one thread the main thread does most of the work: {one:?}"
@@ -133,8 +112,8 @@ async fn one_thread_serves_a_durable_crowd_on_the_main_thread() {
     drop(child);
 
     let dir = tempfile::tempdir().unwrap();
-    let (child, addr) = ledger(&["--threads", "3", "--mode", "mutex"], dir.path()).await;
-    let three = crowd(&addr, child.id().unwrap()).await;
+    let (child, url) = ledger(&["--threads", "3", "--mode", "mutex"], dir.path()).await;
+    let three = crowd(&url, child.id().unwrap()).await;
     assert!(
         three.process >= 10 && three.main_thread * 10 <= three.process,
         "with workers the main thread only waits: {three:?}"
