@@ -129,38 +129,49 @@ fn encode(message: &impl prost::Message) -> Result<Bytes, Status> {
 
 /// The reply's data frames: usually one, kept as it came; more are joined.
 #[derive(Default)]
-struct Reply {
-    first: Option<Bytes>,
-    joined: Option<BytesMut>,
-    len: usize,
+enum Reply {
+    #[default]
+    Empty,
+    One(Bytes),
+    Joined(BytesMut),
 }
 
 impl Reply {
+    fn len(&self) -> usize {
+        match self {
+            Reply::Empty => 0,
+            Reply::One(data) => data.len(),
+            Reply::Joined(data) => data.len(),
+        }
+    }
+
     fn push(&mut self, data: Bytes) -> Result<(), Status> {
-        self.len += data.len();
-        if self.len > PREFIX + MAX_REPLY_BYTES {
+        if self.len() + data.len() > PREFIX + MAX_REPLY_BYTES {
             return Err(Status::resource_exhausted(format!(
                 "the reply is over {MAX_REPLY_BYTES} bytes, the most a call accepts"
             )));
         }
-        match (&mut self.first, &mut self.joined) {
-            (None, _) => self.first = Some(data),
-            (Some(first), None) => {
-                let mut joined = BytesMut::with_capacity(self.len);
-                joined.extend_from_slice(first);
+        *self = match std::mem::take(self) {
+            Reply::Empty => Reply::One(data),
+            Reply::One(first) => {
+                let mut joined = BytesMut::with_capacity(first.len() + data.len());
+                joined.extend_from_slice(&first);
                 joined.extend_from_slice(&data);
-                self.joined = Some(joined);
+                Reply::Joined(joined)
             }
-            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
-        }
+            Reply::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Reply::Joined(joined)
+            }
+        };
         Ok(())
     }
 
     fn into_bytes(self) -> Bytes {
-        match (self.first, self.joined) {
-            (_, Some(joined)) => joined.freeze(),
-            (Some(first), None) => first,
-            (None, None) => Bytes::new(),
+        match self {
+            Reply::Empty => Bytes::new(),
+            Reply::One(data) => data,
+            Reply::Joined(data) => data.freeze(),
         }
     }
 }
