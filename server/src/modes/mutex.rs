@@ -9,11 +9,11 @@
 //! transfer under the naive order then meets PostgreSQL's deadlock detector.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
+use foldhash::HashMap;
 use tokio::sync::OwnedMutexGuard;
 
 use super::{

@@ -15,7 +15,7 @@
 //! the published index, and a lookup reads newest first, so a later record
 //! under the same id shadows an earlier one.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::journal::RequestRecord;
 
@@ -73,7 +73,10 @@ impl Pending {
             return Generation::new();
         }
         self.older_max = self.newest_max.take();
-        let older = std::mem::take(&mut self.newest);
+        // The next generation will likely hold as many records: sized for
+        // them now, it does not rehash its way up under the requests lock.
+        let next = Generation::with_capacity(self.newest.len());
+        let older = std::mem::replace(&mut self.newest, next);
         std::mem::replace(&mut self.older, older)
     }
 }

@@ -2,10 +2,9 @@
 //! mirror of the accounts, and the lock that carries on past a panic.
 //! Here, not in mod.rs, so that the writer and recovery import downwards.
 
-use std::{
-    collections::HashMap,
-    sync::{Mutex, MutexGuard},
-};
+use std::sync::{Mutex, MutexGuard};
+
+use foldhash::HashMap;
 
 use crate::bank::{Account, AccountId};
 

@@ -3,13 +3,14 @@
 //! (`checkpoint.rs`) when a checkpoint is due.
 
 use std::{
-    collections::HashMap,
     fs::File,
     path::Path,
     sync::{Arc, Condvar, Mutex, mpsc},
     thread,
     time::{Duration, Instant},
 };
+
+use foldhash::HashMap;
 
 use super::{
     checkpoint::{self, Checkpoints},
