@@ -5,6 +5,10 @@
 //!
 //! Routes: `/` the page, `/events` the event stream, `/snapshot` the
 //! latest snapshot as JSON (for scripts).
+//!
+//! Each snapshot is serialized once, when it is taken: every page and every
+//! `/snapshot` request is sent a copy of the same text, so a request costs
+//! a copy and a write, not a serialization, however many come.
 
 mod page;
 mod state;
@@ -13,9 +17,9 @@ mod tail;
 use std::{convert::Infallible, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
-    http::StatusCode,
+    http::{StatusCode, header},
     response::{
         Html, IntoResponse, Response,
         sse::{Event, KeepAlive, Sse},
@@ -61,8 +65,16 @@ pub struct ViewArgs {
 #[derive(Clone)]
 struct Shared {
     target: Arc<str>,
-    latest: watch::Receiver<Arc<Snapshot>>,
+    /// The latest snapshot, as JSON.
+    latest: watch::Receiver<Arc<str>>,
     pages: Arc<Semaphore>,
+}
+
+/// `snapshot` as the JSON every page and script is sent.
+fn published(snapshot: &Snapshot) -> Arc<str> {
+    serde_json::to_string(snapshot)
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+        .into()
 }
 
 /// Serves the page until the process is stopped.
@@ -84,14 +96,14 @@ pub async fn serve(
     args: &ViewArgs,
 ) -> Result<bool, ClientError> {
     let mut watcher = Watcher::new(&args.target, args.histories.clone(), args.fault_log.clone());
-    let (publish, latest) = watch::channel(Arc::new(watcher.snapshot().await));
+    let (publish, latest) = watch::channel(published(&watcher.snapshot().await));
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             let snapshot = watcher.snapshot().await;
-            if publish.send(Arc::new(snapshot)).is_err() {
+            if publish.send(published(&snapshot)).is_err() {
                 return;
             }
         }
@@ -118,7 +130,10 @@ async fn index(State(shared): State<Shared>) -> Html<String> {
 
 async fn snapshot(State(shared): State<Shared>) -> impl IntoResponse {
     let latest = Arc::clone(&shared.latest.borrow());
-    Json((*latest).clone())
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        latest.to_string(),
+    )
 }
 
 /// Every snapshot from now on; a slow page skips to the latest (a watch
@@ -129,14 +144,10 @@ async fn events(State(shared): State<Shared>) -> Response {
         let refusal = format!("{PAGES_MAX} pages are already open; close one and reload");
         return (StatusCode::SERVICE_UNAVAILABLE, refusal).into_response();
     };
-    let stream = WatchStream::new(shared.latest).map(move |snapshot| {
+    let stream = WatchStream::new(shared.latest).map(move |json| {
         // The permit lives as long as the stream: one page, one place.
         let _page = &page;
-        Ok::<_, Infallible>(
-            Event::default()
-                .json_data(&*snapshot)
-                .unwrap_or_else(|e| Event::default().event("error").data(e.to_string())),
-        )
+        Ok::<_, Infallible>(Event::default().data(&*json))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())
