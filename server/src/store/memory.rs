@@ -55,6 +55,22 @@ impl Journal {
         }
     }
 
+    fn len(&self) -> usize {
+        self.chunks.len().saturating_sub(1) * JOURNAL_CHUNK + self.chunks.last().map_or(0, Vec::len)
+    }
+
+    /// A copy of the entries from `from` up to `end`, or to the end of the
+    /// chunk holding `from` if that comes first: at most one chunk.
+    fn copy(&self, from: usize, end: usize) -> Vec<JournalEntry> {
+        let Some(chunk) = self.chunks.get(from / JOURNAL_CHUNK) else {
+            return Vec::new();
+        };
+        let start = from % JOURNAL_CHUNK;
+        let stop = chunk.len().min(start + end.saturating_sub(from));
+        chunk.get(start..stop).map_or_else(Vec::new, <[_]>::to_vec)
+    }
+
+    #[cfg(test)]
     fn to_vec(&self) -> Vec<JournalEntry> {
         self.chunks.iter().flatten().cloned().collect()
     }
@@ -199,18 +215,25 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn journal(&self) -> Result<Vec<JournalEntry>, StoreError> {
-        Ok(self.state().journal.to_vec())
-    }
-
     fn scan_journal(
         &self,
         visit: &mut dyn FnMut(JournalEntry) -> std::ops::ControlFlow<()>,
     ) -> Result<(), StoreError> {
-        // The memory store holds its journal anyway; a copy keeps the lock short.
-        for entry in self.journal()? {
-            if visit(entry).is_break() {
-                break;
+        // The journal as of now, one chunk's copy at a time: the lock is
+        // held for one copy, and a scan adds one chunk to memory, not a
+        // second journal.
+        let end = self.state().journal.len();
+        let mut next = 0;
+        while next < end {
+            let chunk = self.state().journal.copy(next, end);
+            if chunk.is_empty() {
+                break; // Cleared meanwhile (a Reset).
+            }
+            next += chunk.len();
+            for entry in chunk {
+                if visit(entry).is_break() {
+                    return Ok(());
+                }
             }
         }
         Ok(())
@@ -218,5 +241,62 @@ impl Store for MemoryStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> JournalEntry {
+        JournalEntry {
+            seq,
+            kind: crate::bank::EntryKind::Deposit,
+            request_id: None,
+            transfer_id: None,
+            counterparty: None,
+            mode: crate::config::Mode::Cas,
+            amount_cents: 1,
+            fee_cents: 0,
+            legs: Vec::new(),
+            time_unix_ns: 0,
+        }
+    }
+
+    fn journal_of(entries: u64) -> Journal {
+        let mut journal = Journal::default();
+        for seq in 0..entries {
+            journal.push(entry(seq));
+        }
+        journal
+    }
+
+    /// Goal: a copy never spans more than one chunk, stops at `end`, and
+    /// copies from chunk after chunk put the journal back together.
+    #[test]
+    fn copies_go_one_chunk_at_a_time_and_stop_at_the_end() {
+        let chunk = JOURNAL_CHUNK as u64;
+        let journal = journal_of(2 * chunk + 5);
+        assert_eq!(journal.len(), 2 * JOURNAL_CHUNK + 5);
+        let first = journal.copy(3, journal.len());
+        assert_eq!(
+            first.len(),
+            JOURNAL_CHUNK - 3,
+            "to the end of the first chunk"
+        );
+        assert_eq!(first.first().map(|e| e.seq), Some(3));
+        assert_eq!(journal.copy(JOURNAL_CHUNK + 1, JOURNAL_CHUNK + 4).len(), 3);
+        assert!(journal.copy(journal.len(), journal.len() + 10).is_empty());
+        let end = JOURNAL_CHUNK + 7;
+        let mut seqs = Vec::new();
+        let mut next = 0;
+        while next < end {
+            let copied = journal.copy(next, end);
+            assert!(!copied.is_empty() && copied.len() <= JOURNAL_CHUNK);
+            next += copied.len();
+            seqs.extend(copied.iter().map(|e| e.seq));
+        }
+        assert_eq!(seqs, (0..end as u64).collect::<Vec<_>>());
+        assert_eq!(journal.to_vec().len(), journal.len());
     }
 }
