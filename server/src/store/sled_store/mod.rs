@@ -364,12 +364,18 @@ impl SledStore {
             .meta
             .insert(CHECKPOINT_KEY, encode_record(&record))?;
         self.db.flush()?;
+        let seen = SeenIds::new()?;
         let mut requests = lock(&self.shared.requests);
-        requests.pending.clear();
-        requests.seen = SeenIds::new()?;
-        requests.index = Arc::new(RequestIndex::default());
+        let old = (
+            std::mem::take(&mut requests.pending),
+            std::mem::replace(&mut requests.seen, seen),
+            std::mem::replace(&mut requests.index, Arc::new(RequestIndex::default())),
+        );
         requests.journal = journal.handle();
         drop(requests);
+        // Freed outside the requests lock: tens of thousands of records and
+        // the filter take milliseconds to free, and lookups wait on that lock.
+        drop(old);
         {
             let mut written = lock(&self.shared.written);
             written.journal = journal.handle();

@@ -59,10 +59,6 @@ impl Pending {
         self.newest.is_empty() && self.older.is_empty()
     }
 
-    pub(super) fn clear(&mut self) {
-        *self = Self::default();
-    }
-
     /// An index covering every seq below `covered` has just been published:
     /// returns the generation it makes redundant, for the caller to drop
     /// after releasing the lock (freeing ~50,000 records takes milliseconds).
