@@ -5,6 +5,8 @@
 //! Every operation holds a read lock on the mode for its whole life, so
 //! `SetMode` (a write lock) waits for operations in flight to finish in the
 //! mode they started in, and no two modes ever touch an account at once.
+//! Across replicas, actor mode holds it only while it applies something
+//! here, never across a call to a peer (see `modes/actor.rs`).
 
 use std::collections::HashSet;
 use std::{
@@ -194,7 +196,7 @@ impl Engine {
             Mode::Cas => cas::execute(&self.core, &request).await,
             Mode::Actor => {
                 self.actor
-                    .execute(&self.core, request, guard, forwarded)
+                    .execute(&self.core, request, (guard, &self.mode), forwarded)
                     .await
             }
         }
@@ -369,11 +371,18 @@ impl Engine {
     /// Changes the run-time settings and the race window once operations in
     /// flight have finished. `change` sees the values in force and returns
     /// the new ones (a window of `None` keeps it); it runs under the mode's
-    /// write lock, so two Configure calls cannot interleave.
+    /// write lock, so two Configure calls cannot interleave. A request that
+    /// changes nothing (an ATM joining a crowd reads the settings so) is
+    /// answered at once: it has no reason to hold the ledger still.
     pub async fn configure<E>(
         &self,
-        change: impl FnOnce(Settings, (u64, u64)) -> Result<(Settings, Option<(u64, u64)>), E>,
+        change: impl Fn(Settings, (u64, u64)) -> Result<(Settings, Option<(u64, u64)>), E>,
     ) -> Result<(Settings, (u64, u64)), E> {
+        let in_force = (self.core.settings(), self.core.hook.window_ms());
+        let (settings, window) = change(in_force.0, in_force.1)?;
+        if settings == in_force.0 && window.is_none_or(|window| window == in_force.1) {
+            return Ok(in_force);
+        }
         let _quiet = self.mode.write().await;
         let (settings, window) = change(self.core.settings(), self.core.hook.window_ms())?;
         self.core.set_settings(settings);

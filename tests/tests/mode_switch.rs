@@ -112,3 +112,61 @@ async fn switching_modes_under_load_loses_nothing() {
         );
     }
 }
+
+/// Goal: a Configure that changes nothing (how an ATM joining a crowd reads
+/// the settings) is answered at once, while a real change still waits for
+/// the operations in flight. Method: a deposit held 1.5 s in its race
+/// window; an empty Configure sent meanwhile returns well before the
+/// deposit does, and one that moves the window returns only after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_configure_does_not_wait_for_operations_in_flight() {
+    let mut ledger = TestLedger::start(|c| {
+        c.mode = Mode::Mutex;
+        c.race_window_ms_min = 1_500;
+        c.race_window_ms = 1_500;
+    })
+    .await;
+    ledger.reset(&[("acct", 0)]).await;
+    let mut client = ledger.new_ledger_client().await;
+    let started = std::time::Instant::now();
+    let deposit = tokio::spawn(async move {
+        client
+            .deposit(pb::DepositRequest {
+                account_id: "acct".into(),
+                amount_cents: 100,
+                request_id: "held".into(),
+            })
+            .await
+            .map(|_| started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = ledger
+        .admin
+        .configure(pb::ConfigureRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let read_at = started.elapsed();
+    assert_eq!(read.race_window_ms_max, 1_500);
+    let changed = ledger
+        .admin
+        .configure(pb::ConfigureRequest {
+            race_window_ms_min: Some(0),
+            race_window_ms_max: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let changed_at = started.elapsed();
+    assert_eq!(changed.race_window_ms_max, 0);
+    let deposited_at = deposit.await.unwrap().unwrap();
+    assert!(
+        read_at < Duration::from_millis(1_200),
+        "the empty Configure took until {read_at:?}: it waited for the deposit"
+    );
+    assert!(
+        changed_at >= deposited_at.saturating_sub(Duration::from_millis(50)),
+        "the change came back at {changed_at:?}, before the deposit in flight finished at {deposited_at:?}"
+    );
+}

@@ -66,14 +66,14 @@ struct Outcome {
     answered: u64,
 }
 
-/// Opens the accounts through the first replica, runs every ATM against
-/// replica `atm % 3`, and reads the result back through the last one.
-async fn run(label: &str, mode: Mode, seed: u64) -> Outcome {
-    run_with(label, mode, seed, |_| {}).await
-}
-
-async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Config)) -> Outcome {
-    let mut ledgers = replicas_with(label, REPLICAS, mode, seed, configure).await;
+/// Opens the accounts through the first replica and starts every ATM, each
+/// sending `ops` calls to replica `atm % 3`: the model of the opening, and
+/// the ATMs running.
+async fn open_and_start_atms(
+    ledgers: &mut [TestLedger],
+    seed: u64,
+    ops: usize,
+) -> (Model, JoinSet<Result<overdraft_tests::Acks, String>>) {
     let accounts: Vec<String> = (0..ACCOUNTS).map(|i| format!("acct-{i}")).collect();
     let opening: Vec<(&str, i64)> = accounts
         .iter()
@@ -92,9 +92,21 @@ async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Co
             seed,
             n,
             ACCOUNTS,
-            OPS_PER_ATM,
+            ops,
         ));
     }
+    (model, atms)
+}
+
+/// Opens the accounts, runs every ATM against replica `atm % 3`, and reads
+/// the result back through the last one.
+async fn run(label: &str, mode: Mode, seed: u64) -> Outcome {
+    run_with(label, mode, seed, |_| {}).await
+}
+
+async fn run_with(label: &str, mode: Mode, seed: u64, configure: impl Fn(&mut Config)) -> Outcome {
+    let mut ledgers = replicas_with(label, REPLICAS, mode, seed, configure).await;
+    let (mut model, atms) = open_and_start_atms(&mut ledgers, seed, OPS_PER_ATM).await;
     for acks in atms.join_all().await {
         for (after, delta) in acks.unwrap_or_else(|e| panic!("{mode} seed {seed}: {e}")) {
             model.acknowledge(&after, delta);
@@ -1006,4 +1018,57 @@ async fn a_stopped_replica_gives_up_its_leases() {
         "nothing was forwarded to the stopped replica"
     );
     second.running.stop().await.unwrap();
+}
+
+/// Goal: replicas changing their settings at once, under actor load, do not
+/// stall each other or the load. A change waits for the replica's
+/// operations in flight, and one of those may be waiting on a call it
+/// forwarded to a peer that is itself waiting to change: a circle that
+/// only the peer call's 10 s timeout used to break (seen in CI as 10 s
+/// calls in the compose replicas demo). Method: 12 ATMs over three actor
+/// replicas; meanwhile rounds of Configure, each a real change (the race
+/// window's upper end moves), sent to all three at once. Every round ends
+/// well inside the peer timeout, every ATM call is answered in its usual
+/// way, and the audit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_changed_on_every_replica_at_once_do_not_stall_the_load() {
+    const ROUNDS: u64 = 6;
+    const OPS: usize = 150;
+    let mut ledgers = replicas("configure", Mode::Actor, 1).await;
+    let (_, atms) = open_and_start_atms(&mut ledgers, 1, OPS).await;
+    let mut slowest = std::time::Duration::ZERO;
+    for round in 0..ROUNDS {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let started = std::time::Instant::now();
+        let changes = ledgers.iter().map(|ledger| {
+            let mut admin = ledger.admin.clone();
+            async move {
+                admin
+                    .configure(pb::ConfigureRequest {
+                        race_window_ms_max: Some(3 + round % 2),
+                        ..Default::default()
+                    })
+                    .await
+            }
+        });
+        for changed in futures_util::future::join_all(changes).await {
+            assert_eq!(
+                changed.unwrap().into_inner().race_window_ms_max,
+                3 + round % 2
+            );
+        }
+        slowest = slowest.max(started.elapsed());
+    }
+    for acks in atms.join_all().await {
+        acks.unwrap_or_else(|e| panic!("an ATM's call failed: {e}"));
+    }
+    assert!(
+        slowest < std::time::Duration::from_secs(3),
+        "a round of changes took {slowest:?}: the replicas waited on each other"
+    );
+    let audit = ledgers[REPLICAS - 1].audit().await;
+    assert!(audit.clean, "{:?}", audit.findings);
+    for ledger in ledgers {
+        ledger.running.stop().await.unwrap();
+    }
 }

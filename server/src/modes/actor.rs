@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{RwLock, mpsc, oneshot};
 
 use super::{
     Applied, Attempt, Request, WriteKind, commit_attempt,
@@ -131,13 +131,16 @@ impl ActorMode {
         self: &Arc<Self>,
         core: &Arc<Core>,
         request: Request,
-        mode: ModeGuard,
+        (mode, lock): (ModeGuard, &Arc<RwLock<Mode>>),
         forwarded: bool,
     ) -> Result<Applied, LedgerError> {
         if self.ownership.is_some() {
+            let lock = Arc::clone(lock);
             return self
-                .to_the_end(mode, core, move |actor, core| async move {
-                    actor.execute_leased(&core, request, forwarded).await
+                .to_the_end(None, core, move |actor, core| async move {
+                    actor
+                        .execute_leased(&core, request, forwarded, (mode, lock))
+                        .await
                 })
                 .await;
         }
@@ -145,9 +148,9 @@ impl ActorMode {
             && owner_of(from) != owner_of(to)
         {
             return self
-                .to_the_end(mode, core, move |actor, core| async move {
+                .to_the_end(Some(mode), core, move |actor, core| async move {
                     actor
-                        .transfer_across(&core, request, WriteKind::Guarded)
+                        .transfer_across(&core, request, WriteKind::Guarded, None)
                         .await
                 })
                 .await;
@@ -164,13 +167,13 @@ impl ActorMode {
         .await
     }
 
-    /// Runs `work` in a task of its own, holding `mode` until it is done:
-    /// work of several steps (a transfer's legs, a call forwarded to its
-    /// owner) must not stop halfway when the client goes away and tonic
+    /// Runs `work` in a task of its own, holding `mode` (if given) until it
+    /// is done: work of several steps (a transfer's legs, a call forwarded to
+    /// its owner) must not stop halfway when the client goes away and tonic
     /// drops the caller's future.
     async fn to_the_end<Work, Done>(
         self: &Arc<Self>,
-        mode: ModeGuard,
+        mode: Option<ModeGuard>,
         core: &Arc<Core>,
         work: Work,
     ) -> Result<Applied, LedgerError>
@@ -191,15 +194,25 @@ impl ActorMode {
     /// [`Self::execute`] across replicas: the replica holding the lease on
     /// the operation's first account runs it (a transfer's credit goes to
     /// its own account's owner); others forward it there once.
+    ///
+    /// The hold on this replica's mode (`mode`, taken on `lock` when the
+    /// call came in) covers only what is applied here, never a call to a
+    /// peer. A switch or a change of settings waits for the operations in
+    /// flight and holds back those that come after it; a peer's call can be
+    /// one of those, and if that peer's own switch waits on an operation
+    /// that is calling here, each waits on the other until a peer call
+    /// times out.
     async fn execute_leased(
         self: &Arc<Self>,
         core: &Arc<Core>,
         request: Request,
         forwarded: bool,
+        (mode, lock): (ModeGuard, Arc<RwLock<Mode>>),
     ) -> Result<Applied, LedgerError> {
         let Some(ownership) = &self.ownership else {
             return Err(LedgerError::Invariant("leased actor without leases".into()));
         };
+        let mut entered = Some(mode);
         let first = request.op.accounts()[0].clone();
         let mut tries = 0;
         loop {
@@ -212,6 +225,7 @@ impl ActorMode {
                     });
                 }
                 Owner::Peer { address, .. } => {
+                    drop(entered.take());
                     Stats::bump(&core.stats.mode(Mode::Actor).forwarded);
                     ownership
                         .peers
@@ -220,13 +234,19 @@ impl ActorMode {
                         .and_then(ownership::applied_from)
                 }
                 Owner::Here { token } => {
+                    let hold = match entered.take() {
+                        Some(hold) => hold,
+                        // Back after a try elsewhere: the mode may have switched meanwhile.
+                        None => hold_actor(&lock).await?,
+                    };
                     let write = ownership.write_kind(token);
                     let applied = if matches!(request.op, Operation::Transfer { .. }) {
                         // Each leg under its own account's lease: always legs.
-                        self.transfer_across(core, request.clone(), write).await
+                        self.transfer_across(core, request.clone(), write, Some((hold, &lock)))
+                            .await
                     } else {
                         let work = Work::Whole(request.clone());
-                        self.ask(owner_of(&first), work, write, None).await
+                        self.ask(owner_of(&first), work, write, Some(hold)).await
                     };
                     stepped_down(core, ownership, &applied);
                     applied
@@ -277,8 +297,15 @@ impl ActorMode {
         }
     }
 
-    /// Applies a credit or refund leg wherever its account's owner is.
-    async fn deliver(&self, core: &Core, leg: LegWork) -> Result<Applied, LedgerError> {
+    /// Applies a credit or refund leg wherever its account's owner is. With
+    /// `lock` (across replicas), a leg applied here holds the mode while it
+    /// is applied; one handed to a peer holds nothing here.
+    async fn deliver(
+        &self,
+        core: &Core,
+        leg: LegWork,
+        lock: Option<&Arc<RwLock<Mode>>>,
+    ) -> Result<Applied, LedgerError> {
         let Some(ownership) = &self.ownership else {
             let owner = owner_of(&leg.account);
             return self
@@ -290,9 +317,15 @@ impl ActorMode {
             tries += 1;
             let outcome = match ownership.owner(&leg.account).await? {
                 Owner::Here { token } => {
+                    // The debit is in: the leg is applied whatever the mode
+                    // now, or the money would stay in flight.
+                    let hold = match lock {
+                        Some(lock) => Some(Arc::clone(lock).read_owned().await),
+                        None => None,
+                    };
                     let write = ownership.write_kind(token);
                     let owner = owner_of(&leg.account);
-                    let applied = self.ask(owner, Work::Leg(leg.clone()), write, None).await;
+                    let applied = self.ask(owner, Work::Leg(leg.clone()), write, hold).await;
                     stepped_down(core, ownership, &applied);
                     applied
                 }
@@ -316,11 +349,15 @@ impl ActorMode {
         }
     }
 
+    /// A transfer as two legs. `held`, across replicas: the hold on the
+    /// mode the debit is applied under, and the lock to hold again for a
+    /// leg applied here; in one process the caller holds the mode throughout.
     async fn transfer_across(
         &self,
         core: &Arc<Core>,
         request: Request,
         debit_write: WriteKind,
+        held: Option<(ModeGuard, &Arc<RwLock<Mode>>)>,
     ) -> Result<Applied, LedgerError> {
         let Operation::Transfer {
             from,
@@ -343,8 +380,9 @@ impl ActorMode {
             debited: None,
             refund_of: None,
         };
+        let (hold, lock) = held.map_or((None, None), |(hold, lock)| (Some(hold), Some(lock)));
         let debited = self
-            .ask(owner_of(from), Work::Leg(debit.clone()), debit_write, None)
+            .ask(owner_of(from), Work::Leg(debit.clone()), debit_write, hold)
             .await?;
         if debited.replayed {
             return Ok(debited);
@@ -352,7 +390,7 @@ impl ActorMode {
         // A crash here leaves the money in flight; recover_in_flight credits
         // it at the next start.
         crash::reached(CrashPoint::BetweenTransferLegs, core.store.as_ref());
-        let credited = self.deliver(core, credit_for(&debit, &debited)).await;
+        let credited = self.deliver(core, credit_for(&debit, &debited), lock).await;
         let refusal = match &credited {
             Err(LedgerError::Refused(refusal)) => refusal.to_string(),
             // The credited account's owner, another replica, refused it.
@@ -364,7 +402,8 @@ impl ActorMode {
             }
             _ => return credited,
         };
-        self.deliver(core, refund_for(&debit, refusal)).await?;
+        self.deliver(core, refund_for(&debit, refusal), lock)
+            .await?;
         credited
     }
 
@@ -402,6 +441,19 @@ impl ActorMode {
         });
         answer.await.map_err(|_dropped| LedgerError::ShuttingDown)?
     }
+}
+
+/// A hold on the mode for work about to be applied here, refused when the
+/// replica has left actor mode meanwhile (the operation is not applied).
+async fn hold_actor(lock: &Arc<RwLock<Mode>>) -> Result<ModeGuard, LedgerError> {
+    let hold = Arc::clone(lock).read_owned().await;
+    if *hold != Mode::Actor {
+        return Err(LedgerError::Unsupported(format!(
+            "this replica switched to {} mode while the call was being routed; send it again",
+            *hold
+        )));
+    }
+    Ok(hold)
 }
 
 /// When `applied` failed for a lease lost under it, this replica steps
